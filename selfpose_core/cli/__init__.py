@@ -1,0 +1,1 @@
+"""The `selfpose` command: one module per subcommand, each exposing ``register(subparsers)``."""

@@ -1,0 +1,38 @@
+"""The error hierarchy of selfpose. CLIs turn a `SelfposeError` into one line on stderr and exit code 2."""
+from __future__ import annotations
+
+
+class SelfposeError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback."""
+
+
+class ConfigError(SelfposeError):
+    """A configuration file or option is wrong (the message names the file and key)."""
+
+
+class CalibrationError(SelfposeError):
+    """Camera intrinsics are invalid (zero/negative/NaN focal length, size mismatch)."""
+
+
+class MeshError(SelfposeError):
+    """A mesh cannot be loaded or is unusable (empty, degenerate, wrong units)."""
+
+
+class RecordingError(SelfposeError):
+    """A rosbag2 recording is missing, corrupt, truncated or lacks a topic/field/transform."""
+
+
+class EncodingError(RecordingError):
+    """An image message uses an encoding selfpose does not support."""
+
+
+class DatasetError(SelfposeError):
+    """A BOP-format dataset is missing files or holds inconsistent data."""
+
+
+class ModelError(SelfposeError):
+    """A model bundle is missing, incompatible or its weights cannot be loaded safely."""
+
+
+class ShapeError(SelfposeError, ValueError):
+    """An array/tensor argument has the wrong shape (the message names the argument and both shapes)."""
