@@ -18,6 +18,7 @@ COMMANDS = [
     "simulate",
     "inspect",
     "recover",
+    "bench",
 ]
 
 
