@@ -15,9 +15,6 @@ from selfpose_core.errors import SelfposeError
 
 # Subcommand modules, in the order `selfpose --help` lists them.
 COMMANDS = [
-    "simulate",
-    "inspect",
-    "recover",
     "bench",
 ]
 
