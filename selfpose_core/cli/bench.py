@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     names = available()
     if not names:
-        raise ConfigError(f"no benchmarks found: {BENCH_DIR} is missing (benchmarks run from a source checkout)")
+        raise ConfigError(f"no benchmarks in {BENCH_DIR} (benchmarks run from a source checkout of selfpose)")
     if args.name != "all" and args.name not in names:
         raise ConfigError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
     if str(BENCH_DIR.parent) not in sys.path:
