@@ -16,6 +16,8 @@ from selfpose_core.errors import SelfposeError
 # Subcommand modules, in the order `selfpose --help` lists them.
 COMMANDS = [
     "bench",
+    "inspect",
+    "recover",
 ]
 
 
