@@ -79,10 +79,10 @@ def _read_trimesh(path: Path) -> object:
     if isinstance(loaded, trimesh.Scene):
         parts = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
         if not parts:
-            raise MeshError(f"mesh file {path} holds no triangles (a scene without meshes)")
+            raise MeshError(f"mesh file {path} has no faces (a scene without triangle meshes)")
         loaded = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
     if not isinstance(loaded, trimesh.Trimesh):
-        raise MeshError(f"mesh file {path} holds no triangles (it loads as a {type(loaded).__name__})")
+        raise MeshError(f"mesh file {path} has no faces (it loads as a {type(loaded).__name__})")
     return loaded
 
 

@@ -185,11 +185,11 @@ def _entry(path: Path, index: int, raw: Any) -> ObjectEntry:
                        obj_id=obj_id if obj_id is not None else index + 1)
 
 
-def read_objects_config(path: str | Path) -> list[ObjectEntry]:
+def read_objects_config(path: str | Path, *, check_files: bool = True) -> list[ObjectEntry]:
     """Parse and validate ``path`` without loading meshes (mesh paths made absolute, ids filled in).
 
     Raises ConfigError naming the file and the offending key: unreadable YAML, unknown keys (the allowed ones are
-    listed), wrong types, duplicate names or ids, a mesh file that does not exist.
+    listed), wrong types, duplicate names or ids, a mesh file that does not exist (unless ``check_files`` is off).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -215,7 +215,7 @@ def read_objects_config(path: str | Path) -> list[ObjectEntry]:
                         f"duplicate obj_id {e.obj_id} (also objects[{seen_ids[e.obj_id]}]; "
                         "ids default to the position in the list + 1)")
         seen_names[e.name], seen_ids[e.obj_id] = i, i
-        if not Path(e.mesh).is_file():
+        if check_files and not Path(e.mesh).is_file():
             raise _fail(path, f"objects[{i}].mesh", f"mesh file {e.mesh} does not exist")
     return entries
 
