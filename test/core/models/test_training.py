@@ -37,12 +37,18 @@ def _batches(seed):
     return make
 
 
-def _fit(out, steps, resume=False):
+def _fit(out, steps, resume=False, stop_at=None):
     torch.manual_seed(1)
     model = torch.nn.Linear(2, 1)
     cfg = TrainerConfig(steps=steps, lr=0.3, warmup_steps=2, log_every=5, checkpoint_every=5, progress=False)
     tr = Trainer({"m": model}, out, cfg)
-    last = tr.fit(_batches(0), lambda b, s: {"loss": ((model(b[0]).squeeze(-1) - b[1]) ** 2).mean()}, resume=resume)
+
+    def step(b, s):
+        if s == stop_at:
+            raise KeyboardInterrupt
+        return {"loss": ((model(b[0]).squeeze(-1) - b[1]) ** 2).mean()}
+
+    last = tr.fit(_batches(0), step, resume=resume)
     return model, last, tr
 
 
@@ -52,7 +58,8 @@ def test_trainer_learns_logs_and_resumes_identically(tmp_path):
     steps = [s for s, tag, _ in read_scalars(next((tmp_path / "full/logs").glob("events.*")))
              if tag == "train/loss"]
     assert steps == [5, 10, 15, 20]
-    _fit(tmp_path / "part", 10)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "part", 20, stop_at=12)
     resumed, _, tr = _fit(tmp_path / "part", 20, resume=True)
     assert tr.step == 20
     for a, b in zip(full.parameters(), resumed.parameters()):
