@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
                 center = optical_axes_center(poses[ok])
             az, el = view_angles(poses[ok], center)
             dist = np.linalg.norm(poses[ok, :3, 3] - center, axis=1)
-            print(f"scene centre {np.array2string(center, precision=3)}; camera distance {dist.min():.2f}-"
-                  f"{dist.max():.2f} m")
+            print(f"scene centre {center[0]:.3f}, {center[1]:.3f}, {center[2]:.3f}; camera distance "
+                  f"{dist.min():.2f}-{dist.max():.2f} m")
             for line in coverage_table(az, el):
                 print(line)
         if args.out:

@@ -5,8 +5,10 @@ request, metadata version 8 for Humble and Jazzy). It writes a *split* bag: ever
 ``segment_messages`` messages) the current storage file is closed, moved next to the others and metadata.yaml is
 rewritten atomically. So at any moment the directory is a valid bag of all closed segments:
 
-- Ctrl-C (KeyboardInterrupt) or SIGTERM: the writer defers the signal until the message being written is complete,
-  then the context manager closes the last segment: nothing is lost.
+- Ctrl-C (SIGINT) or SIGTERM: while a writer created in the main thread is open (and the process had the default
+  handlers), the signal is deferred until the message or frame being written is complete; then the bag is closed
+  and KeyboardInterrupt / SystemExit(128 + signal) is raised: nothing is lost. (ROS nodes handle signals through
+  rclpy and close the writer on shutdown.)
 - kill -9 / power loss: the open segment stays behind unclosed in ``segment_<k>.partial/``; the bag still reads
   without it, and `selfpose recover BAG` salvages every complete message from it (MCAP) and re-indexes the bag.
 
@@ -99,10 +101,11 @@ class BagWriter:
         if self._busy:
             self._pending = signum
             return
-        self._raise_for(signum)
+        self._stop_for(signum)
 
-    @staticmethod
-    def _raise_for(signum: int) -> None:
+    def _stop_for(self, signum: int) -> None:
+        """Close the bag (we are between messages), then raise KeyboardInterrupt / SystemExit(128 + signum)."""
+        self.close()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
@@ -149,7 +152,7 @@ class BagWriter:
             self._busy -= 1
         if self._busy == 0 and self._pending is not None:
             signum, self._pending = self._pending, None
-            self._raise_for(signum)
+            self._stop_for(signum)
 
     def _write_now(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
         assert self._writer is not None
