@@ -1,0 +1,334 @@
+"""Orchestration of the embedded SMOT-like scene: objects, scenes, trajectories, rendering, camera effects, output.
+
+Randomness: every component draws from its own generator ``default_rng([seed, stream, *keys])`` (objects, the
+scene of each background style, each trajectory, the odometry, each camera, each frame), so one frame's bytes
+do not depend on how many frames or trajectories were asked for, and the same seed gives the same bytes.
+
+Output layout of :func:`simulate` (docs/demo_scene.md)::
+
+    DIR/objects.yaml, DIR/models/<name>.ply    untextured CAD models for the learner (metres)
+    DIR/recording/                             rosbag2 of the training loop, odometry poses, no ground truth
+    DIR/test_recordings/<name>/                rosbag2 of each held-out trajectory (marker-accurate poses)
+    DIR/bop/                                   BOP copy with ground truth: split train_loop scene 1, split test
+                                               scenes 1.. (one per held-out trajectory, in order)
+    DIR/scene.yaml                             seed, parameters, object poses, trajectory summaries
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from selfpose_core.data.sim.camera_effects import (ColorEffects, CameraResponse, DepthEffects, apply_color,
+                                                   apply_depth, sample_response)
+from selfpose_core.data.sim.catalog import TARGETS, SimObject, make_targets
+from selfpose_core.data.sim.odometry import OdometryNoise, base_poses, drift_poses
+from selfpose_core.data.sim.raycast_renderer import RenderOutput, SceneRaycaster, render_cad
+from selfpose_core.data.sim.scene import Scene, build_scene
+from selfpose_core.data.sim.trajectories import (TEST_TRAJECTORIES, TRAIN_LOOP, TrajectorySpec, elevation_deg,
+                                                 make_trajectory)
+from selfpose_core.errors import ConfigError
+from selfpose_core.geometry.se3 import compose, invert
+from selfpose_core.types import CameraIntrinsics, Frame, ObjectModel
+
+log = logging.getLogger(__name__)
+
+STAMP0_NS = 1_700_000_000 * 10 ** 9  # start time of the first trajectory
+OUTPUTS = ("objects.yaml", "models", "recording", "test_recordings", "bop", "scene.yaml")
+_STREAM = {"objects": 1, "scene": 2, "trajectory": 3, "odometry": 4, "camera": 5, "frame": 6}
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """Parameters of the simulation (all stored in scene.yaml)."""
+
+    seed: int = 0
+    objects: list[str] = field(default_factory=lambda: list(TARGETS))
+    frames: int = 120  # training loop
+    test_frames: int = 40  # per held-out trajectory
+    width: int = 640
+    height: int = 480
+    fx: float = 570.0
+    fy: float = 570.0
+    depth: bool = True
+    image_format: str = "raw"  # colour in the recordings: raw | jpeg | png
+    n_clutter: int = 3
+    shadows: bool = True
+    rate_hz: float = 2.0  # keyframes per second
+    train: TrajectorySpec = TRAIN_LOOP
+    tests: tuple[TrajectorySpec, ...] = TEST_TRAJECTORIES
+    color_effects: ColorEffects = field(default_factory=ColorEffects)
+    depth_effects: DepthEffects = field(default_factory=DepthEffects)
+    odometry: OdometryNoise = field(default_factory=OdometryNoise)
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.test_frames < 0:
+            raise ConfigError(f"frames must be >= 1 and test_frames >= 0, got {self.frames}, {self.test_frames}")
+        if self.image_format not in ("raw", "jpeg", "png"):
+            raise ConfigError(f"image_format must be raw, jpeg or png, got {self.image_format!r}")
+        if not self.objects:
+            raise ConfigError("objects: at least one simulated object is needed")
+        if len(set(self.objects)) != len(self.objects):
+            raise ConfigError(f"objects: duplicate names in {self.objects}")
+
+    @property
+    def K(self) -> CameraIntrinsics:
+        return CameraIntrinsics(self.fx, self.fy, (self.width - 1) / 2, (self.height - 1) / 2, self.width,
+                                self.height)
+
+
+@dataclass(slots=True)
+class Trajectory:
+    """One camera path: true poses ``T_world_cam`` (N, 4, 4), the recorded ones (odometry for the training loop,
+    equal to the true ones for test trajectories) and stamps (N,) int ns."""
+
+    spec: TrajectorySpec
+    index: int  # 0 = training loop, 1.. = tests
+    T_world_cam: np.ndarray
+    T_world_cam_recorded: np.ndarray
+    stamps_ns: np.ndarray
+
+
+@dataclass(slots=True)
+class SimView:
+    """One simulated frame: the real-domain ``frame`` (recorded pose), the true pose, ground truth for every target
+    in view [(obj_id, T_cam_obj)], its visible and full masks (H, W) bool, and the clean render."""
+
+    trajectory: str
+    index: int
+    frame: Frame
+    T_world_cam_true: np.ndarray
+    gt: list[tuple[int, np.ndarray]]
+    masks_visib: list[np.ndarray]
+    masks: list[np.ndarray]
+    render: RenderOutput
+
+
+def _rng(seed: int, stream: str, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), _STREAM[stream], *[int(k) for k in keys]])
+
+
+class Simulator:
+    """The simulated world for one :class:`SimConfig`; renders any frame of any trajectory on demand."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.targets: list[SimObject] = make_targets(config.objects, _rng(config.seed, "objects"))
+        self._scenes: dict[int, Scene] = {}
+        self._raycasters: dict[int, SceneRaycaster] = {}
+        self._responses: dict[int, CameraResponse] = {}
+        specs = [config.train] + list(config.tests)
+        counts = [config.frames] + [config.test_frames] * len(config.tests)
+        self.trajectories: list[Trajectory] = []
+        for i, (spec, n) in enumerate(zip(specs, counts)):
+            if n == 0:
+                continue
+            T = make_trajectory(spec, n, self.scene(spec.style).table_center, _rng(config.seed, "trajectory", i))
+            rec = drift_poses(T, _rng(config.seed, "odometry", i), config.odometry) if i == 0 else T.copy()
+            stamps = STAMP0_NS + i * 10 ** 12 + np.round(np.arange(n) * 1e9 / config.rate_hz).astype(np.int64)
+            self.trajectories.append(Trajectory(spec, i, T, rec, stamps))
+
+    def cad_models(self) -> list[ObjectModel]:
+        """Untextured CAD models of the targets, obj_id 1..N in config order."""
+        return [o.cad_model(k + 1) for k, o in enumerate(self.targets)]
+
+    def scene(self, style: int) -> Scene:
+        """The world of background style ``style`` (0 = training; others re-arrange the objects)."""
+        if style not in self._scenes:
+            self._scenes[style] = build_scene(self.targets, _rng(self.config.seed, "scene", style), style,
+                                              self.config.n_clutter)
+        return self._scenes[style]
+
+    def raycaster(self, style: int) -> SceneRaycaster:
+        if style not in self._raycasters:
+            self._raycasters[style] = SceneRaycaster(self.scene(style), shadows=self.config.shadows)
+        return self._raycasters[style]
+
+    def response(self, trajectory: int) -> CameraResponse:
+        if trajectory not in self._responses:
+            self._responses[trajectory] = sample_response(_rng(self.config.seed, "camera", trajectory),
+                                                          self.config.color_effects)
+        return self._responses[trajectory]
+
+    def render_view(self, traj: Trajectory, k: int) -> SimView:
+        """Render frame ``k`` of ``traj`` with the real-camera effects."""
+        cfg, K = self.config, self.config.K
+        scene, rc = self.scene(traj.spec.style), self.raycaster(traj.spec.style)
+        T = traj.T_world_cam[k]
+        out = rc.render(T, K)
+        nxt = min(k + 1, len(traj.T_world_cam) - 1)
+        prv = nxt - 1 if nxt > 0 else 0
+        motion = _project(K, traj.T_world_cam[nxt], scene.table_center) - _project(K, traj.T_world_cam[prv],
+                                                                                   scene.table_center)
+        rng = _rng(cfg.seed, "frame", traj.index, k)
+        rgb = apply_color(out.color, self.response(traj.index), rng, motion, cfg.color_effects)
+        depth = apply_depth(out.depth, rng, out.albedo_luma, out.specular, out.cos_view,
+                            cfg.depth_effects) if cfg.depth else None
+        gt, vis, full = [], [], []
+        for i, inst in enumerate(scene.instances):
+            if inst.obj_id == 0:
+                continue
+            m = rc.full_mask(i, T, K)
+            if not m.any():
+                continue
+            gt.append((inst.obj_id, compose(invert(T), inst.T_world_obj)))
+            vis.append(out.instance == i)
+            full.append(m)
+        frame = Frame(rgb=rgb, K=K, stamp_ns=int(traj.stamps_ns[k]), depth=depth,
+                      T_world_cam=traj.T_world_cam_recorded[k].copy(), index=k)
+        return SimView(traj.spec.name, k, frame, T.copy(), gt, vis, full, out)
+
+    def views(self, traj: Trajectory) -> Iterator[SimView]:
+        """Every frame of ``traj`` in order."""
+        for k in range(len(traj.T_world_cam)):
+            yield self.render_view(traj, k)
+
+
+def _project(K: CameraIntrinsics, T_world_cam: np.ndarray, p_world: np.ndarray) -> np.ndarray:
+    X = T_world_cam[:3, :3].T @ (p_world - T_world_cam[:3, 3])
+    return np.array([K.fx * X[0] / X[2] + K.cx, K.fy * X[1] / X[2] + K.cy])
+
+
+def prepare_output(out_dir: str | Path, force: bool = False) -> Path:
+    """Create ``out_dir``; refuse a non-empty one unless ``force`` (then the simulator's outputs there are removed)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"--out {out} is not empty (use --force to replace the simulator's outputs there)")
+        for name in OUTPUTS:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _yaml_safe(x: object) -> object:
+    if isinstance(x, dict):
+        return {k: _yaml_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_yaml_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _yaml_safe(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return round(float(x), 6)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: bool = False,
+             progress: bool = True) -> dict:
+    """Simulate the world of ``config`` and write the dataset to ``out_dir`` (layout in the module docstring).
+
+    Returns the summary that is also written to scene.yaml.
+    """
+    from tqdm import tqdm
+
+    from selfpose_core.data.bop import BopWriter
+    from selfpose_core.data.recording_writer import RecordingWriter
+    from selfpose_core.mesh.loading import save_mesh
+    from selfpose_core.mesh.objects_config import write_objects_config
+
+    t0 = time.perf_counter()
+    out = prepare_output(out_dir, force)
+    sim = Simulator(config)
+    cad = sim.cad_models()
+    entries = []
+    for model in cad:
+        path = save_mesh(model, out / "models" / f"{model.name}.ply")
+        entries.append({"name": model.name, "mesh": str(path), "units": "m", "symmetry": model.symmetry,
+                        "category": model.category, "obj_id": model.obj_id})
+    write_objects_config(out / "objects.yaml", entries)
+    bop_train = BopWriter(out / "bop", "train_loop")
+    bop_train.write_models(cad)
+    bop_test = BopWriter(out / "bop", "test")
+    total = sum(len(t.T_world_cam) for t in sim.trajectories)
+    summary_trajs = []
+    with tqdm(total=total, desc="simulate", unit="frame", disable=not progress) as bar:
+        for traj in sim.trajectories:
+            train = traj.index == 0
+            bag = out / "recording" if train else out / "test_recordings" / traj.spec.name
+            bop, scene_id = (bop_train, 1) if train else (bop_test, traj.index)
+            scene = sim.scene(traj.spec.style)
+            with RecordingWriter(bag, image_format=config.image_format) as writer:
+                T_table = np.eye(4)
+                T_table[:3, 3] = scene.table_center
+                writer.write_static_tf("world", "table", T_table, int(traj.stamps_ns[0]))
+                for view in sim.views(traj):
+                    writer.write_frame(view.frame)
+                    true_frame = Frame(rgb=view.frame.rgb, K=view.frame.K, stamp_ns=view.frame.stamp_ns,
+                                       depth=view.frame.depth, T_world_cam=view.T_world_cam_true, index=view.index)
+                    bop.write_frame(scene_id, view.index, true_frame, view.gt, view.masks_visib, view.masks)
+                    bar.update(1)
+            elev = elevation_deg(traj.T_world_cam, scene.table_center)
+            entry = {"name": traj.spec.name, "recording": str(bag.relative_to(out)),
+                     "bop": {"split": "train_loop" if train else "test", "scene_id": scene_id},
+                     "frames": len(traj.T_world_cam), "style": traj.spec.style,
+                     "elevation_deg": [float(elev.min()), float(elev.max())],
+                     "radius_m": [float(x) for x in _radius_range(traj, scene)],
+                     "poses": "odometry (drifting)" if train else "true"}
+            if train:
+                entry["odometry_drift_final"] = _drift_summary(traj)
+            summary_trajs.append(entry)
+    bop_train.close()
+    bop_test.close()
+    train_scene = sim.scene(config.train.style)
+    cfg = asdict(config)
+    cfg["train"] = asdict(config.train)
+    cfg["tests"] = [asdict(s) for s in config.tests]
+    summary = {
+        "seed": config.seed, "config": cfg, "camera": asdict(config.K),
+        "world": "metres, z up, origin on the floor under the table-top centre",
+        "table_center": train_scene.table_center,
+        "objects": [{"name": o.name, "obj_id": k + 1, "category": o.category, "textureless": o.textureless,
+                     "symmetric": o.symmetry.is_symmetric,
+                     "T_world_obj": next(i.T_world_obj for i in train_scene.instances if i.obj_id == k + 1)}
+                    for k, o in enumerate(sim.targets)],
+        "trajectories": summary_trajs,
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "scene.yaml").write_text(yaml.safe_dump(_yaml_safe(summary), sort_keys=False))
+    log.info("simulated %d frames into %s in %.1f s", total, out, summary["seconds"])
+    return summary
+
+
+def _radius_range(traj: Trajectory, scene: Scene) -> tuple[float, float]:
+    r = np.linalg.norm(traj.T_world_cam[:, :2, 3] - scene.table_center[:2], axis=1)
+    return float(r.min()), float(r.max())
+
+
+def _drift_summary(traj: Trajectory) -> dict[str, float]:
+    """Odometry error at the last frame: planar translation (m) and yaw (deg)."""
+    b_true, b_rec = base_poses(traj.T_world_cam[-1:]), base_poses(traj.T_world_cam_recorded[-1:])
+    dyaw = (b_rec[0, 2] - b_true[0, 2] + np.pi) % (2 * np.pi) - np.pi
+    return {"translation_m": float(np.linalg.norm(b_rec[0, :2] - b_true[0, :2])), "yaw_deg": float(np.degrees(dyaw))}
+
+
+def render_preview(config: SimConfig, path: str | Path, frame: int = 0) -> Path:
+    """Write a PNG: frame ``frame`` of the training loop in the real domain next to a flat-shaded render of the
+    untextured CAD models at their true poses (same view)."""
+    import cv2
+
+    sim = Simulator(config)
+    traj = sim.trajectories[0]
+    view = sim.render_view(traj, min(frame, len(traj.T_world_cam) - 1))
+    cad = {m.obj_id: m for m in sim.cad_models()}
+    flat = render_cad([cad[i] for i, _ in view.gt], [T for _, T in view.gt], config.K)
+    gap = np.full((config.height, 8, 3), 255, np.uint8)
+    img = np.concatenate([view.frame.rgb, gap, flat], 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img[:, :, ::-1]):
+        raise ConfigError(f"cannot write preview image {path}")
+    return path
