@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["selfpose_core", "selfpose_core.*", "selfpose_ros", "selfpose_ros.*"]),
     package_data={"selfpose_core": ["resources/*", "resources/**/*"]},
+    data_files=[("share/selfpose_ros/msg", ["msg/ObjectPose.msg", "msg/ObjectPoseArray.msg"])],
     install_requires=[
         # torch is installed first by the Makefile (pip install torch==2.13.0 takes the local CPU build).
         "torch>=2.1",
@@ -30,6 +31,9 @@ setup(
     entry_points={
         "console_scripts": [
             "selfpose = selfpose_core.cli.main:main",
+            "selfpose-estimator = selfpose_ros.estimator_node:main",
+            "selfpose-collect-sequence = selfpose_ros.collect_node:main",
+            "selfpose-adapt = selfpose_ros.adapt:main",
         ],
     },
 )

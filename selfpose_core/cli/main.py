@@ -18,6 +18,7 @@ COMMANDS = [
     "bench",
     "inspect",
     "recover",
+    "estimate",
 ]
 
 

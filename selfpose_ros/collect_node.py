@@ -1,0 +1,124 @@
+"""`ros2 run selfpose_ros collect_sequence --ros-args -p output:=BAG` (or `ros2 launch selfpose_ros collect.launch.py`).
+
+Synchronised colour (+ depth) + camera_info in (sensor-data QoS); the camera pose ``world_frame <- camera_frame`` is
+looked up in tf2 at each image stamp; `selfpose_core.data.keyframes.SequenceCollector` keeps the keyframes and writes
+the recording. Ctrl-C / SIGTERM: the frame being written is completed, frames still waiting for TF are decided, the
+bag is closed and readable.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import rclpy
+from message_filters import ApproximateTimeSynchronizer, Subscriber
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tf2_ros import Buffer, TransformException, TransformListener
+
+from selfpose_core.data.keyframes import KeyframeConfig, SequenceCollector
+from selfpose_core.data.tf_buffer import transform_msg_to_matrix
+from selfpose_core.errors import SelfposeError
+from selfpose_ros.conversions import FrameAssembler
+from selfpose_ros.parameters import COLLECT_NODE, COLLECT_PARAMETERS
+
+
+class CollectSequenceNode(Node):
+    """Thin shell: parameters, subscriptions, a tf2 buffer; keyframe logic and writing are in `SequenceCollector`."""
+
+    def __init__(self) -> None:
+        super().__init__(COLLECT_NODE)
+        for spec in COLLECT_PARAMETERS:
+            self.declare_parameter(spec.name, spec.default,
+                                   ParameterDescriptor(description=spec.description, read_only=spec.read_only))
+        p = {spec.name: self.get_parameter(spec.name).value for spec in COLLECT_PARAMETERS}
+        if not p["output"]:
+            raise SelfposeError("parameter 'output' (the bag directory to create) is required: "
+                                "--ros-args -p output:=/path/to/recording")
+        self.world_frame = p["world_frame"]
+        self.camera_frame = p["camera_frame"]
+        self.tf_buffer = Buffer()
+        self.tf_listener = TransformListener(self.tf_buffer, self)
+        config = KeyframeConfig(min_translation_m=float(p["min_translation"]), min_rotation_deg=float(p["min_rotation"]),
+                                tf_wait_s=float(p["tf_timeout"]), min_free_gb=float(p["min_free_gb"]))
+        self.collector = SequenceCollector(p["output"], self._pose_at, config, storage=p["storage"],
+                                           image_format=p["image_format"], depth_format=p["depth_format"],
+                                           segment_frames=int(p["segment_frames"]))
+        self.assemble = FrameAssembler(p["color_topic"], p["camera_info_topic"],
+                                       p["depth_topic"] if p["use_depth"] else None)
+        self._last_tf_error = ""
+
+        compressed = p["image_transport"] == "compressed"
+        color_type, color_topic = (CompressedImage, p["color_topic"] + "/compressed") if compressed else \
+            (Image, p["color_topic"])
+        subs = [Subscriber(self, color_type, color_topic, qos_profile=qos_profile_sensor_data),
+                Subscriber(self, CameraInfo, p["camera_info_topic"], qos_profile=qos_profile_sensor_data)]
+        if p["use_depth"]:
+            subs.append(Subscriber(self, Image, p["depth_topic"], qos_profile=qos_profile_sensor_data))
+        self.sync = ApproximateTimeSynchronizer(subs, int(p["sync_queue_size"]), float(p["sync_slop"]))
+        self.sync.registerCallback(self._on_frame)
+        self.create_timer(float(p["progress_period"]), self._report)
+        self.get_logger().info(f"recording keyframes to {p['output']} from {color_topic} with poses "
+                               f"{self.world_frame} <- {self.camera_frame or '<image frame_id>'}")
+
+    def _pose_at(self, stamp_ns: int) -> np.ndarray | None:
+        try:
+            ts = self.tf_buffer.lookup_transform(self.world_frame, self.camera_frame, Time(nanoseconds=stamp_ns))
+        except TransformException as exc:
+            self._last_tf_error = str(exc)
+            return None
+        return transform_msg_to_matrix(ts.transform)
+
+    def _on_frame(self, color: Any, info: Any, depth: Any = None) -> None:
+        frame = self.assemble(color, info, depth)
+        if not self.camera_frame:
+            self.camera_frame = frame.frame_id
+        for stamp in self.collector.add_frame(frame):
+            self.get_logger().debug(f"keyframe {self.collector.stats.keyframes} at {stamp * 1e-9:.3f} s")
+
+    def _report(self) -> None:
+        self.get_logger().info(self.collector.progress())
+        if self.collector.stats.no_tf and self._last_tf_error:
+            self.get_logger().warn(f"frames without a camera pose; last TF error: {self._last_tf_error}",
+                                   throttle_duration_sec=10.0)
+
+    def close(self) -> None:
+        self.collector.close()
+        self.get_logger().info(f"closed {self.collector.path}: {self.collector.progress()}")
+
+
+def main(args: list[str] | None = None) -> int:
+    # No rclpy signal handlers: Ctrl-C / SIGTERM reach the recording writer, which finishes the frame it is
+    # writing, and then the finally clause closes the bag.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    code = 0
+    try:
+        node = CollectSequenceNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SystemExit as exc:  # SIGTERM raised by the recording writer after finishing a frame
+        code = 0 if exc.code in (0, 143) else int(exc.code or 1)
+    except SelfposeError as exc:
+        rclpy.logging.get_logger(COLLECT_NODE).fatal(str(exc))
+        code = 2
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

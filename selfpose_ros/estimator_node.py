@@ -1,0 +1,150 @@
+"""`ros2 run selfpose_ros estimator` / `ros2 launch selfpose_ros estimator.launch.py model:=BUNDLE`.
+
+Synchronised colour (+ depth) + camera_info in (sensor-data QoS, ApproximateTimeSynchronizer); the model runs in a
+worker thread on the newest synchronised frame (`NewestFrameWorker`: older frames are dropped and counted);
+out: object_poses (selfpose_ros/ObjectPoseArray stamped with the image), object_detections_3d
+(vision_msgs/Detection3DArray), TF camera -> object frames, object_markers (MarkerArray), selfpose/overlay (Image)
+and /diagnostics. The messages are built by `selfpose_core.estimate.publishing.PoseMessageBuilder`.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from message_filters import ApproximateTimeSynchronizer, Subscriber
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tf2_ros import TransformBroadcaster
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from selfpose_core.data.image_codec import array_to_image_msg
+from selfpose_core.errors import SelfposeError
+from selfpose_core.estimate.publishing import PoseMessageBuilder, publish_config_for_bundle
+from selfpose_core.estimate.stream import NewestFrameWorker, load_estimator, select_estimates
+from selfpose_ros.conversions import FrameAssembler, diagnostic_status, import_message_classes
+from selfpose_ros.msg import ObjectPoseArray
+from selfpose_ros.parameters import ESTIMATOR_NODE, ESTIMATOR_PARAMETERS
+
+
+class EstimatorNode(Node):
+    """Thin shell: parameters, subscriptions and publishers; the work is done by selfpose_core classes."""
+
+    def __init__(self) -> None:
+        super().__init__(ESTIMATOR_NODE)
+        for spec in ESTIMATOR_PARAMETERS:
+            self.declare_parameter(spec.name, spec.default,
+                                   ParameterDescriptor(description=spec.description, read_only=spec.read_only))
+        p = {spec.name: self.get_parameter(spec.name).value for spec in ESTIMATOR_PARAMETERS}
+        self.score_threshold = float(p["score_threshold"])
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.estimator = load_estimator(p["model"], p["device"], int(p["num_threads"]))
+        self.classes = import_message_classes()
+        config = publish_config_for_bundle(
+            p["model"], detections=p["publish_detections"], transforms=p["publish_tf"], markers=p["publish_markers"],
+            overlay=p["publish_overlay"], tf_prefix=p["tf_prefix"], marker_lifetime_s=p["marker_lifetime"])
+        self.builder = PoseMessageBuilder(config, self.classes)
+        self.assemble = FrameAssembler(p["color_topic"], p["camera_info_topic"],
+                                       p["depth_topic"] if p["use_depth"] else None)
+        self.min_rate_warn = float(p["min_rate_warn"])
+
+        reliable = QoSProfile(depth=10)
+        self.pose_pub = self.create_publisher(ObjectPoseArray, "object_poses", reliable)
+        self.det_pub = (self.create_publisher(Detection3DArray, "object_detections_3d", reliable)
+                        if config.detections else None)
+        self.marker_pub = self.create_publisher(MarkerArray, "object_markers", reliable) if config.markers else None
+        self.overlay_pub = (self.create_publisher(Image, "selfpose/overlay", qos_profile_sensor_data)
+                            if config.overlay else None)
+        self.tf_broadcaster = TransformBroadcaster(self) if config.transforms else None
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+
+        self.worker: NewestFrameWorker[tuple, Any] = NewestFrameWorker(
+            self._estimate, self._publish, max_rate_hz=float(p["max_rate"]),
+            age_clock_ns=lambda: self.get_clock().now().nanoseconds)
+
+        compressed = p["image_transport"] == "compressed"
+        color_type, color_topic = (CompressedImage, p["color_topic"] + "/compressed") if compressed else \
+            (Image, p["color_topic"])
+        subs = [Subscriber(self, color_type, color_topic, qos_profile=qos_profile_sensor_data),
+                Subscriber(self, CameraInfo, p["camera_info_topic"], qos_profile=qos_profile_sensor_data)]
+        if p["use_depth"]:
+            subs.append(Subscriber(self, Image, p["depth_topic"], qos_profile=qos_profile_sensor_data))
+        self.sync = ApproximateTimeSynchronizer(subs, int(p["sync_queue_size"]), float(p["sync_slop"]))
+        self.sync.registerCallback(self._on_frame)
+        self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
+        self.get_logger().info(f"estimating with {p['model']} on {color_topic} + {p['camera_info_topic']}"
+                               + (f" + {p['depth_topic']}" if p["use_depth"] else ""))
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        for param in params:
+            if param.name == "score_threshold":
+                self.score_threshold = float(param.value)
+        return SetParametersResult(successful=True)
+
+    def _on_frame(self, color: Any, info: Any, depth: Any = None) -> None:
+        stamp = color.header.stamp.sec * 1_000_000_000 + color.header.stamp.nanosec
+        self.worker.submit((color, info, depth), stamp)
+
+    def _estimate(self, msgs: tuple) -> tuple:
+        frame = self.assemble(*msgs)
+        return frame, select_estimates(self.estimator.estimate(frame), self.score_threshold)
+
+    def _publish(self, msgs: tuple, result: tuple) -> None:
+        frame, estimates = result
+        out = self.builder.build(estimates, frame.stamp_ns, frame.frame_id, frame.K, frame.rgb)
+        self.pose_pub.publish(out.poses)
+        if self.det_pub is not None:
+            self.det_pub.publish(out.detections)
+        if self.marker_pub is not None:
+            self.marker_pub.publish(out.markers)
+        if self.tf_broadcaster is not None and out.transforms:
+            self.tf_broadcaster.sendTransform(out.transforms)
+        if self.overlay_pub is not None and out.overlay is not None:
+            self.overlay_pub.publish(array_to_image_msg(out.overlay, "rgb8", frame.stamp_ns, frame.frame_id,
+                                                        classes=self.classes))
+
+    def _publish_diagnostics(self) -> None:
+        stats = self.worker.stats
+        level, message = stats.level(self.min_rate_warn)
+        status = diagnostic_status(f"{self.get_name()}: pose estimation", level, message, stats.values(),
+                                   hardware_id=self.get_fully_qualified_name(), classes=_diag_classes())
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _diag_classes() -> dict[str, Any]:
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    return {"diagnostic_msgs/msg/DiagnosticStatus": DiagnosticStatus, "diagnostic_msgs/msg/KeyValue": KeyValue}
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = EstimatorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SelfposeError as exc:
+        (node.get_logger() if node else rclpy.logging.get_logger(ESTIMATOR_NODE)).fatal(str(exc))
+        return 2
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

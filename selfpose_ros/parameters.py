@@ -1,0 +1,105 @@
+"""The ROS parameters of selfpose's nodes: names, defaults, descriptions (plain Python, no rclpy).
+
+The nodes declare exactly these (with descriptors), config/*.yaml hold the defaults users edit, the launch files may
+override only these names, and docs/ros.md's tables list them; test/ros checks that all four agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfpose_core.errors import ConfigError
+
+ESTIMATOR_NODE = "selfpose_estimator"
+COLLECT_NODE = "collect_sequence"
+
+
+@dataclass(slots=True, frozen=True)
+class ParamSpec:
+    """One node parameter; its type is the type of ``default``. ``read_only``: fixed after start-up."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+
+
+_TOPICS = (
+    ParamSpec("color_topic", "color/image_raw", "colour image topic (sensor_msgs/Image; with image_transport="
+              "compressed the node subscribes to <color_topic>/compressed)"),
+    ParamSpec("camera_info_topic", "color/camera_info", "sensor_msgs/CameraInfo of the colour camera"),
+    ParamSpec("depth_topic", "aligned_depth_to_color/image_raw", "depth image registered to the colour image "
+              "(16UC1 mm or 32FC1 m), used when use_depth is true"),
+    ParamSpec("use_depth", False, "also synchronise the depth image"),
+    ParamSpec("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
+    ParamSpec("sync_slop", 0.02, "ApproximateTimeSynchronizer slop in seconds"),
+    ParamSpec("sync_queue_size", 10, "ApproximateTimeSynchronizer queue size per topic"),
+)
+
+ESTIMATOR_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", "", "model bundle directory written by `selfpose adapt` (bundle.yaml + weights.pt)"),
+    *_TOPICS,
+    ParamSpec("score_threshold", 0.3, "publish only objects with confidence >= this", read_only=False),
+    ParamSpec("max_rate", 0.0, "estimate at most this many frames per second of image time (0: as fast as the "
+              "model runs; older frames are always dropped, never queued)"),
+    ParamSpec("publish_detections", True, "also publish vision_msgs/Detection3DArray on object_detections_3d"),
+    ParamSpec("publish_tf", True, "broadcast TF <camera frame> -> <tf_prefix><object name>"),
+    ParamSpec("tf_prefix", "", "prefix of the object TF frames"),
+    ParamSpec("publish_markers", True, "publish visualization_msgs/MarkerArray (meshes) on object_markers"),
+    ParamSpec("publish_overlay", True, "publish the camera image with the poses drawn on selfpose/overlay"),
+    ParamSpec("marker_lifetime", 0.5, "marker lifetime in seconds"),
+    ParamSpec("device", "cpu", "torch device for the model: cpu, cuda, cuda:1 ..."),
+    ParamSpec("num_threads", 0, "torch CPU threads (0: torch's default)"),
+    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
+    ParamSpec("min_rate_warn", 0.0, "diagnostics warn when the estimation rate falls below this (Hz, 0: never)"),
+)
+
+COLLECT_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("output", "", "rosbag2 directory to create (refused if it exists)"),
+    *_TOPICS,
+    ParamSpec("world_frame", "odom", "fixed TF frame of the camera poses (odom or map)"),
+    ParamSpec("camera_frame", "", "TF frame of the colour camera's optical frame ('' = the images' frame_id)"),
+    ParamSpec("tf_timeout", 0.5, "how long (image time, s) a frame waits for its camera pose in TF"),
+    ParamSpec("min_translation", 0.05, "keep a keyframe when the camera moved at least this far (m)"),
+    ParamSpec("min_rotation", 5.0, "... or turned at least this much (degrees)"),
+    ParamSpec("storage", "mcap", "bag storage: mcap (Iron and later default) or sqlite3 (Humble's default)"),
+    ParamSpec("image_format", "raw", "colour in the bag: raw, jpeg or png"),
+    ParamSpec("depth_format", "16UC1", "depth in the bag: 16UC1 (mm) or 32FC1 (m)"),
+    ParamSpec("segment_frames", 30, "keyframes per closed bag segment (what an unclean kill can lose at most "
+              "before `selfpose recover`)"),
+    ParamSpec("min_free_gb", 1.0, "refuse to start, and stop, when less disk than this is free"),
+    ParamSpec("progress_period", 2.0, "seconds between progress lines"),
+)
+
+NODE_PARAMETERS = {ESTIMATOR_NODE: ESTIMATOR_PARAMETERS, COLLECT_NODE: COLLECT_PARAMETERS}
+
+
+def defaults(specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """name -> default."""
+    return {p.name: p.default for p in specs}
+
+
+def load_node_yaml(path: str | Path, node: str) -> dict[str, Any]:
+    """The ``<node>: ros__parameters:`` mapping of a ROS 2 parameter file, checked against the node's parameters
+    (an unknown name or a value of the wrong type raises `ConfigError` naming the file and the key)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read parameter file {path}: {exc}") from exc
+    section = (raw or {}).get(node, {}) if isinstance(raw, dict) else None
+    if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+        raise ConfigError(f"{path}: no '{node}: ros__parameters:' section")
+    values = section["ros__parameters"]
+    known = {p.name: p for p in NODE_PARAMETERS[node]}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}: {node}.ros__parameters.{key} is not a parameter of {node} "
+                              f"(known: {', '.join(sorted(known))})")
+        want = type(known[key].default)
+        if not (isinstance(value, want) and not (want is int and isinstance(value, bool))):
+            raise ConfigError(f"{path}: {node}.ros__parameters.{key} must be {want.__name__}, got {value!r}")
+    return values
