@@ -6,7 +6,9 @@ from scipy.spatial import ConvexHull, QhullError
 
 from selfpose_core.errors import ShapeError
 
-_CHUNK_ENTRIES = 1 << 20  # pairs compared per block (keeps the temporary under ~25 MB)
+_ALL_PAIRS_MAX = 1024  # hull sizes compared all-pairs at once (a 25 MB temporary)
+_LEAF_SIZE = 8
+_PAIR_BATCH = 8192  # leaf pairs compared per batch
 
 
 def _hull_candidates(v: np.ndarray) -> np.ndarray:
@@ -22,27 +24,67 @@ def _hull_candidates(v: np.ndarray) -> np.ndarray:
             return np.unique(v, axis=0)
 
 
-def mesh_diameter(vertices: np.ndarray) -> float:
-    """Largest distance between two of ``vertices`` (N, 3), exact to float64 rounding (BOP's model diameter).
+def _tree_levels(points: np.ndarray, leaf_size: int) -> tuple[np.ndarray, int]:
+    """Order ``points`` indices as a balanced median-split tree (widest box side first).
 
-    The farthest pair of a point set lies on its convex hull, so only hull vertices are compared, all pairs, in
-    blocks of about a million (squared distances by a matrix product on centred points, then the best pair's
-    distance recomputed directly). Returns 0.0 for a single point.
+    Returns ``(perm, depth)``: at level ``l`` (0..depth) node ``k`` holds ``perm.reshape(2**l, -1)[k]``. The point
+    count is padded to ``2**depth * leaf_size`` by repeating points (repeats do not change a maximum).
+    """
+    n = len(points)
+    depth = max(0, int(np.ceil(np.log2(n / leaf_size))))
+    total = (2 ** depth) * leaf_size
+    perm = np.concatenate([np.arange(n), np.arange(total - n) % n])
+    for level in range(depth):
+        seg = perm.reshape(2 ** level, -1)
+        p = points[seg]
+        axis = np.argmax(p.max(axis=1) - p.min(axis=1), axis=1)
+        key = np.take_along_axis(p, axis[:, None, None], axis=2)[..., 0]
+        perm = np.take_along_axis(seg, np.argsort(key, axis=1, kind="stable"), axis=1).reshape(-1)
+    return perm, depth
+
+
+def _max_sq_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Largest squared distance between the point sets ``a`` (..., P, 3) and ``b`` (..., Q, 3), exact."""
+    return ((a[..., :, None, :] - b[..., None, :, :]) ** 2).sum(axis=-1).max(axis=(-2, -1))
+
+
+def mesh_diameter(vertices: np.ndarray) -> float:
+    """Largest distance between two of ``vertices`` (N, 3), exact (BOP's model diameter).
+
+    The farthest pair of a point set lies on its convex hull, so only hull vertices are compared. Small hulls are
+    compared all-pairs; large ones (scanned meshes, balls) by a vectorised dual-tree branch and bound: node pairs of
+    a median-split tree are refined level by level and dropped when their bounding boxes/spheres cannot be farther
+    apart than the best pair found so far; surviving leaf pairs are compared point by point.
+    Returns 0.0 for a single point.
     """
     v = np.asarray(vertices, dtype=np.float64)
     if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
         raise ShapeError(f"vertices must have shape (N, 3) with N >= 1, got {v.shape}")
     h = _hull_candidates(v)
-    h = h - h.mean(axis=0)
-    sq = (h ** 2).sum(axis=1)
-    rows = max(1, _CHUNK_ENTRIES // len(h))
-    best, pair = -1.0, (0, 0)
-    for i in range(0, len(h), rows):
-        d2 = sq[i:i + rows, None] + sq[None, :] - 2.0 * (h[i:i + rows] @ h.T)
-        k = int(np.argmax(d2))
-        if d2.flat[k] > best:
-            best, pair = float(d2.flat[k]), (i + k // len(h), k % len(h))
-    return float(np.linalg.norm(h[pair[0]] - h[pair[1]]))
+    if len(h) <= _ALL_PAIRS_MAX:
+        return float(np.sqrt(_max_sq_distance(h, h)))
+    perm, depth = _tree_levels(h, _LEAF_SIZE)
+    b = h[np.argmax(((h - h[0]) ** 2).sum(axis=1))]
+    best = float(((h - b) ** 2).sum(axis=1).max())  # double sweep: a lower bound, usually the answer
+    I = J = np.zeros(1, dtype=np.int64)
+    for level in range(1, depth + 1):
+        nodes = h[perm.reshape(2 ** level, -1)]  # (2**level, size, 3)
+        lo, hi = nodes.min(axis=1), nodes.max(axis=1)
+        centre = (lo + hi) / 2
+        radius = np.sqrt(((nodes - centre[:, None]) ** 2).sum(axis=-1).max(axis=1))
+        ci = np.stack([2 * I, 2 * I, 2 * I + 1, 2 * I + 1], axis=1).reshape(-1)
+        cj = np.stack([2 * J, 2 * J + 1, 2 * J, 2 * J + 1], axis=1).reshape(-1)
+        keep = ci <= cj
+        ci, cj = ci[keep], cj[keep]
+        box = (np.maximum(np.abs(hi[ci] - lo[cj]), np.abs(hi[cj] - lo[ci])) ** 2).sum(axis=1)
+        ball = (np.linalg.norm(centre[ci] - centre[cj], axis=1) + radius[ci] + radius[cj]) ** 2
+        best = max(best, float(((nodes[ci, 0] - nodes[cj, 0]) ** 2).sum(axis=1).max()))
+        alive = np.minimum(box, ball) * (1.0 + 1e-12) >= best
+        I, J = ci[alive], cj[alive]
+    leaves = h[perm.reshape(2 ** depth, -1)]
+    for k in range(0, len(I), _PAIR_BATCH):
+        best = max(best, float(_max_sq_distance(leaves[I[k:k + _PAIR_BATCH]], leaves[J[k:k + _PAIR_BATCH]]).max()))
+    return float(np.sqrt(best))
 
 
 def bbox_diagonal(vertices: np.ndarray) -> float:
