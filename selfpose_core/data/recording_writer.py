@@ -172,6 +172,9 @@ class BagWriter:
         except WriterError as exc:
             raise RecordingError(f"cannot open segment {tmp}: {exc}") from exc
         self._conns = {}
+        conn = getattr(self._writer.storage, "conn", None)
+        if conn is not None:  # rosbags Sqlite3Writer: like rosbag2's default, let the OS write the pages (survives
+            conn.execute("PRAGMA synchronous=OFF")  # a killed process; commits in `flush` mark complete frames)
         if not self._old_handlers:
             self._install_signal_handlers()
         for topic, (msgtype, data, _) in self._latched.items():
