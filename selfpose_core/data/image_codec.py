@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from selfpose_core.data.ros_types import typestore
 from selfpose_core.errors import CalibrationError, EncodingError, ShapeError
 from selfpose_core.types import CameraIntrinsics
 
@@ -124,11 +125,14 @@ def compressed_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(img[..., ::-1])
 
 
-def _msg(classes: MsgClasses | None, name: str, **fields: Any) -> Any:
+def build_msg(classes: MsgClasses | None, name: str, **fields: Any) -> Any:
+    """A message of ROS type ``name`` from ``classes`` when it holds that type, else the rosbags dataclass."""
     if classes is not None and name in classes:
         return classes[name](**fields)
-    from selfpose_core.data.ros_types import typestore
     return typestore().types[name](**fields)
+
+
+_msg = build_msg  # the earlier private name, imported by selfpose_core/estimate/publishing.py
 
 
 def _is_rosbags(classes: MsgClasses | None, name: str) -> bool:
@@ -137,9 +141,9 @@ def _is_rosbags(classes: MsgClasses | None, name: str) -> bool:
 
 def make_header(stamp_ns: int, frame_id: str, classes: MsgClasses | None = None) -> Any:
     """std_msgs/Header with ``stamp`` from int nanoseconds."""
-    stamp = _msg(classes, "builtin_interfaces/msg/Time", sec=int(stamp_ns // 1_000_000_000),
+    stamp = build_msg(classes, "builtin_interfaces/msg/Time", sec=int(stamp_ns // 1_000_000_000),
                  nanosec=int(stamp_ns % 1_000_000_000))
-    return _msg(classes, "std_msgs/msg/Header", stamp=stamp, frame_id=frame_id)
+    return build_msg(classes, "std_msgs/msg/Header", stamp=stamp, frame_id=frame_id)
 
 
 def _byte_field(classes: MsgClasses | None, name: str, data: bytes | np.ndarray) -> Any:
@@ -186,7 +190,7 @@ def array_to_image_msg(image: np.ndarray, encoding: str | None = None, stamp_ns:
                             f"{', '.join(COLOR_ENCODINGS + DEPTH_ENCODINGS)})")
     out = np.ascontiguousarray(out)
     h, w = out.shape[:2]
-    return _msg(classes, "sensor_msgs/msg/Image", header=make_header(stamp_ns, frame_id, classes), height=h, width=w,
+    return build_msg(classes, "sensor_msgs/msg/Image", header=make_header(stamp_ns, frame_id, classes), height=h, width=w,
                 encoding=encoding, is_bigendian=0, step=out.nbytes // h,
                 data=_byte_field(classes, "sensor_msgs/msg/Image", out))
 
@@ -214,7 +218,7 @@ def array_to_compressed_msg(image: np.ndarray, fmt: str = "jpeg", stamp_ns: int 
         fmt_str = f"rgb8; {fmt} compressed bgr8"
     if not ok:
         raise EncodingError(f"OpenCV failed to encode a {image.shape} image as {fmt}")
-    return _msg(classes, "sensor_msgs/msg/CompressedImage", header=make_header(stamp_ns, frame_id, classes),
+    return build_msg(classes, "sensor_msgs/msg/CompressedImage", header=make_header(stamp_ns, frame_id, classes),
                 format=fmt_str, data=_byte_field(classes, "sensor_msgs/msg/CompressedImage", data))
 
 
@@ -248,9 +252,9 @@ def intrinsics_to_camera_info(K: CameraIntrinsics, stamp_ns: int = 0, frame_id: 
     p[:, :3] = K.K
     rosbags = _is_rosbags(classes, "sensor_msgs/msg/CameraInfo")
     d = np.zeros(5) if rosbags else array.array("d", [0.0] * 5)
-    roi = _msg(classes, "sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0,
+    roi = build_msg(classes, "sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0,
                do_rectify=False)
-    return _msg(classes, "sensor_msgs/msg/CameraInfo", header=make_header(stamp_ns, frame_id, classes),
+    return build_msg(classes, "sensor_msgs/msg/CameraInfo", header=make_header(stamp_ns, frame_id, classes),
                 height=int(K.height), width=int(K.width), distortion_model="plumb_bob", d=d, k=k,
                 r=np.eye(3).reshape(-1), p=p.reshape(-1), binning_x=0, binning_y=0, roi=roi)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import decompress, get_qos
 
-from selfpose_core.data.bag_files import (METADATA_VERSION, PARTIAL_SUFFIX, SUFFIX, FileSummary, segment_name,
+from selfpose_core.data.bag_files import (METADATA_VERSION, PARTIAL_SUFFIX, FileSummary, segment_name,
                                           summarize_storage_file, write_metadata)
 from selfpose_core.data.ros_types import register_msgdef, typestore
 from selfpose_core.errors import RecordingError

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from selfpose_core.data.image_codec import MsgClasses, build_msg, make_header, stamp_to_ns
 from selfpose_core.errors import RecordingError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,6 @@ class TfBuffer:
 
     def add_message(self, msg: Any, static: bool = False) -> None:
         """Add every TransformStamped of a tf2_msgs/TFMessage (rosbags dataclass or rclpy message)."""
-        from selfpose_core.data.image_codec import stamp_to_ns
         for ts in msg.transforms:
             tr, rot = ts.transform.translation, ts.transform.rotation
             q = np.array([rot.x, rot.y, rot.z, rot.w], dtype=np.float64)
@@ -221,19 +221,18 @@ def _assemble(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return T
 
 
-def tf_message(transforms: Iterable[tuple[str, str, int, np.ndarray]], classes: Any = None) -> Any:
+def tf_message(transforms: Iterable[tuple[str, str, int, np.ndarray]], classes: MsgClasses | None = None) -> Any:
     """Build a tf2_msgs/TFMessage from (parent, child, stamp_ns, T_parent_child (4, 4)) tuples.
 
     ``classes`` as in `selfpose_core.data.image_codec` (None: rosbags dataclasses).
     """
-    from selfpose_core.data.image_codec import _msg, make_header
     out = []
     for parent, child, stamp, T in transforms:
         q, t = matrix_to_quat_trans(T)
-        tr = _msg(classes, "geometry_msgs/msg/Transform",
-                  translation=_msg(classes, "geometry_msgs/msg/Vector3", x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                  rotation=_msg(classes, "geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]),
+        tr = build_msg(classes, "geometry_msgs/msg/Transform",
+                  translation=build_msg(classes, "geometry_msgs/msg/Vector3", x=float(t[0]), y=float(t[1]), z=float(t[2])),
+                  rotation=build_msg(classes, "geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]),
                                 z=float(q[2]), w=float(q[3])))
-        out.append(_msg(classes, "geometry_msgs/msg/TransformStamped", header=make_header(stamp, parent, classes),
+        out.append(build_msg(classes, "geometry_msgs/msg/TransformStamped", header=make_header(stamp, parent, classes),
                         child_frame_id=child, transform=tr))
-    return _msg(classes, "tf2_msgs/msg/TFMessage", transforms=out)
+    return build_msg(classes, "tf2_msgs/msg/TFMessage", transforms=out)
