@@ -221,28 +221,38 @@ class BopWriter:
             if np.shape(m) != shape:
                 raise DatasetError(f"BopWriter.write_frame: {what} must be {shape} like the image, got {np.shape(m)}")
 
+    def _projected_box(self, frame: Frame, obj_id: int, T: np.ndarray) -> list[int]:
+        """[x, y, w, h] of the model's projected vertices clipped to the image, [-1]*4 if unknown or outside."""
+        if obj_id not in self._models:
+            return list(NO_BOX)
+        pts = transform_points(T, self._models[obj_id].vertices)
+        xyxy = project_box(frame.K.K, pts, image_size=(frame.K.width, frame.K.height))
+        if not (np.isfinite(xyxy).all() and xyxy[2] > xyxy[0] and xyxy[3] > xyxy[1]):
+            return list(NO_BOX)
+        x0, y0 = int(np.floor(xyxy[0])), int(np.floor(xyxy[1]))
+        return [x0, y0, int(np.ceil(xyxy[2])) - x0, int(np.ceil(xyxy[3])) - y0]
+
     def _gt_info(self, frame: Frame, gt: list[tuple[int, np.ndarray]], masks_visib: list[np.ndarray] | None,
                  masks: list[np.ndarray] | None) -> list[dict[str, Any]]:
         valid = None if frame.depth is None else np.isfinite(frame.depth) & (frame.depth > 0)
         out = []
         for i, (obj_id, T) in enumerate(gt):
-            if masks_visib is None:
-                box = list(NO_BOX)
-                if obj_id in self._models:
-                    pts = transform_points(T, self._models[obj_id].vertices)
-                    xyxy = project_box(frame.K.K, pts, image_size=(frame.K.width, frame.K.height))
-                    if np.isfinite(xyxy).all() and xyxy[2] > xyxy[0] and xyxy[3] > xyxy[1]:
-                        x0, y0 = int(np.floor(xyxy[0])), int(np.floor(xyxy[1]))
-                        box = [x0, y0, int(np.ceil(xyxy[2])) - x0, int(np.ceil(xyxy[3])) - y0]
+            vis = None if masks_visib is None else np.asarray(masks_visib[i], dtype=bool)
+            full = vis if masks is None else np.asarray(masks[i], dtype=bool)
+            if full is None:
+                box = self._projected_box(frame, obj_id, T)
                 out.append({"bbox_obj": box, "bbox_visib": box, "px_count_all": -1, "px_count_valid": -1,
                             "px_count_visib": -1, "visib_fract": -1.0})
                 continue
-            vis = np.asarray(masks_visib[i], dtype=bool)
-            full = vis if masks is None else np.asarray(masks[i], dtype=bool)
-            n_all, n_vis = int(full.sum()), int(vis.sum())
-            out.append({"bbox_obj": _mask_box(full), "bbox_visib": _mask_box(vis), "px_count_all": n_all,
-                        "px_count_valid": n_all if valid is None else int((full & valid).sum()),
-                        "px_count_visib": n_vis, "visib_fract": n_vis / n_all if n_all > 0 else 0.0})
+            n_all = int(full.sum())
+            entry = {"bbox_obj": _mask_box(full), "bbox_visib": list(NO_BOX), "px_count_all": n_all,
+                     "px_count_valid": n_all if valid is None else int((full & valid).sum()),
+                     "px_count_visib": -1, "visib_fract": -1.0}
+            if vis is not None:
+                n_vis = int(vis.sum())
+                entry.update(bbox_visib=_mask_box(vis), px_count_visib=n_vis,
+                             visib_fract=n_vis / n_all if n_all > 0 else 0.0)
+            out.append(entry)
         return out
 
     def write_frame(self, scene_id: int, im_id: int, frame: Frame, gt: list[tuple[int, np.ndarray]],
@@ -250,8 +260,9 @@ class BopWriter:
         """Write one image of scene ``scene_id`` with ground truth ``gt`` = [(obj_id, T_cam_obj (4, 4) metres)].
 
         ``masks_visib`` / ``masks``: per instance (H, W) bool visible / full silhouettes. Without full masks the
-        visible ones stand in (no occlusion assumed); without any, boxes come from the projected model vertices
-        (when :meth:`write_models` saw the object) and the pixel counts and visib_fract are -1.
+        visible ones stand in (no occlusion assumed); with full masks only, the visible-part fields are unknown
+        (-1); without any, boxes come from the projected model vertices (when :meth:`write_models` saw the
+        object) and the pixel counts and visib_fract are -1.
         """
         import cv2
 

@@ -146,16 +146,22 @@ def test_jpg_writer_and_appending_to_a_scene(tmp_path, rng):
     assert s.gt[0].visib_fract == -1.0 and s.gt[0].mask_visib is None  # written without masks
 
 
-def test_boxes_without_masks_come_from_projected_models(tmp_path, rng):
+def test_boxes_without_visible_masks(tmp_path, rng):
     objects = _objects(rng)
     T = np.eye(4)
     T[:3, 3] = [0, 0, 0.6]
     with BopWriter(tmp_path) as w:
         w.write_models(objects)
         w.write_frame(0, 0, _frame(rng, 0), [(1, T)])
-    g = BopDataset(tmp_path).sample(0, 0).gt[0]
+        full = np.zeros((H, W), bool)
+        full[10:20, 30:41] = True
+        w.write_frame(0, 1, _frame(rng, 1), [(3, T)], masks=[full])
+    ds = BopDataset(tmp_path)
+    g = ds.sample(0, 0).gt[0]
     x, y, bw, bh = g.bbox_obj
     assert abs(x + bw / 2 - K.cx) < 2 and abs(y + bh / 2 - K.cy) < 2 and 5 < bw < W
+    g = ds.sample(0, 1).gt[0]  # full mask only: the visible part is unknown
+    assert g.bbox_obj.tolist() == [30, 10, 11, 10] and g.visib_fract == -1.0 and g.mask_visib is None
 
 
 def _real_style_scene(root: Path, rng: np.random.Generator) -> Path:

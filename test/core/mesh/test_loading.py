@@ -174,3 +174,6 @@ def test_decimate_reduces_faces_keeps_shape_and_colours(rng):
     assert (small.vertex_colors[small.vertices[:, 2] < -0.005] == 0).all()
     assert small.obj_id == 4 and small.keypoints.shape == (9, 3)
     assert decimate(model, 10**6) is model
+    mesh, uv, tex = _textured(trimesh.creation.icosphere(3, 0.05), rng)
+    textured = decimate(object_model_from_arrays("t", mesh.vertices, mesh.faces, uv=uv, texture=tex), 200)
+    assert textured.uv.shape == (len(textured.vertices), 2) and textured.texture is tex
