@@ -19,6 +19,7 @@ COMMANDS = [
     "inspect",
     "recover",
     "estimate",
+    "simulate",
 ]
 
 

@@ -12,6 +12,7 @@ range, random dropout, quantisation to millimetres; 0 marks invalid pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -92,6 +93,15 @@ def motion_kernel(motion_px: np.ndarray) -> np.ndarray | None:
     return k / k.sum()
 
 
+@lru_cache(maxsize=4)
+def _radius2(H: int, W: int) -> np.ndarray:
+    """(H, W) float32 squared distance to the image centre, 1 at the corners."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    r2 = ((xx - (W - 1) / 2) ** 2 + (yy - (H - 1) / 2) ** 2) / (((W - 1) / 2) ** 2 + ((H - 1) / 2) ** 2)
+    r2.setflags(write=False)
+    return r2
+
+
 def apply_color(linear: np.ndarray, response: CameraResponse, rng: np.random.Generator,
                 motion_px: np.ndarray | None = None, cfg: ColorEffects = ColorEffects()) -> np.ndarray:
     """Camera image (H, W, 3) uint8 RGB from linear radiance ``linear`` (H, W, 3) float32.
@@ -101,9 +111,7 @@ def apply_color(linear: np.ndarray, response: CameraResponse, rng: np.random.Gen
     H, W = linear.shape[:2]
     img = linear.astype(np.float32, copy=True)
     img *= np.float32(np.clip(cfg.exposure_target / max(float(img.mean()), 1e-6), 0.25, 8.0))
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    r2 = ((xx - (W - 1) / 2) ** 2 + (yy - (H - 1) / 2) ** 2) / (((W - 1) / 2) ** 2 + ((H - 1) / 2) ** 2)
-    img *= (1.0 - response.vignetting * r2)[..., None]
+    img *= (1.0 - np.float32(response.vignetting) * _radius2(H, W))[..., None]
     img = cv2.GaussianBlur(img, (0, 0), response.defocus_sigma)
     if motion_px is not None:
         k = motion_kernel(np.asarray(motion_px, np.float64) * cfg.shutter_fraction)

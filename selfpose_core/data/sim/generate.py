@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -184,10 +186,23 @@ class Simulator:
                       T_world_cam=traj.T_world_cam_recorded[k].copy(), index=k)
         return SimView(traj.spec.name, k, frame, T.copy(), gt, vis, full, out)
 
-    def views(self, traj: Trajectory) -> Iterator[SimView]:
-        """Every frame of ``traj`` in order."""
-        for k in range(len(traj.T_world_cam)):
-            yield self.render_view(traj, k)
+    def views(self, traj: Trajectory, workers: int = 2) -> Iterator[SimView]:
+        """Every frame of ``traj`` in order, rendered ``workers`` frames ahead in threads (the ray casting, OpenCV
+        and most numpy work release the GIL; every frame has its own generator, so the result is the same)."""
+        self.raycaster(traj.spec.style)  # build shared state before the threads start
+        self.response(traj.index)
+        n = len(traj.T_world_cam)
+        if workers <= 1:
+            for k in range(n):
+                yield self.render_view(traj, k)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = deque(pool.submit(self.render_view, traj, k) for k in range(min(workers, n)))
+            for k in range(n):
+                view = pending.popleft().result()
+                if k + workers < n:
+                    pending.append(pool.submit(self.render_view, traj, k + workers))
+                yield view
 
 
 def _project(K: CameraIntrinsics, T_world_cam: np.ndarray, p_world: np.ndarray) -> np.ndarray:

@@ -64,23 +64,54 @@ def srgb_to_linear(img: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
-def sample_texture(tex: np.ndarray, uv: np.ndarray, wrap_v: bool) -> np.ndarray:
-    """Bilinear lookup of ``tex`` (h, w, 3) float32 at ``uv`` (M, 2) (v = 0 bottom row) -> (M, 3); u wraps around,
-    v wraps (``wrap_v``) or clamps to the edge rows."""
-    h, w = tex.shape[:2]
-    m = len(uv)
-    cols = 1024
-    n = -(-m // cols) * cols
-    x = np.zeros(n, np.float32)
-    y = np.zeros(n, np.float32)
-    x[:m] = np.mod(uv[:, 0], 1.0) * w - 0.5
-    y[:m] = (1.0 - uv[:, 1]) * h - 0.5
-    if wrap_v:
-        y[:m] = np.mod(y[:m], h)
-    else:
-        np.clip(y, 0.0, h - 1.0, out=y)
-    out = cv2.remap(tex, x.reshape(-1, cols), y.reshape(-1, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-    return out.reshape(-1, 3)[:m]
+class TextureAtlas:
+    """All textures of a scene packed into one float32 image (shelf packing) with a one-texel border that repeats
+    the opposite edge (u always wraps; v wraps for tiling textures, else the edge row is repeated), so one bilinear
+    ``cv2.remap`` samples every pixel of a frame.
+
+    Args:
+        textures: (h_k, w_k, 3) float32 linear images. tiling: per texture, whether v wraps too.
+    """
+
+    def __init__(self, textures: list[np.ndarray], tiling: list[bool], width: int = 2048) -> None:
+        padded = []
+        for tex, tile in zip(textures, tiling):
+            t = np.concatenate([tex[:, -1:], tex, tex[:, :1]], 1)
+            top, bottom = (t[-1:], t[:1]) if tile else (t[:1], t[-1:])
+            padded.append(np.concatenate([top, t, bottom], 0))
+        width = max(width, max(p.shape[1] for p in padded))
+        order = sorted(range(len(padded)), key=lambda k: -padded[k].shape[0])
+        pos = [(0, 0)] * len(padded)
+        x = y = shelf = 0
+        for k in order:
+            h, w = padded[k].shape[:2]
+            if x + w > width:
+                x, y, shelf = 0, y + shelf, 0
+            pos[k] = (x, y)
+            x, shelf = x + w, max(shelf, h)
+        self.image = np.zeros((y + shelf, width, 3), np.float32)
+        for k, (px, py) in enumerate(pos):
+            h, w = padded[k].shape[:2]
+            self.image[py:py + h, px:px + w] = padded[k]
+        self.offset = np.array([(px + 1, py + 1) for px, py in pos], np.float32)  # (K, 2) inner top-left
+        self.size = np.array([(t.shape[1], t.shape[0]) for t in textures], np.float32)  # (K, 2) = (w, h)
+        self.tiling = np.asarray(tiling, bool)
+
+    def sample(self, which: np.ndarray, uv: np.ndarray) -> np.ndarray:
+        """Bilinear colours (M, 3) of textures ``which`` (M,) int at ``uv`` (M, 2) (v = 0 at the bottom row)."""
+        w, h = self.size[which, 0], self.size[which, 1]
+        x = np.mod(uv[:, 0], 1.0) * w - 0.5 + self.offset[which, 0]
+        vv = 1.0 - uv[:, 1]
+        y = np.where(self.tiling[which], np.mod(vv, 1.0), np.clip(vv, 0.0, 1.0)) * h - 0.5 + self.offset[which, 1]
+        m = len(uv)
+        cols = 1024
+        n = -(-m // cols) * cols
+        mx = np.zeros(n, np.float32)
+        my = np.zeros(n, np.float32)
+        mx[:m], my[:m] = x, y
+        out = cv2.remap(self.image, mx.reshape(-1, cols), my.reshape(-1, cols), cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape(-1, 3)[:m]
 
 
 class SceneRaycaster:
@@ -94,7 +125,7 @@ class SceneRaycaster:
         self.scene = scene
         self.shadows = shadows
         self._rc = o3d.t.geometry.RaycastingScene()
-        verts, norms, uvs, faces, self._face_offset = [], [], [], [], []
+        norms, uvs, faces, self._face_offset = [], [], [], []
         n_v = n_f = 0
         for k, inst in enumerate(scene.instances):
             R, t = inst.T_world_obj[:3, :3], inst.T_world_obj[:3, 3]
@@ -103,20 +134,20 @@ class SceneRaycaster:
                                          o3d.core.Tensor(inst.obj.mesh.faces.astype(np.uint32)))
             if gid != k:
                 raise RuntimeError(f"Open3D returned geometry id {gid} for instance {k}")
-            verts.append(v)
             norms.append(inst.obj.mesh.normals @ R.T)
             uvs.append(inst.obj.mesh.uv)
             faces.append(inst.obj.mesh.faces + n_v)
             self._face_offset.append(n_f)
             n_v += len(v)
             n_f += len(inst.obj.mesh.faces)
-        self._verts = np.concatenate(verts)
-        self._normals = np.concatenate(norms).astype(np.float32)
-        self._uv = np.concatenate(uvs).astype(np.float32)
+        self._attr = np.concatenate([np.concatenate(norms), np.concatenate(uvs)], 1).astype(np.float32)  # n, uv
         self._faces = np.concatenate(faces).astype(np.int32)
         self._face_offset = np.asarray(self._face_offset, dtype=np.int64)
-        self._textures = [srgb_to_linear(i.obj.texture) for i in scene.instances]
-        self._single: dict[int, o3d.t.geometry.RaycastingScene] = {}
+        self._atlas = TextureAtlas([srgb_to_linear(i.obj.texture) for i in scene.instances],
+                                   [i.tiling for i in scene.instances])
+        self._spec = np.array([i.obj.specular for i in scene.instances], np.float32)
+        self._shin = np.array([i.obj.shininess for i in scene.instances], np.float32)
+        self._single = {k: self._single_scene(k) for k, i in enumerate(scene.instances) if i.obj_id > 0}
         self._dirs: tuple[CameraIntrinsics, np.ndarray] | None = None
 
     def render(self, T_world_cam: np.ndarray, K: CameraIntrinsics) -> RenderOutput:
@@ -138,21 +169,15 @@ class SceneRaycaster:
         f0, f1, f2 = face[:, 0], face[:, 1], face[:, 2]
         d = rays[idx, 3:]
         p = rays[idx, :3] + t[idx, None] * d
-        n = self._normals[f0] * b0 + self._normals[f1] * b1 + self._normals[f2] * b2
+        attr = self._attr[f0] * b0 + self._attr[f1] * b1 + self._attr[f2] * b2
+        n, uv = attr[:, :3], attr[:, 3:]
         n /= np.maximum(_norm(n), 1e-12)
         view = -d / _norm(d)
         cos_v = _dot(n, view)
         n[cos_v < 0] *= -1.0
         cos_v = np.abs(cos_v)
-        uv = self._uv[f0] * b0 + self._uv[f1] * b1 + self._uv[f2] * b2
-        albedo = np.empty((len(idx), 3), np.float32)
-        spec_k = np.empty(len(idx), np.float32)
-        shin = np.empty(len(idx), np.float32)
-        for k in np.flatnonzero(np.bincount(g, minlength=len(self.scene.instances))):
-            sel = g == k
-            inst = self.scene.instances[k]
-            albedo[sel] = sample_texture(self._textures[k], uv[sel], wrap_v=inst.tiling)
-            spec_k[sel], shin[sel] = inst.obj.specular, inst.obj.shininess
+        albedo = self._atlas.sample(g, uv)
+        spec_k, shin = self._spec[g], self._shin[g]
         light = self.scene.light
         to_light = light.position.astype(np.float32) - p
         dist = _norm(to_light)
@@ -160,8 +185,9 @@ class SceneRaycaster:
         lambert = _dot(n, ldir)
         lit = lambert > 0
         if self.shadows and lit.any():
-            origin = p[lit] + SHADOW_OFFSET * n[lit]
-            srays = np.concatenate([origin, light.position - origin], 1).astype(np.float32)
+            srays = np.empty((int(lit.sum()), 6), np.float32)
+            srays[:, :3] = p[lit] + np.float32(SHADOW_OFFSET) * n[lit]
+            srays[:, 3:] = light.position.astype(np.float32) - srays[:, :3]
             occluded = self._rc.test_occlusions(o3d.core.Tensor(srays), tnear=1e-4, tfar=1.0).numpy().astype(bool)
             lit[np.flatnonzero(lit)[occluded]] = False
         ref = np.linalg.norm(light.position - self.scene.table_center)
@@ -189,13 +215,8 @@ class SceneRaycaster:
 
     def full_mask(self, index: int, T_world_cam: np.ndarray, K: CameraIntrinsics) -> np.ndarray:
         """(H, W) bool silhouette of instance ``index`` alone (ignoring occluders), ray-cast in its projected box."""
-        inst = self.scene.instances[index]
         if index not in self._single:
-            rc = o3d.t.geometry.RaycastingScene()
-            R, t = inst.T_world_obj[:3, :3], inst.T_world_obj[:3, 3]
-            rc.add_triangles(o3d.core.Tensor((inst.obj.mesh.vertices @ R.T + t).astype(np.float32)),
-                             o3d.core.Tensor(inst.obj.mesh.faces.astype(np.uint32)))
-            self._single[index] = rc
+            self._single[index] = self._single_scene(index)
         mask = np.zeros((K.height, K.width), bool)
         box = _projected_box(self._verts_of(index), T_world_cam, K)
         if box is None:
@@ -205,6 +226,12 @@ class SceneRaycaster:
         t = self._single[index].cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
         mask[y0:y1, x0:x1] = np.isfinite(t)
         return mask
+
+    def _single_scene(self, index: int) -> o3d.t.geometry.RaycastingScene:
+        rc = o3d.t.geometry.RaycastingScene()
+        rc.add_triangles(o3d.core.Tensor(self._verts_of(index).astype(np.float32)),
+                         o3d.core.Tensor(self.scene.instances[index].obj.mesh.faces.astype(np.uint32)))
+        return rc
 
     def _verts_of(self, index: int) -> np.ndarray:
         inst = self.scene.instances[index]
