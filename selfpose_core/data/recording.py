@@ -134,6 +134,10 @@ class Recording:
                 raise RecordingError(f"recording {p} was not closed (no metadata.yaml, unclosed segments "
                                      f"{partial}): run `selfpose recover {p}`")
             raise RecordingError(f"{p} is not a rosbag2 directory (no metadata.yaml)")
+        partial = sorted(x.name for x in p.glob(f"*{PARTIAL_SUFFIX}")) if p.is_dir() else []
+        if partial:
+            log.warning("bag %s has unclosed segments %s (recorder killed?); reading the closed ones. "
+                        "`selfpose recover %s` salvages the rest", p, partial, p)
         try:
             reader = Reader(p)
             reader.open()
@@ -173,14 +177,13 @@ class Recording:
                 kind = kinds[conn.id]
                 if kind == "color":
                     col_log.append(log_ns)
-                    col_stamp.append(header_stamp_ns(raw))
+                    col_stamp.append(header_stamp_ns(raw) or log_ns)  # unstamped images: the log time
                 elif kind == "depth":
                     dep_log.append(log_ns)
-                    dep_stamp.append(header_stamp_ns(raw))
+                    dep_stamp.append(header_stamp_ns(raw) or log_ns)
                 elif kind == "info":
-                    msg = store.deserialize_cdr(raw, conn.msgtype)
-                    info_stamps.append(header_stamp_ns(raw))
-                    infos.append(msg)
+                    infos.append(store.deserialize_cdr(raw, conn.msgtype))
+                    info_stamps.append(header_stamp_ns(raw) or log_ns)
                 else:
                     self.tf.add_message(store.deserialize_cdr(raw, conn.msgtype), static=kind == "tf_static")
         except SelfposeError:

@@ -97,6 +97,9 @@ def test_truncated_mcap_salvages_complete_messages(tmp_path, rng):
     f.write_bytes(data[: int(len(data) * 0.8)])
     with pytest.raises(RecordingError, match="corrupt or truncated"):
         Recording(bag)
+    (bag / "metadata.yaml").unlink()  # like a killed `ros2 bag record`
+    with pytest.raises(RecordingError, match="not a rosbag2 directory"):
+        Recording(bag)
     report = recover_bag(bag)
     assert report.dropped_bytes > 0 and (bag / f"{f.name}.unclosed").exists()
     with Recording(bag) as rec:
@@ -117,3 +120,17 @@ def test_recover_refuses_non_bags(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(RecordingError, match="no .mcap or .db3"):
         recover_bag(tmp_path / "d")
+
+
+def test_recover_regenerates_metadata_of_a_sqlite3_bag(tmp_path, rng):
+    bag = tmp_path / "bag"
+    K = CameraIntrinsics(60.0, 60.0, 15.5, 11.5, 32, 24)
+    with RecordingWriter(bag, storage="sqlite3", segment_frames=2) as w:
+        for i in range(5):
+            w.write_frame(Frame(rgb=rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), K=K, stamp_ns=10**18 + i,
+                                T_world_cam=np.eye(4)))
+    (bag / "metadata.yaml").unlink()
+    report = recover_bag(bag)
+    assert report.files == ["bag_0.db3", "bag_1.db3", "bag_2.db3"] and report.topics["/tf"] == 5
+    with Recording(bag) as rec:
+        assert len(rec) == 5
