@@ -240,14 +240,22 @@ def save_mesh(model: ObjectModel, path: str | Path, mm: bool = False) -> Path:
     from PIL import Image
 
     if textured:
-        visual = trimesh.visual.TextureVisuals(uv=model.uv, image=Image.fromarray(model.texture))
+        # material named after the file, so that several OBJs in one folder get their own .mtl and texture
+        material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(model.texture), name=path.stem)
+        visual = trimesh.visual.TextureVisuals(uv=model.uv, material=material)
     elif model.vertex_colors is not None:
         visual = trimesh.visual.ColorVisuals(vertex_colors=model.vertex_colors)
     else:
         visual = None
     mesh = trimesh.Trimesh(model.vertices * scale, model.faces, visual=visual, process=False)
     try:
-        mesh.export(str(path))
+        if suffix == ".obj":
+            text, files = trimesh.exchange.obj.export_obj(mesh, return_texture=True, mtl_name=f"{path.stem}.mtl")
+            for name, data in files.items():
+                (path.parent / name).write_bytes(data)
+            path.write_text(text)
+        else:
+            mesh.export(str(path))
     except (OSError, ValueError) as exc:
         raise MeshError(f"cannot write mesh file {path}: {exc}") from exc
     return path

@@ -177,3 +177,13 @@ def test_decimate_reduces_faces_keeps_shape_and_colours(rng):
     mesh, uv, tex = _textured(trimesh.creation.icosphere(3, 0.05), rng)
     textured = decimate(object_model_from_arrays("t", mesh.vertices, mesh.faces, uv=uv, texture=tex), 200)
     assert textured.uv.shape == (len(textured.vertices), 2) and textured.texture is tex
+
+
+def test_two_textured_objs_in_one_folder_keep_their_own_textures(tmp_path, rng):
+    models = []
+    for name in ("a", "b"):
+        mesh, uv, tex = _textured(_box(), rng)
+        models.append(object_model_from_arrays(name, mesh.vertices, mesh.faces, uv=uv, texture=tex))
+        save_mesh(models[-1], tmp_path / f"{name}.obj")
+    for model in models:
+        np.testing.assert_array_equal(load_object_model(tmp_path / f"{model.name}.obj", "x").texture, model.texture)
