@@ -250,7 +250,7 @@ def write_objects_config(path: str | Path, entries: Sequence[ObjectEntry | Mappi
             "category": entry.category, "obj_id": entry.obj_id}
         if isinstance(raw.get("symmetry"), Symmetry):
             raw["symmetry"] = symmetry_to_yaml(raw["symmetry"])
-        raw = {k: v for k, v in raw.items() if v is not None}
+        raw = {k: int(v) if isinstance(v, np.integer) else v for k, v in raw.items() if v is not None}
         if "mesh" in raw:
             mesh = Path(str(raw["mesh"]))
             if mesh.is_absolute() and mesh.resolve().is_relative_to(path.parent.resolve()):

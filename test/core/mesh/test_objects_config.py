@@ -110,7 +110,7 @@ def test_write_then_read_round_trip(meshes):
     out = meshes / "sim" / "objects.yaml"
     write_objects_config(out, [
         ObjectEntry(name="box", mesh=str(meshes / "models" / "box.ply"), units="m", symmetry=sym, category="box"),
-        {"name": "can", "mesh": str(meshes / "models" / "can.obj"), "obj_id": 9},
+        {"name": "can", "mesh": str(meshes / "models" / "can.obj"), "obj_id": np.int64(9)},
     ])
     entries = read_objects_config(out)
     assert [(e.name, e.obj_id, e.units, e.category) for e in entries] == [("box", 1, "m", "box"),
