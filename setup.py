@@ -26,6 +26,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.7",
+        "pillow>=9.0",
     ],
     extras_require={"test": ["pytest>=7.4"]},
     entry_points={
