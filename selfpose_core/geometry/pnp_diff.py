@@ -26,6 +26,7 @@ from selfpose_core.geometry.shapes import check_min_points, check_shape
 log = logging.getLogger(__name__)
 
 _Z_MIN = 1e-9  # depth clamp (metres) keeping the residual finite for points behind the camera
+_SMALL_PROBLEM = 1 << 16  # Jacobian entries up to which J^T W J is a broadcast sum instead of a batched matmul
 
 
 def _residuals(R: torch.Tensor, t: torch.Tensor, X: torch.Tensor, u: torch.Tensor,
@@ -72,10 +73,14 @@ def _normal_equations(R: torch.Tensor, t: torch.Tensor, X: torch.Tensor, u: torc
     dr_dq[..., 1, 1] = 1.0 / z
     dr_dq[..., :, 2] = -q[..., :2] / (z * z)[..., None]
     dP = torch.cat([torch.eye(3, dtype=u.dtype).expand(*P.shape[:-1], 3, 3), -skew(P - t[:, None, :])], -1)
-    J = dr_dq @ K[:, None] @ dP  # (B, N, 2, 6)
-    Jw = J * w[..., None, None]
-    H = torch.einsum("bnki,bnkj->bij", Jw, J)
-    g = torch.einsum("bnki,bnk->bi", Jw, r)
+    B = u.shape[0]
+    J = (dr_dq @ K[:, None] @ dP).reshape(B, -1, 6)  # (B, 2N, 6)
+    Jw = J * w.repeat_interleave(2, dim=1)[..., None]
+    if J.numel() <= _SMALL_PROBLEM:  # tiny batched GEMMs pay more for thread dispatch than they compute
+        H = (Jw[..., :, None] * J[..., None, :]).sum(-3)
+    else:
+        H = Jw.transpose(-1, -2) @ J
+    g = (Jw * r.reshape(B, -1, 1)).sum(-2)
     return H, g, (w * (r * r).sum(-1)).sum(-1)
 
 
