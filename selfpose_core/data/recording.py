@@ -235,7 +235,10 @@ class Recording:
             ok = np.abs(ds[best] - col_stamp_a) <= self.depth_tolerance_ns
             dep_idx = np.where(ok, dorder[best], -1)
             self._dep_log = np.asarray(dep_log, dtype=np.int64)
-            self._dep_stamp = dep_stamp_a
+            dsrt_order = np.argsort(self._dep_log, kind="stable")
+            dsrt = self._dep_log[dsrt_order]
+            self._dep_occ = np.zeros(len(dsrt), dtype=np.int64)
+            self._dep_occ[dsrt_order] = np.arange(len(dsrt)) - np.searchsorted(dsrt, dsrt, side="left")
             if not ok.all():
                 log.info("bag %s: %d of %d colour images have no depth image within %.0f ms", self.path,
                          int((~ok).sum()), len(ok), self.depth_tolerance_ns * 1e-6)
@@ -309,8 +312,55 @@ class Recording:
         if not -n <= i < n:
             raise IndexError(f"frame {i} out of range for a recording of {n} frames")
         i %= n
-        t = self.topics
         msg = self._decode(self._color_conns, int(self._col_log[i]), int(self._col_occ[i]))
+        j = int(self._dep_idx[i])
+        dmsg = None
+        if j >= 0:
+            dmsg = self._decode(self._depth_conns, int(self._dep_log[j]), int(self._dep_occ[j]))
+        return self._frame(i, msg, dmsg)
+
+    def __iter__(self) -> Iterator[Frame]:
+        """All frames in stamp order, in one streaming pass over the bag (each storage chunk is read once)."""
+        want_color = {(int(lg), int(oc)): i for i, (lg, oc) in enumerate(zip(self._col_log, self._col_occ))}
+        want_depth: dict[tuple[int, int], list[int]] = {}
+        for i, j in enumerate(self._dep_idx):
+            if j >= 0:
+                want_depth.setdefault((int(self._dep_log[j]), int(self._dep_occ[j])), []).append(i)
+        color_ids = {c.id for c in self._color_conns}
+        seen: dict[tuple[bool, int], int] = {}
+        colors: dict[int, tuple[Any, bytes]] = {}
+        depths: dict[int, tuple[Any, bytes]] = {}
+        nxt = 0
+        try:
+            stream = self._reader.messages(self._color_conns + self._depth_conns)
+            for conn, log_ns, raw in stream:
+                is_color = conn.id in color_ids
+                occ = seen.get((is_color, log_ns), 0)
+                seen[(is_color, log_ns)] = occ + 1
+                if is_color and (log_ns, occ) in want_color:
+                    colors[want_color[(log_ns, occ)]] = (conn, raw)
+                elif not is_color:
+                    for i in want_depth.get((log_ns, occ), ()):
+                        depths[i] = (conn, raw)
+                while nxt in colors and (self._dep_idx[nxt] < 0 or nxt in depths):
+                    yield self._frame_from_raw(nxt, colors.pop(nxt), depths.pop(nxt, None))
+                    nxt += 1
+        except SelfposeError:
+            raise
+        except Exception as exc:
+            raise _wrap_reader_error(self.path, exc) from exc
+        if nxt != len(self):
+            raise RecordingError(f"bag {self.path}: frame {nxt} on {self.topics.color} vanished while reading")
+
+    def _frame_from_raw(self, i: int, color: tuple[Any, bytes], depth: tuple[Any, bytes] | None) -> Frame:
+        store = typestore()
+        msg = store.deserialize_cdr(color[1], color[0].msgtype)
+        dmsg = store.deserialize_cdr(depth[1], depth[0].msgtype) if depth is not None else None
+        return self._frame(i, msg, dmsg)
+
+    def _frame(self, i: int, msg: Any, dmsg: Any | None) -> Frame:
+        """Frame ``i`` from its decoded colour message and depth message (or None)."""
+        t = self.topics
         try:
             rgb = any_image_to_array(msg, t.color)
         except EncodingError as exc:
@@ -323,11 +373,7 @@ class Recording:
         except CalibrationError as exc:
             raise CalibrationError(f"bag {self.path}: {exc}") from None
         depth = None
-        j = int(self._dep_idx[i])
-        if j >= 0:
-            dlog = int(self._dep_log[j])
-            occ = int(np.count_nonzero(self._dep_log[:j] == dlog))
-            dmsg = self._decode(self._depth_conns, dlog, occ)
+        if dmsg is not None:
             try:
                 depth = any_image_to_array(dmsg, t.depth)
             except EncodingError as exc:
@@ -341,13 +387,8 @@ class Recording:
         T = None
         if self._poses_kept is not None and self._pose_valid[i]:
             T = self._poses_kept[i].copy()
-        frame_id = str(msg.header.frame_id)
         return Frame(rgb=rgb, K=K, stamp_ns=int(self._col_stamp[i]), depth=depth, T_world_cam=T,
-                     frame_id=frame_id, index=i)
-
-    def __iter__(self) -> Iterator[Frame]:
-        for i in range(len(self)):
-            yield self[i]
+                     frame_id=str(msg.header.frame_id), index=i)
 
     @property
     def stamps_ns(self) -> np.ndarray:
