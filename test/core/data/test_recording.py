@@ -324,3 +324,22 @@ def test_depth_decodes_like_image_codec(tmp_path, rng):
     expected = image_msg_to_array(store.deserialize_cdr(raw, "sensor_msgs/msg/Image"))
     with Recording(bag) as rec:
         np.testing.assert_array_equal(rec[0].depth, expected)
+
+
+def test_streaming_iteration_equals_random_access(tmp_path, rng):
+    """Many images per MCAP chunk, two images logged at the same time, log order != stamp order."""
+    stamps = [T0 + 10_000_000 + i * 50_000_000 for i in range(8)]
+    msgs, _, images = _robot_messages(rng, image_stamps=stamps)
+    color = [m for m in msgs if m[0] == ROBOT.color]
+    color[3] = (*color[3][:3], color[2][3])  # same log time as image 2
+    color[5], color[6] = (*color[5][:3], color[6][3]), (*color[6][:3], color[5][3])  # logged out of order
+    others = [m for m in msgs if m[0] != ROBOT.color]
+    bag = _raw_bag(tmp_path / "robot", others + color, StoragePlugin.MCAP)
+    with Recording(bag, ROBOT) as rec:
+        streamed = list(rec)
+        assert [f.stamp_ns for f in streamed] == stamps
+        for i, f in enumerate(streamed):
+            g = rec[i]
+            np.testing.assert_array_equal(f.rgb, images[i])
+            np.testing.assert_array_equal(g.rgb, images[i])
+            np.testing.assert_array_equal(f.depth, g.depth)
