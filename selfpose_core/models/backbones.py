@@ -18,8 +18,8 @@ from selfpose_core.errors import ConfigError, ShapeError
 class BackboneConfig:
     """Encoder widths per level (level i has stride 2**(i+1)) and the stride of the returned feature map."""
 
-    widths: tuple[int, ...] = (24, 48, 96, 128)
-    out_stride: int = 2
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    out_stride: int = 4
 
     def validate(self, where: str = "backbone") -> None:
         if len(self.widths) < 2 or any(int(w) < 1 for w in self.widths):
@@ -36,8 +36,10 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class UNetBackbone(nn.Module):
-    """Encoder-decoder returning features at ``config.out_stride``.
+    """Encoder + FPN-style decoder returning features at ``config.out_stride``.
 
+    Encoder level i: a stride-2 3x3 conv (plus a second 3x3 conv from level 1 on). Decoder step: 1x1 projection of
+    the coarser map to the skip's width, nearest upsampling, sum with a 1x1 lateral of the skip, one 3x3 conv.
     Input (B, in_channels, H, W) -> output (B, widths[k], ceil(H / s), ceil(W / s)) with s = out_stride = 2**(k+1).
     """
 
@@ -48,13 +50,18 @@ class UNetBackbone(nn.Module):
         w = [int(x) for x in self.config.widths]
         self.down = nn.ModuleList()
         cin = in_channels
-        for width in w:
-            self.down.append(nn.Sequential(conv_bn_relu(cin, width, 2), conv_bn_relu(width, width)))
+        for i, width in enumerate(w):
+            layers = [conv_bn_relu(cin, width, 2)] + ([conv_bn_relu(width, width)] if i > 0 else [])
+            self.down.append(nn.Sequential(*layers))
             cin = width
         self.out_level = self.config.out_stride.bit_length() - 2
-        self.up = nn.ModuleList()
+        self.reduce = nn.ModuleList()
+        self.lateral = nn.ModuleList()
+        self.fuse = nn.ModuleList()
         for level in range(len(w) - 2, self.out_level - 1, -1):
-            self.up.append(nn.Sequential(conv_bn_relu(cin + w[level], w[level]), conv_bn_relu(w[level], w[level])))
+            self.reduce.append(nn.Conv2d(cin, w[level], 1))
+            self.lateral.append(nn.Conv2d(w[level], w[level], 1))
+            self.fuse.append(conv_bn_relu(w[level], w[level]))
             cin = w[level]
         self.out_channels = cin
 
@@ -66,9 +73,9 @@ class UNetBackbone(nn.Module):
             x = block(x)
             skips.append(x)
         x = skips[-1]
-        for block, skip in zip(self.up, reversed(skips[self.out_level:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = block(torch.cat([x, skip], dim=1))
+        for reduce, lateral, fuse, skip in zip(self.reduce, self.lateral, self.fuse, reversed(skips[self.out_level:-1])):
+            x = F.interpolate(reduce(x), size=skip.shape[-2:], mode="nearest")
+            x = fuse(x + lateral(skip))
         return x
 
 
@@ -82,11 +89,11 @@ def pixel_centres(h: int, w: int, stride: int, device: torch.device | None = Non
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(h, w, 2) input-image (x, y) coordinates of the centres of a stride-``stride`` feature map's cells.
 
-    Pixel-centre convention: pixel (i, j) of the input covers [j, j+1) x [i, i+1) and has centre (j + 0.5, i + 0.5);
-    cell (i, j) of the feature map covers input pixels [s j, s j + s) and has centre s j + s / 2.
+    OpenCV pixel convention (as the camera matrix K): input pixel (i, j) has its centre at (x, y) = (j, i); cell
+    (i, j) of the feature map covers input pixels s j .. s j + s - 1 and has centre s j + (s - 1) / 2.
     """
-    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * stride
-    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * stride
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * stride - 0.5
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * stride - 0.5
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx, gy], dim=-1)
 

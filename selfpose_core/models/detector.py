@@ -45,10 +45,9 @@ class Detector(nn.Module):
         self.num_objects = int(num_objects)
         self.backbone = UNetBackbone(3, self.config.backbone)
         c, f = self.num_objects, self.backbone.out_channels
-        self.heatmap = head(f, c)
-        self.box = head(f, 4 * c)
-        self.mask = head(f, c)
-        nn.init.constant_(self.heatmap[-1].bias, -4.0)  # CenterNet's prior: few cells are centres
+        self.head = head(f, 6 * c)  # per class: heatmap, offset (2), log size (2), mask
+        with torch.no_grad():
+            self.head[-1].bias[:c] = -4.0  # CenterNet's prior: few cells are centres
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
 
     @property
@@ -56,11 +55,12 @@ class Detector(nn.Module):
         return self.config.backbone.out_stride
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        feat = self.backbone((image - self.mean) * 4.0)
-        b, _, h, w = feat.shape
-        box = self.box(feat).view(b, self.num_objects, 4, h, w)
-        return {"heatmap": self.heatmap(feat), "offset": torch.sigmoid(box[:, :, :2]), "log_size": box[:, :, 2:],
-                "mask_logits": self.mask(feat)}
+        out = self.head(self.backbone((image - self.mean) * 4.0))
+        b, _, h, w = out.shape
+        c = self.num_objects
+        box = out[:, c:5 * c].reshape(b, c, 4, h, w)
+        return {"heatmap": out[:, :c], "offset": torch.sigmoid(box[:, :, :2]), "log_size": box[:, :, 2:],
+                "mask_logits": out[:, 5 * c:]}
 
     def decode(self, out: dict[str, torch.Tensor]) -> Detections:
         """The best-scoring cell of each class; boxes in input pixels (centre = (cell + offset) * stride)."""

@@ -26,7 +26,7 @@ def test_backbone_output_size_handles_odd_inputs():
 
 def test_pixel_centres_and_channel_selection():
     c = pixel_centres(2, 3, 2)
-    assert torch.equal(c[1, 2], torch.tensor([5.0, 3.0]))
+    assert torch.equal(c[1, 2], torch.tensor([4.5, 2.5]))
     out = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 6, 1, 1).expand(2, 6, 2, 2)
     sel = select_object_channels(out, torch.tensor([2, 0]), 2)
     assert sel[0, :, 0, 0].tolist() == [4.0, 5.0] and sel[1, :, 0, 0].tolist() == [6.0, 7.0]
