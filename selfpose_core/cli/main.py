@@ -20,6 +20,7 @@ COMMANDS = [
     "recover",
     "estimate",
     "simulate",
+    "eval",
 ]
 
 

@@ -14,14 +14,17 @@ Conventions of every function here:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.spatial import cKDTree
 
 from selfpose_core.errors import ShapeError
 from selfpose_core.geometry.shapes import check_shape
 
-# Points evaluated at once by the symmetry-aware errors (bounds their memory to about 100 MB).
-_CHUNK_POINTS = 1 << 22
+# Transformed points held at once (about 400 kB of float64 xyz): poses are processed in chunks that stay in the
+# CPU cache, which is faster than one huge array and bounds memory whatever the number of poses and symmetries.
+_CHUNK_POINTS = 1 << 14
 
 
 def _rotation(R: np.ndarray, name: str) -> np.ndarray:
@@ -67,15 +70,44 @@ def _syms(syms: np.ndarray) -> np.ndarray:
     return syms
 
 
-def _transform(pts: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``R pts + t``: points (N, 3), R (*, 3, 3), t (*, 3) -> (*, N, 3)."""
-    return np.einsum("...ij,nj->...ni", R, pts) + t[..., None, :]
+def _affine(pts: np.ndarray, A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A x + b`` for points (N, 3) and P maps A (P, 3, 3), b (P, 3) -> (N, P, 3), points-major.
+
+    All maps go through one (N, 3) x (3, 3P) matrix product: numpy's stacked matmul of 3x3 matrices and the
+    (P, N, 3) layout are several times slower.
+    """
+    A = np.ascontiguousarray(A).reshape(-1, 3, 3)
+    X = pts @ A.transpose(2, 0, 1).reshape(3, -1)
+    X += np.reshape(b, -1)  # in place: fresh large arrays are what costs here
+    return X.reshape(len(pts), len(A), 3)
 
 
-def _project(X: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Pinhole projection of camera-frame points (*, N, 3) with K (3, 3) or (*, 3, 3) -> (*, N, 2) pixels."""
-    x = np.einsum("...ij,...nj->...ni", K, X)
-    return x[..., :2] / x[..., 2:3]
+def _chunked(n_poses: int, points_per_pose: int, fn: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """``fn(slice)`` -> (p,) errors over the flattened poses in chunks of about ``_CHUNK_POINTS`` points; (n_poses,)."""
+    out = np.empty(n_poses)
+    step = max(1, _CHUNK_POINTS // max(1, points_per_pose))
+    for i in range(0, n_poses, step):
+        out[i:i + step] = fn(slice(i, i + step))
+    return out
+
+
+def _sq(x: np.ndarray) -> np.ndarray:
+    """Squared Euclidean norm over the last axis."""
+    return np.einsum("...i,...i->...", x, x)
+
+
+def _pixels(h: np.ndarray) -> np.ndarray:
+    """Pixels (..., 2) of homogeneous image points (..., 3)."""
+    return h[..., :2] / h[..., 2:3]
+
+
+def _camera(K: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    check_shape(K, ("*", 3, 3), "K")
+    try:
+        return np.broadcast_to(K, batch + (3, 3)).reshape(-1, 3, 3)
+    except ValueError as exc:
+        raise ShapeError(f"K {K.shape} does not broadcast to the pose batch {batch}") from exc
 
 
 def add(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -86,8 +118,9 @@ def add(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray
     """
     R_est, t_est, R_gt, t_gt = _poses(R_est, t_est, R_gt, t_gt)
     pts = _points(pts)
-    diff = _transform(pts, R_est - R_gt, t_est - t_gt)
-    return np.linalg.norm(diff, axis=-1).mean(axis=-1)
+    batch = R_est.shape[:-2]
+    A, b = (R_est - R_gt).reshape(-1, 3, 3), (t_est - t_gt).reshape(-1, 3)
+    return _chunked(len(A), len(pts), lambda sl: np.sqrt(_sq(_affine(pts, A[sl], b[sl]))).mean(axis=0)).reshape(batch)
 
 
 def adi(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray, pts: np.ndarray,
@@ -108,9 +141,15 @@ def adi(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray
         tree = cKDTree(pts)
     elif tree.n != len(pts) or tree.m != 3:
         raise ShapeError(f"tree holds {tree.n} points of dimension {tree.m}, pts has shape {pts.shape}")
-    q = np.einsum("...ji,...nj->...ni", R_est, _transform(pts, R_gt, t_gt - t_est))
-    nn_dists, _ = tree.query(q.reshape(-1, 3), k=1, workers=-1)
-    return nn_dists.reshape(q.shape[:-1]).mean(axis=-1)
+    batch = R_est.shape[:-2]
+    R_et = np.swapaxes(R_est, -1, -2).reshape(-1, 3, 3)
+    A, b = R_et @ R_gt.reshape(-1, 3, 3), (R_et @ (t_gt - t_est).reshape(-1, 3, 1))[..., 0]
+
+    def chunk(sl: slice) -> np.ndarray:
+        q = _affine(pts, A[sl], b[sl])
+        return tree.query(q.reshape(-1, 3), k=1)[0].reshape(q.shape[:-1]).mean(axis=0)
+
+    return _chunked(len(A), len(pts), chunk).reshape(batch)
 
 
 add_s = adi
@@ -157,10 +196,17 @@ def proj(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarra
     """
     R_est, t_est, R_gt, t_gt = _poses(R_est, t_est, R_gt, t_gt)
     pts = _points(pts)
-    K = np.asarray(K, dtype=np.float64)
-    check_shape(K, ("*", 3, 3), "K")
-    diff = _project(_transform(pts, R_est, t_est), K) - _project(_transform(pts, R_gt, t_gt), K)
-    return np.linalg.norm(diff, axis=-1).mean(axis=-1)
+    batch = R_est.shape[:-2]
+    K = _camera(K, batch)
+    R_est, t_est = R_est.reshape(-1, 3, 3), t_est.reshape(-1, 3, 1)
+    R_gt, t_gt = R_gt.reshape(-1, 3, 3), t_gt.reshape(-1, 3, 1)
+    A_e, b_e, A_g, b_g = K @ R_est, (K @ t_est)[..., 0], K @ R_gt, (K @ t_gt)[..., 0]
+
+    def chunk(sl: slice) -> np.ndarray:
+        diff = _pixels(_affine(pts, A_e[sl], b_e[sl])) - _pixels(_affine(pts, A_g[sl], b_g[sl]))
+        return np.sqrt(_sq(diff)).mean(axis=0)
+
+    return _chunked(len(A_e), len(pts), chunk).reshape(batch)
 
 
 proj2d = proj
@@ -174,23 +220,31 @@ def _max_sym_distance(R_est, t_est, R_gt, t_gt, pts, syms, K) -> np.ndarray:
     batch = R_est.shape[:-2]
     R_est, t_est = R_est.reshape(-1, 3, 3), t_est.reshape(-1, 3)
     R_gt, t_gt = R_gt.reshape(-1, 3, 3), t_gt.reshape(-1, 3)
-    if K is not None:
-        K = np.asarray(K, dtype=np.float64)
-        check_shape(K, ("*", 3, 3), "K")
-        K = np.broadcast_to(K, batch + (3, 3)).reshape(-1, 3, 3)
     # Poses of the ground truth composed with each symmetry: R_g S_R and R_g S_t + t_g, (P, S, ...).
-    R_gt_sym = np.einsum("pij,sjk->psik", R_gt, syms[:, :3, :3])
-    t_gt_sym = np.einsum("pij,sj->psi", R_gt, syms[:, :3, 3]) + t_gt[:, None, :]
-    out = np.empty(len(R_est))
-    step = max(1, _CHUNK_POINTS // (len(syms) * len(pts)))
-    for i in range(0, len(R_est), step):
-        sl = slice(i, i + step)
-        x_est = _transform(pts, R_est[sl], t_est[sl])[:, None]  # (p, 1, N, 3)
-        x_gt = _transform(pts, R_gt_sym[sl], t_gt_sym[sl])  # (p, S, N, 3)
-        if K is not None:
-            x_est, x_gt = _project(x_est, K[sl, None]), _project(x_gt, K[sl, None])
-        out[sl] = np.linalg.norm(x_est - x_gt, axis=-1).max(axis=-1).min(axis=-1)
-    return out.reshape(batch)
+    R_gt_sym = R_gt[:, None] @ syms[:, :3, :3]
+    t_gt_sym = syms[:, :3, 3] @ np.swapaxes(R_gt, -1, -2) + t_gt[:, None, :]
+    if K is not None:
+        K = _camera(K, batch)
+        # Homogeneous projections: K R and K t.
+        R_est, t_est = K @ R_est, (K @ t_est[..., None])[..., 0]
+        R_gt_sym, t_gt_sym = K[:, None] @ R_gt_sym, (K[:, None] @ t_gt_sym[..., None])[..., 0]
+    n_pose, n_sym = len(R_est), len(syms)
+    if K is None:  # ||(R_e - R_g S_R) x + (t_e - R_g S_t - t_g)|| for every (pose, symmetry) pair
+        A = (R_est[:, None] - R_gt_sym).reshape(-1, 3, 3)
+        b = (t_est[:, None] - t_gt_sym).reshape(-1, 3)
+
+        def pair_max(sl: slice) -> np.ndarray:
+            return _sq(_affine(pts, A[sl], b[sl])).max(axis=0)
+    else:
+        pose = np.repeat(np.arange(n_pose), n_sym)
+        A_g, b_g = R_gt_sym.reshape(-1, 3, 3), t_gt_sym.reshape(-1, 3)
+
+        def pair_max(sl: slice) -> np.ndarray:
+            uv_est = _pixels(_affine(pts, R_est[pose[sl]], t_est[pose[sl]]))
+            return _sq(uv_est - _pixels(_affine(pts, A_g[sl], b_g[sl]))).max(axis=0)
+
+    max_sq = _chunked(n_pose * n_sym, len(pts), pair_max).reshape(n_pose, n_sym)
+    return np.sqrt(max_sq.min(axis=1)).reshape(batch)
 
 
 def mssd(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray, pts: np.ndarray,
@@ -249,13 +303,12 @@ def iou_3d(R_est: np.ndarray, t_est: np.ndarray, box_est: np.ndarray, R_gt: np.n
     check_shape(box_gt, ("*", 2, 3), "box_gt")
     if syms is not None:
         syms = _syms(syms)
-        t_gt = np.einsum("...ij,sj->...si", R_gt, syms[:, :3, 3]) + t_gt[..., None, :]
-        R_gt = np.einsum("...ij,sjk->...sik", R_gt, syms[:, :3, :3])
+        t_gt = syms[:, :3, 3] @ np.swapaxes(R_gt, -1, -2) + t_gt[..., None, :]
+        R_gt = R_gt[..., None, :, :] @ syms[:, :3, :3]
         R_est, t_est = R_est[..., None, :, :], t_est[..., None, :]
         box_est, box_gt = box_est[..., None, :, :], box_gt[..., None, :, :]
     # Corners of the estimated box in the ground-truth object frame: R_g^T (R_e c + t_e - t_g).
-    corners = np.einsum("...ij,...nj->...ni", R_est, _box_corners(box_est)) + (t_est - t_gt)[..., None, :]
-    corners = np.einsum("...ji,...nj->...ni", R_gt, corners)
+    corners = (_box_corners(box_est) @ np.swapaxes(R_est, -1, -2) + (t_est - t_gt)[..., None, :]) @ R_gt
     lo, hi = corners.min(axis=-2), corners.max(axis=-2)
     inter = np.prod(np.clip(np.minimum(hi, box_gt[..., 1, :]) - np.maximum(lo, box_gt[..., 0, :]), 0.0, None),
                     axis=-1)
