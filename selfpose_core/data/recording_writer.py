@@ -36,7 +36,7 @@ from selfpose_core.data.bag_files import (METADATA_VERSION, SUFFIX, FileSummary,
                                           segment_name, write_metadata)
 from selfpose_core.data.image_codec import (array_to_compressed_msg, array_to_image_msg, intrinsics_to_camera_info)
 from selfpose_core.data.recording import RecordingTopics
-from selfpose_core.data.ros_types import require_type, typestore
+from selfpose_core.data.ros_types import register_msgdef, require_type, typestore
 from selfpose_core.data.tf_buffer import tf_message
 from selfpose_core.errors import ConfigError, RecordingError, ShapeError
 from selfpose_core.types import Frame
@@ -128,10 +128,18 @@ class BagWriter:
             raise RecordingError(f"cannot serialize a {msgtype} message for topic {topic}: {exc}") from exc
         self.write_raw(topic, msgtype, data, stamp_ns, latch)
 
-    def write_raw(self, topic: str, msgtype: str, data: bytes, stamp_ns: int, latch: bool = False) -> None:
-        """Write CDR bytes ``data`` of type ``msgtype`` on ``topic`` at log time ``stamp_ns``."""
+    def write_raw(self, topic: str, msgtype: str, data: bytes, stamp_ns: int, latch: bool = False,
+                  msgdef: str | None = None) -> None:
+        """Write CDR bytes ``data`` of type ``msgtype`` on ``topic`` at log time ``stamp_ns``.
+
+        ``msgdef``: the type's ros2msg definition (as embedded in another bag) for types the typestore lacks.
+        """
         if self._closed:
             raise RecordingError(f"bag {self.path} is closed; cannot write topic {topic}")
+        if msgtype not in typestore().types:
+            if msgdef is None:
+                require_type(msgtype)
+            register_msgdef(typestore(), msgtype, msgdef)
         with self.atomic():
             if self._writer is None:
                 self._open_segment(int(stamp_ns))

@@ -66,3 +66,23 @@ def test_bad_msg_file_is_named(tmp_path):
     (tmp_path / "ObjectPoseArray.msg").write_text("ObjectPose[] objects\n")
     with pytest.raises(RecordingError, match="ObjectPose.msg"):
         selfpose_types(tmp_path)
+
+
+def test_bag_writer_copies_a_type_known_only_by_its_definition(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    other = get_typestore(Stores.ROS2_JAZZY)
+    register_msgdef(other, "acme_msgs/msg/Blip", "int32 level\nstring label\n")
+    Blip = other.types["acme_msgs/msg/Blip"]
+    raw = bytes(other.serialize_cdr(Blip(level=7, label="x"), "acme_msgs/msg/Blip"))
+    with Writer(tmp_path / "src", version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        w.write(w.add_connection("/blip", "acme_msgs/msg/Blip", typestore=other), 5, raw)
+    with Reader(tmp_path / "src") as reader:
+        ((conn, stamp, data),) = list(reader.messages())
+        msgdef = conn.msgdef.data
+    with BagWriter(tmp_path / "copy") as bag:
+        bag.write_raw("/blip", "acme_msgs/msg/Blip", data, stamp, msgdef=msgdef)
+    with Reader(tmp_path / "copy") as reader:
+        ((conn, _, data),) = list(reader.messages())
+        assert conn.msgtype == "acme_msgs/msg/Blip"
+        assert other.deserialize_cdr(data, conn.msgtype).level == 7
