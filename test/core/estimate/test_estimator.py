@@ -1,0 +1,177 @@
+"""PoseEstimator end to end with oracle networks (so that crop geometry, intrinsics and PnP are what is tested),
+depth refinement, and bad input: missing/incompatible bundles, objects missing from objects.yaml, empty images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import trimesh
+
+from selfpose_core.data.crops import ObjectGeometry, render_targets
+from selfpose_core.errors import ModelError
+from selfpose_core.estimate.depth_refine import DepthRefiner
+from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
+from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
+from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
+from selfpose_core.models.backbones import BackboneConfig
+from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
+from selfpose_core.models.correspondence_net import CorrespondenceNet
+from selfpose_core.models.detector import SIZE_UNIT, Detector, DetectorConfig
+from selfpose_core.types import CameraIntrinsics, Frame
+
+K = CameraIntrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)
+LO, SPAN = 40.0, 200.0  # colour code: rgb = LO + SPAN * (normalised object coordinate + 1) / 2
+
+
+@pytest.fixture(scope="module")
+def objects_dir(tmp_path_factory):
+    """An asymmetric box with a cut corner (obj0) and a capsule (obj1), meshes + objects.yaml."""
+    d = tmp_path_factory.mktemp("objects")
+    box = trimesh.creation.box((0.08, 0.05, 0.12))
+    v = np.asarray(box.vertices).copy()
+    v[np.argmax(v.sum(axis=1))] *= 0.4
+    entries = []
+    for i, (verts, faces) in enumerate([(v, box.faces), (lambda c: (c.vertices, c.faces))(
+            trimesh.creation.capsule(0.06, 0.025, count=[8, 8]))]):
+        m = object_model_from_arrays(f"obj{i}", np.asarray(verts), np.asarray(faces), obj_id=i + 1)
+        save_mesh(m, d / f"obj{i}.ply")
+        entries.append({"name": f"obj{i}", "mesh": str(d / f"obj{i}.ply"), "obj_id": i + 1})
+    write_objects_config(d / "objects.yaml", entries)
+    return d
+
+
+@pytest.fixture(scope="module")
+def objects(objects_dir):
+    return load_objects_config(objects_dir / "objects.yaml")
+
+
+class OracleDetector(Detector):
+    """Finds the coloured pixels of the (single, class 0) object and reports their box."""
+
+    def forward(self, image):
+        b, _, h, w = image.shape
+        s = self.stride
+        fg = image.sum(1) > 0.05
+        hs, ws = -(-h // s), -(-w // s)
+        heat = torch.full((b, self.num_objects, hs, ws), -10.0)
+        offset = torch.zeros(b, self.num_objects, 2, hs, ws)
+        log_size = torch.zeros(b, self.num_objects, 2, hs, ws)
+        for i in range(b):
+            ys, xs = torch.nonzero(fg[i], as_tuple=True)
+            if len(xs) == 0:
+                continue
+            x0, x1, y0, y1 = xs.min().item(), xs.max().item() + 1, ys.min().item(), ys.max().item() + 1
+            cx, cy = (x0 + x1) / 2 / s, (y0 + y1) / 2 / s
+            heat[i, 0, int(cy), int(cx)] = 10.0
+            offset[i, 0, 0], offset[i, 0, 1] = cx - int(cx), cy - int(cy)
+            log_size[i, 0, 0] = float(np.log((x1 - x0) / SIZE_UNIT))
+            log_size[i, 0, 1] = float(np.log((y1 - y0) / SIZE_UNIT))
+        return {"heatmap": heat, "offset": offset, "log_size": log_size,
+                "mask_logits": torch.zeros(b, self.num_objects, hs, ws)}
+
+
+class OracleCorrespondences(CorrespondenceNet):
+    """Reads the object coordinates from the colour code of the crop."""
+
+    def forward(self, image, obj_index):
+        s = self.config.backbone.out_stride
+        inside = -F.max_pool2d(-(image.sum(1, keepdim=True) > 0.05).float(), s)[:, 0]  # whole cell on the object
+        coords = (F.avg_pool2d(image, s) * 255.0 - LO) / SPAN * 2 - 1
+        return {"coords": coords.clamp(-1, 1), "mask_logits": inside * 20 - 10, "error": torch.zeros_like(inside)}
+
+
+def _render_frame(obj, geom, T, cam):
+    r = render_targets(geom, cam.K, T, (cam.height, cam.width))
+    norm = (r["coords"] - geom.coord_centre) / geom.coord_half_extent
+    rgb = np.where(r["mask"][..., None] > 0, LO + SPAN * (norm + 1) / 2, 0.0)
+    return Frame(np.round(rgb).astype(np.uint8), cam, depth=r["depth"].astype(np.float32))
+
+
+def _bundle(objects, objects_dir, path, objects_config="../objects.yaml"):
+    spec = BundleSpec([BundleObject.from_model(m) for m in objects], objects_config,
+                      PoseNetSpec("correspondence", 64, BackboneConfig((8, 8, 16), 4)),
+                      DetectorConfig(BackboneConfig((8, 8, 16), 4), 160, 120, 0.3), (640, 480))
+    return ModelBundle.create(spec).save(objects_dir / path)
+
+
+def _oracle_estimator(bundle_path, **cfg):
+    est = PoseEstimator(bundle_path, config=EstimatorConfig(**cfg))
+    n = len(est.spec.objects)
+    est.detector = OracleDetector(n, est.spec.detector).eval()
+    est.pose_net = OracleCorrespondences(n, est.pose_net.config).eval()
+    return est
+
+
+def _errors(T_est, T_gt):
+    cos = (np.trace(T_est[:3, :3].T @ T_gt[:3, :3]) - 1) / 2
+    return np.degrees(np.arccos(np.clip(cos, -1, 1))), np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3])
+
+
+def _pose():
+    T = np.eye(4)
+    a = 0.7
+    T[:3, :3] = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]) @ np.array(
+        [[1, 0, 0], [0, np.cos(0.5), -np.sin(0.5)], [0, np.sin(0.5), np.cos(0.5)]])
+    T[:3, 3] = [0.05, -0.03, 0.6]
+    return T
+
+
+def test_estimate_recovers_the_pose_at_any_frame_size(objects, objects_dir):
+    path = _bundle(objects, objects_dir, "m_oracle")
+    est = _oracle_estimator(path, refine_depth=False)
+    geom = ObjectGeometry.from_model(objects[0])
+    T = _pose()
+    results = []
+    for cam in (K, K.scaled(2.0), K.scaled(0.5)):
+        out = est.estimate(_render_frame(objects[0], geom, T, cam))
+        assert len(out) == 1 and out[0].object_name == "obj0" and out[0].object_id == 1
+        re_deg, te_m = _errors(out[0].T_cam_obj, T)
+        assert re_deg < 2.0 and te_m < 0.006, (cam.width, re_deg, te_m)
+        assert out[0].mask.shape == (cam.height, cam.width) and out[0].mask.sum() > 0
+        assert 0 < out[0].score <= 1 and out[0].inliers > 10
+        results.append(out[0].T_cam_obj)
+    assert _errors(results[0], results[1])[1] < 0.006
+
+
+def test_empty_image_gives_no_estimates(objects, objects_dir):
+    est = _oracle_estimator(_bundle(objects, objects_dir, "m_empty"))
+    assert est.estimate(Frame(np.zeros((480, 640, 3), np.uint8), K)) == []
+
+
+def test_depth_refinement_corrects_a_perturbed_pose(objects):
+    geom = ObjectGeometry.from_model(objects[0])
+    T = _pose()
+    r = render_targets(geom, K.K, T, (480, 640))
+    T0 = T.copy()
+    T0[:3, 3] += [0.008, -0.005, 0.02]
+    a = np.radians(4.0)
+    T0[:3, :3] = T0[:3, :3] @ np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    refined, fitness = DepthRefiner(objects[0]).refine(T0, r["depth"], K.K, r["mask"] > 0)
+    assert fitness > 0.5
+    re0, te0 = _errors(T0, T)
+    re1, te1 = _errors(refined, T)
+    assert te1 < 0.3 * te0 and te1 < 0.005 and re1 < re0
+    same, fit = DepthRefiner(objects[0]).refine(T0, np.zeros((480, 640), np.float32), K.K, r["mask"] > 0)
+    assert fit == 0.0 and np.array_equal(same, T0)
+
+
+def test_bad_bundles_and_objects(objects, objects_dir, tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        PoseEstimator(tmp_path / "nothing")
+    path = _bundle(objects, objects_dir, "m_bad")
+    only_second = write_objects_config(tmp_path / "objects.yaml", [
+        {"name": "obj1", "mesh": str(objects_dir / "obj1.ply"), "obj_id": 2}])
+    with pytest.raises(ModelError, match="'obj0'.*missing from"):
+        PoseEstimator(path, objects_config=only_second)
+    wrong_id = write_objects_config(tmp_path / "ids.yaml", [
+        {"name": "obj0", "mesh": str(objects_dir / "obj0.ply"), "obj_id": 7},
+        {"name": "obj1", "mesh": str(objects_dir / "obj1.ply"), "obj_id": 2}])
+    with pytest.raises(ModelError, match="obj_id is 7"):
+        PoseEstimator(path, objects_config=wrong_id)
+    moved = _bundle(objects, objects_dir, "m_moved", objects_config="gone/objects.yaml")
+    with pytest.raises(ModelError, match="objects config .* does not exist"):
+        PoseEstimator(moved)
+    torch.save({"detector": {}, "pose_net": {}}, path / "weights.pt")
+    with pytest.raises(ModelError, match="do not fit"):
+        PoseEstimator(path)
