@@ -104,9 +104,9 @@ def _levenberg_marquardt(X: torch.Tensor, u: torch.Tensor, K: torch.Tensor, w: t
         diag = torch.diagonal(H, dim1=-2, dim2=-1)
         damping = torch.zeros_like(lam) if polish else lam
         A = H + damping[:, None, None] * torch.diag_embed(diag) + 1e-12 * diag.amax(-1)[:, None, None] * eye6
-        step = -torch.linalg.solve(A, g[..., None])[..., 0]
-        if not polish:
-            step = torch.where(active[:, None], step, torch.zeros_like(step))
+        sol, info = torch.linalg.solve_ex(A, g[..., None])
+        usable = (info == 0) & torch.isfinite(sol[..., 0]).all(-1) & (active | polish)
+        step = torch.where(usable[:, None], -sol[..., 0], torch.zeros_like(g))  # singular (e.g. all weights 0): stay
         R_new, t_new = so3_exp(step[:, 3:]) @ R, t + step[:, :3]
         new = (R_new, t_new, *_normal_equations(R_new, t_new, X, u, K, w))
         better = torch.isfinite(new[4]) & (new[4] <= cost * (1.0 + (1e-9 if polish else 0.0)))
@@ -131,7 +131,7 @@ class _ImplicitPnP(torch.autograd.Function):
     """Identity-at-zero perturbation ``d`` (B, 6) whose backward carries the implicit-function gradient."""
 
     @staticmethod
-    def forward(ctx, R, t, X, u, K, w):  # noqa: D401 - autograd signature
+    def forward(ctx, R, t, X, u, K, w):
         ctx.save_for_backward(R, t, X, u, K, w)
         return torch.zeros(u.shape[0], 6, dtype=u.dtype, device=u.device)
 
@@ -146,7 +146,9 @@ class _ImplicitPnP(torch.autograd.Function):
             d = torch.zeros(u.shape[0], 6, dtype=dtype, device=u.device, requires_grad=True)
             f = _objective(d, R.to(dtype), t.to(dtype), *leaves)
             (g,) = torch.autograd.grad(f.sum(), d, create_graph=True)
-            H = torch.stack([torch.autograd.grad(g[:, i].sum(), d, retain_graph=True)[0] for i in range(6)], 1)
+            rows = torch.eye(6, dtype=dtype, device=u.device)[:, None, :].expand(6, u.shape[0], 6)
+            H = torch.autograd.grad(g, d, grad_outputs=rows, is_grads_batched=True, retain_graph=True)[0]
+            H = H.transpose(0, 1)  # (B, 6, 6): H[b, i, j] = d g[b, i] / d d[b, j]
             v = grad_d.to(dtype)[..., None]
             sol, info = torch.linalg.solve_ex(H, v)
             bad = info != 0
