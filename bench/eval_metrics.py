@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     R_e = Rotation.from_rotvec(rng.normal(0, 0.1, (args.poses, 3))).as_matrix() @ R_g
     t_e = t_g + rng.normal(0, 0.01, (args.poses, 3))
     syms = np.tile(np.eye(4), (args.syms, 1, 1))
-    syms[:, :3, :3] = Rotation.from_rotvec(np.outer(np.arange(args.syms) * 2 * np.pi / args.syms, [0, 0, 1])).as_matrix()
+    angles = np.arange(args.syms) * 2 * np.pi / args.syms
+    syms[:, :3, :3] = Rotation.from_rotvec(np.outer(angles, [0, 0, 1])).as_matrix()
     print(f"{args.poses} poses x {args.points} points ({args.syms} symmetries for MSSD)")
     print(f"{'metric':8}{'loop [s]':>10}{'vectorised [s]':>16}{'speed-up':>10}{'max rel diff':>14}   (best of 3)")
     for name, loop, vec, extra in (("ADD", _loop_add, metrics.add, ()), ("ADI", _loop_adi, metrics.adi, ()),

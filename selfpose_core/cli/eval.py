@@ -17,18 +17,19 @@ import yaml
 
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.errors import ConfigError
-from selfpose_core.eval.evaluate import Estimator, evaluate, evaluate_model
+from selfpose_core.estimate.stream import load_estimator
+from selfpose_core.eval.evaluate import evaluate, evaluate_model
 from selfpose_core.eval.report import write_report
 from selfpose_core.eval.results import read_results, write_results
 
 log = logging.getLogger(__name__)
 
 
-def load_estimator(model: Path, device: str) -> Estimator:
-    """The pose estimator of a model bundle directory."""
-    from selfpose_core.estimate.estimator import PoseEstimator
-
-    return PoseEstimator(model, device=device)
+def _scene_ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scenes must be comma-separated integers, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--results", type=Path, help="BOP results CSV (scene_id,im_id,obj_id,score,R,t,time) to score")
     p.add_argument("--data", type=Path, required=True, help="BOP-format dataset root (models/, <split>/)")
     p.add_argument("--split", default="test", help="dataset split folder (default: test)")
-    p.add_argument("--scenes", type=lambda s: [int(x) for x in s.split(",") if x],
-                   help="comma-separated scene ids (default: all)")
+    p.add_argument("--scenes", type=_scene_ids, help="comma-separated scene ids (default: all)")
     p.add_argument("--max-images", type=int, help="with --model: evaluate at most this many images, evenly spread")
     p.add_argument("--out", type=Path, help="output folder (default: eval_<split>)")
     p.add_argument("--overlays", type=int, default=6, help="pose overlay images in the report (default: 6)")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path(f"eval_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     if args.model is not None:
-        estimator = load_estimator(args.model, args.device)
+        estimator = load_estimator(str(args.model), args.device)
         result, estimates = evaluate_model(estimator, dataset, scene_ids=args.scenes, max_images=args.max_images,
                                            min_visib_fract=args.min_visib, progress=not args.no_progress)
         times = {k: result.time_per_image_s for k in estimates}

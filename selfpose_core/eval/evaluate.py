@@ -130,9 +130,10 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain floats/ints/strings for bundle.yaml: {"mean": {...}, "per_object": {name: {...}}, ...}."""
         def clean(d: Mapping[str, float]) -> dict[str, float | int | None]:
-            return {k: (int(v) if k == "n_targets" else (float(v) if math.isfinite(v) else None))
+            return {k: (None if not math.isfinite(v) else int(v) if k == "n_targets" else float(v))
                     for k, v in d.items()}
-        out: dict[str, Any] = {"mean": clean(self.mean), "per_object": {k: clean(v) for k, v in self.per_object.items()},
+        out: dict[str, Any] = {"mean": clean(self.mean),
+                               "per_object": {k: clean(v) for k, v in self.per_object.items()},
                                "n_images": int(self.n_images), "settings": dict(self.settings)}
         if self.time_per_image_s is not None:
             out["time_per_image_s"] = float(self.time_per_image_s)
