@@ -47,19 +47,21 @@ def _discrete(sym: Symmetry) -> np.ndarray:
 
 
 def symmetry_transforms(sym: Symmetry, n_continuous: int = 36) -> np.ndarray:
-    """All symmetry transforms ``(S, 4, 4)`` of ``sym``, identity first.
+    """All symmetry transforms ``(S, 4, 4)`` of ``sym``, identity first, in bop_toolkit's order.
 
-    The identity, the discrete transforms, and for each continuous axis the rotations by ``2 pi k / n_continuous``
-    (k = 1 .. n_continuous - 1) about the axis through its offset, composed with every transform found so far
-    (``S = C_k @ D``). Several continuous axes multiply the count (n_continuous^2 for two). Exact duplicates are
-    not removed.
+    As bop_toolkit's ``misc.get_symmetry_transformations`` (with ``n_continuous = ceil(pi / max_sym_disc_step)``):
+    the continuous samples are the rotations by ``2 pi k / n_continuous`` (k = 0 .. n_continuous - 1) about each
+    continuous axis through its offset (the samples of several axes are pooled, not multiplied), and the result
+    is ``C @ D`` for every discrete transform ``D`` (identity first) and every continuous sample ``C``; without
+    continuous axes it is the identity followed by the discrete transforms. Duplicates are not removed.
     """
     transforms = _discrete(sym)
+    axes = _axes(sym)
+    if not axes:
+        return transforms
     angles = 2.0 * np.pi * np.arange(n_continuous) / n_continuous
-    for axis, offset in _axes(sym):
-        C = _rotations_about(axis, offset, angles)  # C[0] is the identity
-        transforms = (C[:, None] @ transforms[None]).reshape(-1, 4, 4)
-    return transforms
+    C = np.concatenate([_rotations_about(axis, offset, angles) for axis, offset in axes])
+    return (C[None] @ transforms[:, None]).reshape(-1, 4, 4)
 
 
 def closest_symmetric_pose(T_est: np.ndarray, T_gt: np.ndarray, sym: SymLike, *,
@@ -71,8 +73,8 @@ def closest_symmetric_pose(T_est: np.ndarray, T_gt: np.ndarray, sym: SymLike, *,
     symmetry axis does not pass through the object origin). With discrete symmetries and at most one continuous
     axis the result is exact (the best angle about the axis is solved in closed form,
     ``theta = atan2(tr(M [a]x), tr(M) - a^T M a)`` with ``M = D_R R_est^T R_gt``); with two or more continuous
-    axes the axes are sampled with ``n_continuous`` steps. Use it to align estimates of a symmetric object before
-    averaging them, or to pick the ground-truth pose a symmetric loss should compare against.
+    axes it is the best of ``symmetry_transforms(sym, n_continuous)``. Use it to align estimates of a symmetric
+    object before averaging them, or to pick the ground-truth pose a symmetric loss should compare against.
     """
     T_est = np.asarray(T_est, dtype=np.float64)
     T_gt = np.asarray(T_gt, dtype=np.float64)

@@ -56,6 +56,23 @@ def test_box_discrete_symmetries():
     assert len(symmetry_transforms(Symmetry())) == 1
 
 
+def test_same_set_and_order_as_bop_toolkit_loop():
+    """Reference: bop_toolkit misc.get_symmetry_transformations written as its plain loops."""
+    disc = [make_T(so3_exp(np.array([np.pi, 0.0, 0.0])), np.array([0.0, 0.0, 0.01]))]
+    conts = [(np.array([0.0, 0.0, 2.0]), np.array([0.0, 0.0, 0.02])), (np.array([0.0, 1.0, 0.0]), np.zeros(3))]
+    n = 12
+    for cont in ([], conts[:1], conts):
+        trans_cont = []
+        for axis, offset in cont:
+            for i in range(n):
+                R = Rotation.from_rotvec(axis / np.linalg.norm(axis) * i * 2 * np.pi / n).as_matrix()
+                trans_cont.append(make_T(R, offset - R @ offset))
+        trans_disc = [np.eye(4)] + disc
+        ref = [C @ D for D in trans_disc for C in trans_cont] if trans_cont else trans_disc
+        np.testing.assert_allclose(symmetry_transforms(Symmetry(discrete=np.array(disc), continuous=cont), n),
+                                   np.array(ref), atol=1e-12)
+
+
 def test_bad_axis_is_reported():
     with pytest.raises(ConfigError, match=r"continuous\[0\]"):
         symmetry_transforms(Symmetry(continuous=[(np.zeros(3), np.zeros(3))]))
