@@ -21,6 +21,8 @@ COMMANDS = [
     "estimate",
     "simulate",
     "eval",
+    "pretrain",
+    "demo",
 ]
 
 
