@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from selfpose_core.data.sim.catalog import TARGETS
-from selfpose_core.data.sim.generate import SimConfig, render_preview, simulate
+from selfpose_core.data.sim.generate import SimConfig, render_montage, render_preview, simulate
 from selfpose_core.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def _objects(value: str | None) -> list[str]:
@@ -49,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preview", metavar="PNG",
                    help="write a picture (real-domain frame next to a flat CAD render of the same view); "
                         "with no --out, only the picture is made")
+    p.add_argument("--montage", metavar="PNG",
+                   help="write a picture with the middle frame of every trajectory (no --out: only the picture)")
     p.add_argument("--force", action="store_true", help="replace the simulator's outputs in a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -66,12 +65,13 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out is None and args.preview is None:
-        raise ConfigError("give --out DIR (and/or --preview PNG)")
+    if args.out is None and args.preview is None and args.montage is None:
+        raise ConfigError("give --out DIR (and/or --preview PNG, --montage PNG)")
     config = config_from_args(args)
     if args.preview:
-        path = render_preview(config, args.preview)
-        log.info("wrote preview %s", path)
+        print(f"wrote {render_preview(config, args.preview)}")
+    if args.montage:
+        print(f"wrote {render_montage(config, args.montage)}")
     if args.out is None:
         return 0
     summary = simulate(args.out, config, force=args.force, progress=not args.no_progress)
@@ -79,5 +79,11 @@ def run(args: argparse.Namespace) -> int:
           f"({len(summary['trajectories'])} trajectories) into {args.out} in {summary['seconds']:.1f} s")
     for t in summary["trajectories"]:
         lo, hi = t["elevation_deg"]
-        print(f"  {t['name']:<12} {t['frames']:4d} frames  elevation {lo:5.1f}..{hi:5.1f} deg  -> {t['recording']}")
+        r0, r1 = t["radius_m"]
+        print(f"  {t['name']:<12} {t['frames']:4d} frames  elevation {lo:5.1f}..{hi:5.1f} deg  "
+              f"radius {r0:.2f}..{r1:.2f} m  -> {t['recording']}")
+        if "odometry_drift_final" in t:
+            d = t["odometry_drift_final"]
+            print(f"  {'':<12} odometry drift at the last frame: {100 * d['translation_m']:.1f} cm, "
+                  f"{d['yaw_deg']:+.2f} deg")
     return 0

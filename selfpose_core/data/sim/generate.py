@@ -347,3 +347,28 @@ def render_preview(config: SimConfig, path: str | Path, frame: int = 0) -> Path:
     if not cv2.imwrite(str(path), img[:, :, ::-1]):
         raise ConfigError(f"cannot write preview image {path}")
     return path
+
+
+def render_montage(config: SimConfig, path: str | Path, width: int = 960) -> Path:
+    """Write a PNG with the middle frame of every trajectory (training loop first) in a grid of two columns,
+    each labelled with its name and elevation, scaled to ``width`` pixels."""
+    import cv2
+
+    sim = Simulator(config)
+    tiles = []
+    for traj in sim.trajectories:
+        k = len(traj.T_world_cam) // 2
+        img = np.ascontiguousarray(sim.render_view(traj, k).frame.rgb)
+        el = elevation_deg(traj.T_world_cam[k:k + 1], sim.scene(traj.spec.style).table_center)[0]
+        cv2.putText(img, f"{traj.spec.name}  elev {el:.0f} deg", (10, 28), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.8 * config.width / 640, (255, 255, 255), 2, cv2.LINE_AA)
+        tiles.append(img)
+    if len(tiles) % 2:
+        tiles.append(np.zeros_like(tiles[0]))
+    grid = np.concatenate([np.concatenate(tiles[i:i + 2], 1) for i in range(0, len(tiles), 2)], 0)
+    grid = cv2.resize(grid, (width, int(round(grid.shape[0] * width / grid.shape[1]))), interpolation=cv2.INTER_AREA)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), grid[:, :, ::-1]):
+        raise ConfigError(f"cannot write montage image {path}")
+    return path

@@ -160,7 +160,7 @@ class SceneRaycaster:
         t = hit["t_hit"].numpy()
         gid = hit["geometry_ids"].numpy()
         ok = np.isfinite(t) & (gid != _INVALID)
-        idx = np.flatnonzero(ok)
+        idx = slice(None) if ok.all() else np.flatnonzero(ok)  # a closed room: usually every pixel hits
         g = gid[idx].astype(np.int64)
         face = self._faces[self._face_offset[g] + hit["primitive_ids"].numpy()[idx].astype(np.int64)]
         ab = hit["primitive_uvs"].numpy()[idx]
