@@ -99,3 +99,15 @@ def test_input_errors():
         solve_pnp_differentiable(torch.zeros(2, 5, 3), torch.zeros(2, 6, 2), torch.eye(3))
     with pytest.raises(ShapeError, match="weights"):
         solve_pnp_differentiable(torch.zeros(6, 3), torch.zeros(2, 6, 2), torch.eye(3), torch.ones(2, 5))
+
+
+@pytest.mark.slow
+def test_gradcheck_all_inputs_full_jacobian(rng):
+    _, X, uv = problems(rng, 2, 6, noise=1.0)
+    w = rng.uniform(0.5, 1.5, (2, 6))
+    inputs = tuple(torch.tensor(a, requires_grad=True) for a in (X, uv, K, w))
+
+    def fn(pts3d, pts2d, cam, weights):
+        return solve_pnp_differentiable(pts3d, pts2d, cam, weights, tol=1e-12)
+
+    assert torch.autograd.gradcheck(fn, inputs, atol=1e-6, rtol=1e-4)
