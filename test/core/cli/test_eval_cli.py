@@ -56,3 +56,33 @@ def test_bad_input_exits_2(tiny_bop, tmp_path, capsys):
     assert "scenes [5] are not in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--data", str(tiny_bop.root)])  # neither --model nor --results
+
+
+@pytest.mark.slow
+def test_eval_with_a_real_untrained_bundle(tiny_bop, tmp_path, capsys):
+    """The real PoseEstimator plugs into `selfpose eval --model` (an untrained network: only the plumbing counts)."""
+    from selfpose_core.mesh.loading import save_mesh
+    from selfpose_core.mesh.objects_config import write_objects_config
+    from selfpose_core.models.backbones import BackboneConfig
+    from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
+    from selfpose_core.models.detector import DetectorConfig
+
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    for o in tiny_bop.objects:
+        save_mesh(o, bundle_dir / f"{o.name}.ply")
+    write_objects_config(bundle_dir / "objects.yaml",
+                         [{"name": o.name, "mesh": str(bundle_dir / f"{o.name}.ply"), "obj_id": o.obj_id}
+                          for o in tiny_bop.objects])
+    spec = BundleSpec([BundleObject.from_model(o) for o in tiny_bop.objects], "objects.yaml",
+                      PoseNetSpec("keypoint", 32, BackboneConfig((8, 8, 16), 2)),
+                      DetectorConfig(BackboneConfig((8, 8, 16), 4), 64, 48, score_threshold=0.0), (64, 48))
+    ModelBundle.create(spec).save(bundle_dir)
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(bundle_dir), "--data", str(tiny_bop.root), "--out", str(out),
+                 "--overlays", "1", "--no-progress"]) == 0
+    assert "mean" in capsys.readouterr().out
+    metrics = yaml.safe_load((out / "metrics.yaml").read_text())
+    assert metrics["mean"]["n_targets"] == 11 and metrics["n_images"] == 6
+    res = read_results(out / f"selfpose_{tiny_bop.root.name}-test.csv", tiny_bop.objects)
+    assert {e.object_name for ests in res.estimates.values() for e in ests} <= {"box", "can"}
