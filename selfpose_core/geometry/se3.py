@@ -232,8 +232,8 @@ def average_rotations_robust(R: Array, weights: Array | None = None, *, max_iter
     """Weighted geodesic L1 median ``(*, 3, 3)`` of rotations ``(*, N, 3, 3)``: Weiszfeld iterations on SO(3).
 
     Minimises ``sum_i w_i angle(R, R_i)`` (Hartley, Aftab, Trumpf, "L1 rotation averaging using the Weiszfeld
-    algorithm", CVPR 2011), starting from the chordal mean. Up to half of the total weight can be arbitrary
-    outliers. Rotations closer than 1e-12 rad to the current estimate get a capped weight.
+    algorithm", CVPR 2011), starting from the chordal mean. Tolerates a minority of arbitrary outliers, unlike
+    the chordal mean. Rotations closer than 1e-12 rad to the current estimate get a capped weight.
     """
     check_shape(R, ("*", "N", 3, 3), "R")
     xp = namespace(R)

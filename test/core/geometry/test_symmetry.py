@@ -110,6 +110,9 @@ def test_closest_symmetric_pose_continuous_is_exact(rng):
         # the closest pose keeps the symmetry axis' centre where the ground truth has it
         np.testing.assert_allclose(transform_points(best, centre[None]), transform_points(T_gt, centre[None]),
                                    atol=1e-12)
+        # batched: the same answers
+        batch = closest_symmetric_pose(np.stack([noisy, T_est]), np.stack([T_gt, T_gt]), sym)
+        np.testing.assert_allclose(batch, np.stack([best, T_est]), atol=1e-10)
 
 
 def test_min_over_symmetries_torch(rng):
