@@ -13,7 +13,8 @@ Protocol (BOP's single-instance protocol, extended greedily to several instances
     * ADD, ADD-S (= ADI) and AD{D|I} (ADI for objects with symmetries, ADD otherwise) are correct below 10% of
       the object diameter; AR_MSSD and AR_MSPD are BOP19's average recalls (MSSD below 0.05..0.5 diameters,
       MSPD below 5..50 px scaled by 640 / image width), symmetries discretised like bop_toolkit
-      (``max_sym_disc_step`` = 0.01);
+      (``max_sym_disc_step`` = 0.01); IoU50 is the fraction of targets whose 3D IoU (``metrics.iou_3d`` of the
+      object's bounding box in the estimated and true pose, best over symmetries) is at least 0.5;
     * "mean" rows average the per-object values (objects without targets are left out).
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ from selfpose_core.types import CameraIntrinsics, Frame, ObjectModel, PoseEstima
 log = logging.getLogger(__name__)
 
 ImageKey = tuple[int, int]  # (scene_id, im_id)
-ERROR_NAMES = ("add", "adi", "ad_di", "re", "te", "mssd", "mspd", "proj")
+ERROR_NAMES = ("add", "adi", "ad_di", "re", "te", "mssd", "mspd", "proj", "iou_3d")
 # BOP19 thresholds: MSSD in diameters, MSPD in pixels at 640 px image width.
 MSSD_THRESHOLDS = np.arange(0.05, 0.51, 0.05)
 MSPD_THRESHOLDS = np.arange(5.0, 51.0, 5.0)
@@ -52,6 +53,7 @@ COLUMNS = (
     ("deg5_cm5", "5deg5cm%", 100.0, "{:.1f}"),
     ("ar_mssd", "AR_MSSD%", 100.0, "{:.1f}"),
     ("ar_mspd", "AR_MSPD%", 100.0, "{:.1f}"),
+    ("iou3d_50", "IoU50%", 100.0, "{:.1f}"),
     ("mean_re_deg", "re[deg]", 1.0, "{:.2f}"),
     ("mean_te_cm", "te[cm]", 1.0, "{:.2f}"),
 )
@@ -92,7 +94,8 @@ class EvalResult:
     def recall(self, error: str, thresholds: np.ndarray | Sequence[float] | float, obj_id: int | None = None,
                relative: bool = True) -> np.ndarray:
         """Fraction of targets with ``error`` below each threshold (misses fail); thresholds in diameters when
-        ``relative``, else in the error's unit. ``obj_id=None``: over all targets of all objects. Returns (M,)."""
+        ``relative``, else in the error's unit; for ``"iou_3d"`` the fraction with IoU at least the threshold.
+        ``obj_id=None``: over all targets of all objects. Returns (M,)."""
         if error not in ERROR_NAMES:
             raise KeyError(f"unknown error {error!r}; one of {ERROR_NAMES}")
         sel = np.ones(len(self.targets["obj_id"]), bool) if obj_id is None else self.targets["obj_id"] == obj_id
@@ -100,10 +103,13 @@ class EvalResult:
         if not sel.any():
             return np.full(len(thr), np.nan)
         e = self.targets[error][sel]
-        if relative:
-            diam = np.array([self._diameter(int(o)) for o in self.targets["obj_id"][sel]])
-            e = e / diam
-        ok = self.targets["found"][sel][:, None] & (np.nan_to_num(e, nan=np.inf)[:, None] < thr[None, :])
+        if error == "iou_3d":
+            hit = np.nan_to_num(e, nan=-np.inf)[:, None] >= thr[None, :]
+        else:
+            if relative:
+                e = e / np.array([self._diameter(int(o)) for o in self.targets["obj_id"][sel]])
+            hit = np.nan_to_num(e, nan=np.inf)[:, None] < thr[None, :]
+        ok = self.targets["found"][sel][:, None] & hit
         return ok.mean(axis=0)
 
     def _diameter(self, obj_id: int) -> float:
@@ -184,6 +190,8 @@ def _object_errors(obj: ObjectModel, pairs: list[tuple[ImageGt, GtInstance, Pose
            "mssd": metrics.mssd(R_e, t_e, R_g, t_g, pts, syms), "mspd": metrics.mspd(R_e, t_e, R_g, t_g, K, pts, syms),
            "proj": metrics.proj(R_e, t_e, R_g, t_g, K, pts)}
     out["ad_di"] = out["adi"] if obj.symmetry.is_symmetric else out["add"]
+    box = np.stack(obj.bbox)
+    out["iou_3d"] = metrics.iou_3d(R_e, t_e, box, R_g, t_g, box, syms=syms if obj.symmetry.is_symmetric else None)
     # Rotation / translation against the symmetric equivalent of the GT pose closest in rotation.
     T_gs = closest_symmetric_pose(Te, Tg, obj.symmetry) if obj.symmetry.is_symmetric else Tg
     out["re"] = metrics.re(R_e, T_gs[:, :3, :3])
@@ -210,6 +218,7 @@ def _summary(t: dict[str, np.ndarray], diameter: float) -> dict[str, float]:
         "ar_mssd": rate(t["mssd"], MSSD_THRESHOLDS * diameter),
         "ar_mspd": float((found[:, None] & (np.nan_to_num(t["mspd"] * 640.0 / t["width"], nan=np.inf)[:, None]
                                             < MSPD_THRESHOLDS[None, :])).mean()),
+        "iou3d_50": float((found & (np.nan_to_num(t["iou_3d"], nan=0.0) >= 0.5)).mean()),
         "mean_re_deg": float(np.nanmean(t["re"])) if found.any() else float("nan"),
         "mean_te_cm": float(np.nanmean(t["te"]) * 100.0) if found.any() else float("nan"),
     }

@@ -24,13 +24,14 @@ def test_per_object_recalls_and_symmetric_handling(tiny_bop):
     assert box["deg5_cm5"] == pytest.approx(5 / 6)
     assert box["mean_te_cm"] == pytest.approx(3.0 * 2 / 5)
     assert box["mean_re_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert box["iou3d_50"] == pytest.approx(0.5)  # the 3 cm shift along the 8 cm box leaves IoU ~ 1/3
     # Can: the (2, 2) instance is 5% visible -> not a target; the 90 deg turn about its axis is invisible:
     # ADD fails, ADD-S and AD{D|I} succeed, the symmetry-aware rotation error vanishes.
     assert can["n_targets"] == 5 and can["detection_rate"] == 1.0
     assert can["add_recall"] == 0.0
     assert can["adds_recall"] == 1.0 and can["ad_di_recall"] == 1.0
     assert can["mean_re_deg"] == pytest.approx(0.0, abs=1e-5) and can["deg5_cm5"] == 1.0
-    assert can["ar_mssd"] == 1.0 and can["ar_mspd"] == 1.0
+    assert can["ar_mssd"] == 1.0 and can["ar_mspd"] == 1.0 and can["iou3d_50"] == 1.0
     # The mean averages objects.
     assert res.mean["add_recall"] == pytest.approx(0.25)
     assert res.mean["ad_di_recall"] == pytest.approx(0.75)
@@ -52,6 +53,7 @@ def test_recall_curves_and_outputs(tiny_bop):
     assert np.all(np.diff(curve) >= 0) and curve[0] == 0.0 and curve[-1] == pytest.approx(5 / 6)
     assert res.recall("ad_di", 0.1, obj_id=2)[0] == pytest.approx(res.per_object["can"]["ad_di_recall"])
     assert res.recall("te", [0.01, 0.04], obj_id=1, relative=False) == pytest.approx([0.5, 5 / 6])
+    assert res.recall("iou_3d", [0.25, 0.5, 0.9], obj_id=1) == pytest.approx([5 / 6, 0.5, 0.5])
     table = res.table()
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["object", "targets", "det%", "ADD%"]
