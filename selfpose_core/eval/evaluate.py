@@ -292,8 +292,7 @@ def score_images(images: Iterable[ImageGt], estimates: Mapping[ImageKey, Sequenc
                for k, v in cols.items()}
     keys = [c[0] for c in COLUMNS]
     mean = {k: _finite_mean([v[k] for v in per_object.values()]) for k in keys}
-    if per_object:
-        mean["n_targets"] = float(sum(v["n_targets"] for v in per_object.values()))
+    mean["n_targets"] = float(sum(v["n_targets"] for v in per_object.values()))
     settings = {"min_visib_fract": float(min_visib_fract), "recall_threshold_diameters": 0.1,
                 "protocol": "top-1 per object and GT instance by score, misses count as failures"}
     return EvalResult(objects=list(objects), targets=targets, per_object=per_object, mean=mean, n_images=len(seen),

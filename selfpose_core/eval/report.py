@@ -65,7 +65,8 @@ def plot_recall_curves(result: EvalResult, path: Path) -> Path:
         ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("recall [%]")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    if ids:
+        axes[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
