@@ -115,3 +115,31 @@ def test_evaluate_model_runs_the_estimator(tiny_bop, rng):
     res2, est2 = evaluate_model(NoisyGtEstimator(tiny_bop.dataset, rng), tiny_bop.dataset, scene_ids=[1],
                                 max_images=2, progress=False)
     assert res2.n_images == 2 and set(est2) == {(1, 0), (1, 2)}
+
+
+def _bop_symmetry_transformations(axis, offset, max_sym_disc_step=0.01):
+    """bop_toolkit misc.get_symmetry_transformations for one continuous axis (identity as the only discrete one)."""
+    from scipy.spatial.transform import Rotation
+
+    n = int(np.ceil(np.pi / max_sym_disc_step))
+    out = []
+    for i in range(n):
+        R = Rotation.from_rotvec(i * 2.0 * np.pi / n * np.asarray(axis) / np.linalg.norm(axis)).as_matrix()
+        out.append({"R": R, "t": -R.dot(offset) + offset})
+    return out
+
+
+def test_mssd_uses_bop_symmetry_discretisation(tiny_bop):
+    # A 10 deg turn about the can's axis (not a multiple of BOP's 360/315 deg step) leaves a small MSSD that
+    # depends on the discretisation: it must be bop_toolkit's.
+    key = (1, 1)
+    T_g = tiny_bop.gt(key, 2)
+    T_e = shifted(T_g, rot_z=np.radians(10.0))
+    res = evaluate({key: [PoseEstimate("can", T_e, 1.0, object_id=2)]}, tiny_bop.dataset, images=[key])
+    t = res.targets
+    i = np.flatnonzero(t["obj_id"] == 2)[0]
+    pts = tiny_bop.objects[1].vertices
+    x_e = pts @ T_e[:3, :3].T + T_e[:3, 3]
+    ref = min(np.linalg.norm(x_e - (pts @ (T_g[:3, :3] @ s["R"]).T + T_g[:3, :3] @ s["t"] + T_g[:3, 3]), axis=1).max()
+              for s in _bop_symmetry_transformations([0, 0, 1], np.zeros(3)))
+    assert t["mssd"][i] == pytest.approx(ref, rel=1e-9) and 0 < ref < 1e-3
