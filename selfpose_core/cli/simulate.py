@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     summary = simulate(args.out, config, force=args.force, progress=not args.no_progress)
     print(f"simulated {sum(t['frames'] for t in summary['trajectories'])} frames "
           f"({len(summary['trajectories'])} trajectories) into {args.out} in {summary['seconds']:.1f} s")
+    for o in summary["objects"]:
+        size = " x ".join(f"{100 * x:.1f}" for x in o["size_m"])
+        kind = ", ".join(k for k in ("textureless", "symmetric") if o[k]) or "textured"
+        print(f"  obj {o['obj_id']} {o['name']:<11} {size} cm  diameter {100 * o['diameter_m']:.1f} cm  "
+              f"{o['faces']} faces  ({kind})")
     for t in summary["trajectories"]:
         lo, hi = t["elevation_deg"]
         r0, r1 = t["radius_m"]

@@ -24,6 +24,7 @@ from selfpose_core.data.sim import textures as tx
 from selfpose_core.data.sim.shapes import (PartMesh, box, box_net_cells, merge, revolve, rounded_c_path, sweep_tube,
                                            weld)
 from selfpose_core.errors import ConfigError
+from selfpose_core.mesh.loading import object_model_from_arrays
 from selfpose_core.types import ObjectModel, Symmetry
 
 PX_PER_M = 1400.0  # texture resolution of printed surfaces
@@ -58,8 +59,6 @@ class SimObject:
 
     def cad_model(self, obj_id: int = 1) -> ObjectModel:
         """The untextured CAD model (welded closed geometry, no colours) that the learner is given."""
-        from selfpose_core.mesh.loading import object_model_from_arrays
-
         vertices, faces = weld(self.mesh)
         return object_model_from_arrays(self.name, vertices, faces, symmetry=self.symmetry, obj_id=obj_id,
                                         category=self.category)

@@ -26,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
+from selfpose_core.data.bop import BopWriter
+from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.data.sim.camera_effects import (ColorEffects, CameraResponse, DepthEffects, apply_color,
                                                    apply_depth, sample_response)
 from selfpose_core.data.sim.catalog import TARGETS, SimObject, make_targets
@@ -37,6 +40,8 @@ from selfpose_core.data.sim.trajectories import (TEST_TRAJECTORIES, TRAIN_LOOP, 
                                                  make_trajectory)
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.se3 import compose, invert
+from selfpose_core.mesh.loading import save_mesh
+from selfpose_core.mesh.objects_config import write_objects_config
 from selfpose_core.types import CameraIntrinsics, Frame, ObjectModel
 
 log = logging.getLogger(__name__)
@@ -248,13 +253,6 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
 
     Returns the summary that is also written to scene.yaml.
     """
-    from tqdm import tqdm
-
-    from selfpose_core.data.bop import BopWriter
-    from selfpose_core.data.recording_writer import RecordingWriter
-    from selfpose_core.mesh.loading import save_mesh
-    from selfpose_core.mesh.objects_config import write_objects_config
-
     t0 = time.perf_counter()
     out = prepare_output(out_dir, force)
     sim = Simulator(config)
@@ -299,15 +297,13 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
     bop_train.close()
     bop_test.close()
     train_scene = sim.scene(config.train.style)
-    cfg = asdict(config)
-    cfg["train"] = asdict(config.train)
-    cfg["tests"] = [asdict(s) for s in config.tests]
     summary = {
-        "seed": config.seed, "config": cfg, "camera": asdict(config.K),
+        "seed": config.seed, "config": asdict(config), "camera": asdict(config.K),
         "world": "metres, z up, origin on the floor under the table-top centre",
         "table_center": train_scene.table_center,
         "objects": [{"name": o.name, "obj_id": k + 1, "category": o.category, "textureless": o.textureless,
-                     "symmetric": o.symmetry.is_symmetric,
+                     "symmetric": o.symmetry.is_symmetric, "faces": len(cad[k].faces),
+                     "size_m": cad[k].vertices.max(0) - cad[k].vertices.min(0), "diameter_m": cad[k].diameter,
                      "T_world_obj": next(i.T_world_obj for i in train_scene.instances if i.obj_id == k + 1)}
                     for k, o in enumerate(sim.targets)],
         "trajectories": summary_trajs,
