@@ -23,8 +23,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
-from selfpose_core.data.image_codec import _msg, make_header
+from selfpose_core.data.image_codec import make_header
 from selfpose_core.data.ros_types import typestore
 from selfpose_core.data.tf_buffer import matrix_to_quat_trans, tf_message
 from selfpose_core.errors import SelfposeError, ShapeError
@@ -72,10 +73,14 @@ def _classes_have(classes: MsgClasses | None, name: str) -> bool:
     return classes is not None and name in classes
 
 
-def _new(classes: MsgClasses | None, name: str, **fields: Any) -> Any:
-    if name.startswith("vision_msgs/") and not _classes_have(classes, name):
+def _new(classes: MsgClasses | None, msgtype: str, /, **fields: Any) -> Any:
+    """A message of ROS type ``msgtype`` from ``classes`` or, by default, the rosbags typestore."""
+    if _classes_have(classes, msgtype):
+        return classes[msgtype](**fields)
+    store = typestore()
+    if msgtype.startswith("vision_msgs/") and msgtype not in store.types:
         register_vision_msgs()
-    return _msg(classes, name, **fields)
+    return store.types[msgtype](**fields)
 
 
 def _float_array(values: np.ndarray, classes: MsgClasses | None, name: str) -> Any:
@@ -97,10 +102,9 @@ def pose_msg(T: np.ndarray, classes: MsgClasses | None = None) -> Any:
 
 def pose_msg_to_matrix(msg: Any) -> np.ndarray:
     """geometry_msgs/Pose -> (4, 4) float64 (the inverse of `pose_msg`)."""
-    from selfpose_core.geometry.quaternion import quaternion_to_matrix
     o, p = msg.orientation, msg.position
     T = np.eye(4)
-    T[:3, :3] = quaternion_to_matrix(np.array([o.x, o.y, o.z, o.w], dtype=np.float64))
+    T[:3, :3] = Rotation.from_quat([o.x, o.y, o.z, o.w]).as_matrix()
     T[:3, 3] = (p.x, p.y, p.z)
     return T
 

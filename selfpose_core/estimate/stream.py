@@ -3,7 +3,7 @@
 `NewestFrameWorker` runs the model in one worker thread. ``submit(item)`` never blocks: the item waits in a single
 slot; a newer item replaces it and the replaced one is counted as dropped. So the output lags the camera by at most
 one model run, whatever the model's speed. ``max_rate_hz`` additionally skips frames (by image stamp) that come
-sooner than 1/max_rate after the last accepted one ("throttled", not "dropped").
+sooner than 0.9/max_rate after the last accepted one ("throttled", not "dropped").
 
 `load_estimator` opens a model bundle for it, `select_estimates` applies the score threshold.
 
@@ -169,7 +169,8 @@ class NewestFrameWorker(Generic[T, R]):
         with self._cond:
             self.stats.received += 1
             last = self._last_accepted_stamp
-            if self.min_period_ns and last is not None and 0 <= stamp_ns - last < self.min_period_ns:
+            # 10% tolerance: a 30 Hz camera throttled to 10 Hz gives every third frame despite stamp jitter
+            if self.min_period_ns and last is not None and 0 <= stamp_ns - last < 0.9 * self.min_period_ns:
                 self.stats.throttled += 1
                 return False
             self._last_accepted_stamp = int(stamp_ns)
