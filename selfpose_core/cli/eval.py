@@ -64,9 +64,8 @@ def run(args: argparse.Namespace) -> int:
         estimator = load_estimator(str(args.model), args.device)
         result, estimates = evaluate_model(estimator, dataset, scene_ids=args.scenes, max_images=args.max_images,
                                            min_visib_fract=args.min_visib, progress=not args.no_progress)
-        times = {k: result.time_per_image_s for k in estimates}
         csv = out / f"selfpose_{args.data.resolve().name}-{args.split}.csv"
-        write_results(csv, estimates, times=times, objects=objects)
+        write_results(csv, estimates, times=result.image_times_s, objects=objects)
         print(f"results: {csv}")
     else:
         res = read_results(args.results, objects)

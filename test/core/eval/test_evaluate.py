@@ -110,7 +110,8 @@ def test_evaluate_model_runs_the_estimator(tiny_bop, rng):
     assert set(est) == set(IMAGES)
     assert res.mean["ad_di_recall"] == 1.0 and res.mean["detection_rate"] == 1.0
     assert 0 < res.mean["mean_te_cm"] < 0.5
-    assert res.time_per_image_s is not None and res.time_per_image_s >= 0
+    assert set(res.image_times_s) == set(IMAGES) and min(res.image_times_s.values()) > 0
+    assert res.time_per_image_s == pytest.approx(np.mean(list(res.image_times_s.values())))
     # max_images spreads the evaluated images over the dataset.
     res2, est2 = evaluate_model(NoisyGtEstimator(tiny_bop.dataset, rng), tiny_bop.dataset, scene_ids=[1],
                                 max_images=2, progress=False)
