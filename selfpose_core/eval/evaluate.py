@@ -334,11 +334,12 @@ def evaluate_model(estimator: Estimator, dataset: BopDataset, *, scene_ids: Sequ
                    objects: Sequence[ObjectModel] | None = None, max_images: int | None = None,
                    min_visib_fract: float = 0.1, progress: bool = True
                    ) -> tuple[EvalResult, dict[ImageKey, list[PoseEstimate]]]:
-    """Run ``estimator.estimate(frame)`` on the images of ``dataset`` (``scene_ids``, first ``max_images`` of
-    them, evenly spread when fewer than all) and score the estimates.
+    """Run ``estimator.estimate(frame)`` on the images of ``dataset`` (all scenes or ``scene_ids``; at most
+    ``max_images`` of them, evenly spread) and score the estimates. Used by the adaptation stages to report the
+    lower bound vs the adapted model.
 
-    Returns: (EvalResult, {(scene_id, im_id): [PoseEstimate]}); ``result.image_times_s`` holds the wall time of each
-    ``estimate`` call and ``result.time_per_image_s`` their mean. Used by the adaptation stages to report the lower bound vs the adapted model.
+    Returns: (EvalResult, {(scene_id, im_id): [PoseEstimate]}); ``result.image_times_s`` holds the wall time of
+    each ``estimate`` call and ``result.time_per_image_s`` their mean.
     """
     from tqdm import tqdm
 
@@ -356,7 +357,8 @@ def evaluate_model(estimator: Estimator, dataset: BopDataset, *, scene_ids: Sequ
         estimates[(s, i)] = list(estimator.estimate(sample.frame))
         times[(s, i)] = time.perf_counter() - t0
         images.append(ImageGt((s, i), sample.frame.K, sample.gt))
+    mean_time = float(np.mean(list(times.values()))) if times else None
     result = score_images(images, estimates, objects, dataset_objects=dataset_objects,
-                          min_visib_fract=min_visib_fract, time_per_image_s=float(np.mean(list(times.values()))) if times else None)
+                          min_visib_fract=min_visib_fract, time_per_image_s=mean_time)
     result.image_times_s = times
     return result, estimates

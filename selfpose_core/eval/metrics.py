@@ -169,7 +169,7 @@ def add_or_adi(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.
 
 def re(R_est: np.ndarray, R_gt: np.ndarray) -> np.ndarray:
     """Rotational error in degrees: ``arccos((tr(R_e R_g^T) - 1) / 2)``, the cosine clipped to [-1, 1] against
-    rounding (bop_toolkit ``re``).
+    rounding (bop_toolkit ``re``, which writes ``R_g^-1``: the same for a rotation).
 
     Returns: (*,) degrees in [0, 180].
     """
