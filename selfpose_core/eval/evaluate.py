@@ -12,7 +12,7 @@ Protocol (BOP's single-instance protocol, extended greedily to several instances
       axis, ``geometry.symmetry.closest_symmetric_pose``), and so is the 5deg5cm criterion;
     * ADD, ADD-S (= ADI) and AD{D|I} (ADI for objects with symmetries, ADD otherwise) are correct below 10% of
       the object diameter; AR_MSSD and AR_MSPD are BOP19's average recalls (MSSD below 0.05..0.5 diameters,
-      MSPD below 5..50 px scaled by 640 / image width), symmetries discretised like bop_toolkit
+      MSPD below 5..50 px times image width / 640), symmetries discretised like bop_toolkit
       (``max_sym_disc_step`` = 0.01); IoU50 is the fraction of targets whose 3D IoU (``metrics.iou_3d`` of the
       object's bounding box in the estimated and true pose, best over symmetries) is at least 0.5;
     * "mean" rows average the per-object values (objects without targets are left out).
@@ -24,16 +24,17 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from selfpose_core.data.bop import BopDataset, GtInstance
 from selfpose_core.errors import DatasetError
+from selfpose_core.estimate.stream import Estimator
 from selfpose_core.eval import metrics
 from selfpose_core.geometry.symmetry import closest_symmetric_pose, symmetry_transforms
-from selfpose_core.types import CameraIntrinsics, Frame, ObjectModel, PoseEstimate
+from selfpose_core.types import CameraIntrinsics, ObjectModel, PoseEstimate
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,6 @@ COLUMNS = (
     ("mean_re_deg", "re[deg]", 1.0, "{:.2f}"),
     ("mean_te_cm", "te[cm]", 1.0, "{:.2f}"),
 )
-
-
-class Estimator(Protocol):
-    """What :func:`evaluate_model` needs of a pose estimator (``selfpose_core.estimate`` PoseEstimator)."""
-
-    def estimate(self, frame: Frame) -> list[PoseEstimate]: ...
 
 
 @dataclass(slots=True)
