@@ -103,3 +103,18 @@ def load_node_yaml(path: str | Path, node: str) -> dict[str, Any]:
         if not (isinstance(value, want) and not (want is int and isinstance(value, bool))):
             raise ConfigError(f"{path}: {node}.ros__parameters.{key} must be {want.__name__}, got {value!r}")
     return values
+
+
+def markdown_table(specs: tuple[ParamSpec, ...]) -> str:
+    """The parameters as a Markdown table (name, default, description), as in docs/ros.md."""
+    rows = ["| parameter | default | description |", "|---|---|---|"]
+    for p in specs:
+        default = ("true" if p.default else "false") if isinstance(p.default, bool) else (
+            f'"{p.default}"' if isinstance(p.default, str) else repr(p.default))
+        rows.append(f"| `{p.name}` | `{default}` | {p.description.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m selfpose_ros.parameters: the tables of docs/ros.md
+    for node_name, node_specs in NODE_PARAMETERS.items():
+        print(f"### {node_name}\n\n{markdown_table(node_specs)}\n")
