@@ -25,7 +25,8 @@ def strip_ros_args(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = strip_ros_args(sys.argv[1:] if argv is None else list(argv))
-    return selfpose_main(["adapt", *args])
+    debug = ["--debug"] if "--debug" in args else []  # a `selfpose` option, given before the subcommand
+    return selfpose_main([*debug, "adapt", *(a for a in args if a != "--debug")])
 
 
 if __name__ == "__main__":

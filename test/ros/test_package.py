@@ -124,7 +124,12 @@ def test_docs_list_every_parameter():
             assert f"`{p.name}`" in doc, f"docs/ros.md does not document parameter {p.name}"
 
 
-def test_adapt_entry_point_passes_arguments_to_selfpose_adapt():
+def test_adapt_entry_point_passes_arguments_to_selfpose_adapt(monkeypatch):
+    import selfpose_ros.adapt as adapt
+    calls = []
+    monkeypatch.setattr(adapt, "selfpose_main", lambda argv: calls.append(argv) or 0)
+    assert adapt.main(["--bag", "b", "--debug", "--ros-args", "-r", "__node:=adapt"]) == 0
+    assert calls == [["--debug", "adapt", "--bag", "b"]]
     assert strip_ros_args(["--bag", "b", "--ros-args", "-r", "__node:=x", "--", "--out", "m"]) == \
         ["--bag", "b", "--out", "m"]
     assert strip_ros_args(["--bag", "b", "--ros-args", "-p", "a:=1"]) == ["--bag", "b"]

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from selfpose_core.errors import ConfigError, ModelError
-from selfpose_core.estimate.stream import ERROR, OK, WARN, NewestFrameWorker, StreamStats, load_estimator, \
-    select_estimates
+from selfpose_core.estimate.stream import (ERROR, OK, WARN, NewestFrameWorker, StreamStats, load_estimator,
+                                           select_estimates)
 from selfpose_core.types import PoseEstimate
-import numpy as np
 
 
 class GatedModel:
