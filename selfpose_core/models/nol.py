@@ -6,12 +6,14 @@ Pipeline of one rendering (paper Sec. 3.1, Fig. 2), all at crop resolution (64-1
    reduced to 4, 3, 3, 3 channels by 3x3 convolutions and resized bilinearly to S x S; with the colour image this
    gives 16 image channels (the paper uses DenseNet-121's first four blocks; we have no pretrained weights offline,
    so a small encoder trained from scratch with NOL replaces it);
-2. every mesh vertex gets, per source, its projection (u, v) at the source pose ``T_k``, its face angle (cosine
-   between the vertex normal and the viewing ray, the paper's 17th channel, here attached per vertex) and a validity
-   flag (visible at ``T_k`` and inside the source's object mask); the target view is rasterised once and these
-   per-vertex values are interpolated with the target's barycentrics (:func:`project_sources`) -- a texture lookup
-   with per-source UVs, differentiable w.r.t. the source poses (Eq. 3 needs it);
+2. the target view is rasterised once; each covered pixel's surface point is moved into every source camera
+   (pose ``T_k``) and projected, which gives its UV in the source crop, the face angle (cosine between surface
+   normal and viewing ray: the paper's 17th channel, computed from the mesh rather than stored as an image) and a
+   validity flag (in the source's object mask and not self-occluded, by a z-buffer test); the encoded source is
+   sampled bilinearly there (:func:`project_sources`) -- a texture lookup with per-source UVs, differentiable
+   w.r.t. the source poses (Eq. 3 needs it);
 3. the projected maps ``P_k`` (17 channels + validity) are integrated over k by a ConvLSTM into ``X_I`` (16 ch);
+   on CPU the LSTM runs at half resolution and ``X_I`` is upsampled bilinearly (``lstm_stride``);
 4. the weight block maps ``[X_I, P_k]`` to a logit per source and pixel, a softmax over the valid sources gives
    ``W_k``; ``X_S = sum_k W_k P_k``; its first three channels are the output image ``X_D``;
 5. a WDSR-style decoder (wide-activation residual blocks) gives ``X_phi`` for the training losses only.
@@ -24,7 +26,11 @@ weights we cannot download).
 """
 from __future__ import annotations
 
+import logging
 import math
+import pickle
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,10 +39,14 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from selfpose_core.data.nol_training_set import NolTrainingConfig, NolTrainingSets
 from selfpose_core.errors import ConfigError, ModelError, ShapeError
 from selfpose_core.geometry.shapes import check_shape
+from selfpose_core.models.trainer import Trainer, TrainerConfig
 from selfpose_core.render import RenderMesh, project_vertices, render
 from selfpose_core.types import ObjectModel
+
+log = logging.getLogger(__name__)
 
 #: channels of a projected map P_k: colour (3), encoder features (13), face angle (1)
 COLOUR = slice(0, 3)
@@ -50,9 +60,10 @@ class NolConfig:
     encoder_widths: tuple[int, ...] = (16, 24, 32, 48)  # pyramid levels at stride 1, 2, 4, 8
     feature_channels: tuple[int, ...] = (4, 3, 3, 3)  # per level after the reducing conv (paper: 4, 3, 3, 3)
     lstm_channels: int = 16
-    weight_channels: int = 32
-    decoder_blocks: int = 3
-    decoder_width: int = 24
+    lstm_stride: int = 2  # the ConvLSTM runs at 1/lstm_stride resolution (CPU budget), X_I is upsampled
+    weight_channels: int = 16
+    decoder_blocks: int = 2
+    decoder_width: int = 16
     decoder_expansion: int = 4
     train_sources: int = 8
     infer_sources: int = 6
@@ -67,6 +78,8 @@ class NolConfig:
         stride = 2 ** (len(self.encoder_widths) - 1)
         if self.crop_size < 16 or self.crop_size % stride:
             raise ConfigError(f"{where}.crop_size must be >= 16 and a multiple of {stride}, got {self.crop_size}")
+        if self.lstm_stride not in (1, 2, 4):
+            raise ConfigError(f"{where}.lstm_stride must be 1, 2 or 4, got {self.lstm_stride}")
         for key in ("lstm_channels", "weight_channels", "decoder_width", "decoder_expansion", "train_sources",
                     "infer_sources"):
             if int(getattr(self, key)) < 1:
@@ -132,62 +145,70 @@ def rasterize_targets(mesh: NolMesh, R: torch.Tensor, t: torch.Tensor, K: torch.
     return TargetRaster(out.face_ids, out.barycentrics)
 
 
-def source_vertex_validity(mesh: NolMesh, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
-                           masks: torch.Tensor) -> torch.Tensor:
-    """(K, V) bool: vertex visible at the source pose (z-buffer) and projecting inside the source mask.
-
-    ``R`` (K, 3, 3), ``t`` (K, 3), ``K`` (K, 3, 3) crop intrinsics, ``masks`` (K, H, W) bool object masks.
-    """
-    check_shape(masks, (R.shape[0], "H", "W"), "masks")
-    H, W = masks.shape[1:]
+def render_source_depth(mesh: NolMesh, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
+                        size: tuple[int, int]) -> torch.Tensor:
+    """(K, H, W) depth (0 off the object, no gradient) of the object at the source poses ``R`` (K, 3, 3),
+    ``t`` (K, 3) through the crop intrinsics ``K`` (K, 3, 3): the z-buffer for the visibility test."""
     with torch.no_grad():
-        out = render(mesh.render_mesh, R.float(), t.float(), K.float(), (H, W), coords=False, attributes=False,
-                     silhouette=False, visibility=True)
-        xy, _ = project_vertices(mesh.vertices, R.float(), t.float(), K.float())
-    u = xy[..., 0].round().long().clamp(0, W - 1)
-    v = xy[..., 1].round().long().clamp(0, H - 1)
-    in_mask = masks[torch.arange(len(masks))[:, None], v, u]
-    return out.vertex_visibility & in_mask
+        return render(mesh.render_mesh, R.detach().float(), t.detach().float(), K.detach().float(), size,
+                      coords=False, attributes=False, silhouette=False, visibility=False).depth
 
 
 def project_sources(mesh: NolMesh, features: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
-                    vertex_valid: torch.Tensor, raster: TargetRaster) -> tuple[torch.Tensor, torch.Tensor]:
+                    depth: torch.Tensor, masks: torch.Tensor, raster: TargetRaster,
+                    depth_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Project the encoded source maps into the target views (the paper's UV projection, Sec. 3.1).
+
+    Each covered target pixel's surface point (object frame, from the target's barycentrics) is moved into every
+    source camera and projected; the source map is sampled bilinearly there. Interpolating the 3-D point and
+    projecting per pixel (rather than interpolating per-vertex UVs) is exact for large faces.
 
     Args:
         mesh: the object.
         features: (K, C, Hs, Ws) encoded source crops (colour first, see :class:`SourceEncoder`).
         R, t, K: (K, 3, 3), (K, 3), (K, 3, 3) source poses ``T_cam_obj`` and crop intrinsics (differentiable).
-        vertex_valid: (K, V) bool from :func:`source_vertex_validity`.
+        depth: (K, Hs, Ws) :func:`render_source_depth` at the source poses; masks: (K, Hs, Ws) bool object masks.
         raster: the target views (T of them, H x W).
+        depth_tol: metres; a point is seen by a source when |z - depth| <= depth_tol at its nearest source pixel.
 
-    Returns: ``P`` (T, K, C + 1, H, W) (last channel: face angle cosine at the source) and ``valid``
-    (T, K, H, W) bool (target pixel covered and its face's three vertices valid in the source); ``P`` is 0
-    where invalid.
+    Returns: ``P`` (T, K, C + 1, H, W) (last channel: cosine of the angle between the surface normal and the
+    source's viewing ray) and ``valid`` (T, K, H, W) bool (covered in the target, in front of the source, inside
+    its image and mask, not occluded by the object itself); ``P`` is 0 where invalid. Differentiable w.r.t. R, t,
+    K and ``features``.
     """
     dims: dict[str, int] = {}
     check_shape(features, ("K", "C", "Hs", "Ws"), "features", dims)
     check_shape(R, ("K", 3, 3), "R", dims)
     check_shape(t, ("K", 3), "t", dims)
     check_shape(K, ("K", 3, 3), "K", dims)
-    check_shape(vertex_valid, ("K", mesh.vertices.shape[0]), "vertex_valid", dims)
+    check_shape(depth, ("K", "Hs", "Ws"), "depth", dims)
+    check_shape(masks, ("K", "Hs", "Ws"), "masks", dims)
     n_src, C, Hs, Ws = features.shape
     T_, H, W = raster.face_ids.shape
-    xy, z = project_vertices(mesh.vertices.to(R.dtype), R, t, K)  # (K, V, 2)
-    X = mesh.vertices.to(R.dtype) @ R.transpose(-1, -2) + t[:, None]  # (K, V, 3)
-    n = mesh.normals.to(R.dtype) @ R.transpose(-1, -2)
-    angle = (-(n * X).sum(-1) / X.norm(dim=-1).clamp_min(1e-9)).clamp(0, 1)  # (K, V)
+    dt = R.dtype
     lin = raster.mask.reshape(-1).nonzero(as_tuple=True)[0]
-    f = raster.face_ids.reshape(-1)[lin]
-    vi = mesh.faces[f]  # (P, 3)
-    bary = raster.barycentrics.reshape(-1, 3)[lin].to(R.dtype)  # (P, 3)
-    uv = (bary[None, :, :, None] * xy[:, vi]).sum(2)  # (K, P, 2)
-    ang = (bary[None] * angle[:, vi]).sum(2)  # (K, P)
-    ok = vertex_valid[:, vi].all(-1)  # (K, P)
+    vi = mesh.faces[raster.face_ids.reshape(-1)[lin]]  # (P, 3)
+    bary = raster.barycentrics.reshape(-1, 3)[lin].to(dt)[..., None]  # (P, 3, 1)
+    X = (bary * mesh.vertices.to(dt)[vi]).sum(1)  # (P, 3) object frame
+    nrm = (bary * mesh.normals.to(dt)[vi]).sum(1)
+    Xc = X @ R.transpose(-1, -2) + t[:, None]  # (K, P, 3)
+    nc = nrm @ R.transpose(-1, -2)
+    z = Xc[..., 2]
+    zs = torch.where(z > 1e-3, z, torch.ones_like(z))
+    uv = (Xc[..., :2] / zs[..., None]) @ K[:, :2, :2].transpose(-1, -2) + K[:, None, :2, 2]  # (K, P, 2)
+    angle = (-(nc * Xc).sum(-1) / (nc.norm(dim=-1) * Xc.norm(dim=-1)).clamp_min(1e-9)).clamp(0, 1)
+    with torch.no_grad():
+        u, v = uv[..., 0], uv[..., 1]
+        inside = (z > 1e-3) & (u > -0.5) & (u < Ws - 0.5) & (v > -0.5) & (v < Hs - 0.5)
+        ui = u.round().long().clamp(0, Ws - 1)
+        vj = v.round().long().clamp(0, Hs - 1)
+        k_idx = torch.arange(n_src)[:, None]
+        d = depth[k_idx, vj, ui]
+        ok = inside & masks[k_idx, vj, ui] & (d > 0) & ((z - d).abs() <= depth_tol)
     grid = torch.stack([(2 * uv[..., 0] + 1) / Ws - 1, (2 * uv[..., 1] + 1) / Hs - 1], -1)[:, None]  # (K, 1, P, 2)
     sampled = Fn.grid_sample(features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
                              align_corners=False)[:, :, 0]  # (K, C, P)
-    vals = torch.cat([sampled, ang[:, None].to(features.dtype)], 1) * ok[:, None].to(features.dtype)
+    vals = torch.cat([sampled, angle[:, None].to(features.dtype)], 1) * ok[:, None].to(features.dtype)
     P = _scatter_pixels(vals, lin, T_ * H * W).view(n_src, C + 1, T_, H, W).permute(2, 0, 1, 3, 4)
     valid = torch.zeros((n_src, T_ * H * W), dtype=torch.bool)
     valid[:, lin] = ok
@@ -297,9 +318,12 @@ class NolNet(nn.Module):
         mask = valid.any(1)
         if use_lstm:
             state = None
+            st = self.config.lstm_stride
             for k in range(P.shape[1]):
-                state = self.lstm(self.lstm_in(torch.cat([P[:, k], v[:, k, None]], 1)), state)
-            X_I = state[0]
+                x = torch.cat([P[:, k], v[:, k, None]], 1)
+                state = self.lstm(self.lstm_in(Fn.avg_pool2d(x, st) if st > 1 else x), state)
+            X_I = state[0] if st == 1 else Fn.interpolate(state[0], size=P.shape[-2:], mode="bilinear",
+                                                          align_corners=False)
             logits = torch.stack([self.weight(torch.cat([X_I, P[:, k], v[:, k, None]], 1))[:, 0]
                                   for k in range(P.shape[1])], 1)  # (T, K, H, W)
             logits = logits.masked_fill(~valid, -1e4)
@@ -313,15 +337,18 @@ class NolNet(nn.Module):
         """Decoded rendering X_phi (T, 3, H, W) of ``X_S`` (training only)."""
         return X_S[:, COLOUR] + self.decoder(X_S)
 
-    def forward(self, mesh: NolMesh, images: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
-                vertex_valid: torch.Tensor, raster: TargetRaster, *, decode: bool = True) -> dict[str, torch.Tensor]:
-        """Encode ``images`` (K, 3, S, S), project with poses ``R``/``t`` and crop intrinsics ``K``, integrate.
+    def forward(self, mesh: NolMesh, images: torch.Tensor, masks: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+                K: torch.Tensor, raster: TargetRaster, *, depth_tol: float, decode: bool = True
+                ) -> dict[str, torch.Tensor]:
+        """Encode source crops ``images`` (K, 3, S, S) with object ``masks`` (K, S, S), project them with poses
+        ``R``/``t`` and crop intrinsics ``K`` into the ``raster``'s target views and integrate.
 
         Returns :meth:`integrate`'s dict plus ``X_phi`` when ``decode``.
         """
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ShapeError(f"NOL source images must be float (K, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        P, valid = project_sources(mesh, self.encode(images), R, t, K, vertex_valid, raster)
+        depth = render_source_depth(mesh, R, t, K, tuple(images.shape[-2:]))
+        P, valid = project_sources(mesh, self.encode(images), R, t, K, depth, masks, raster, depth_tol)
         out = self.integrate(P, valid)
         if decode:
             out["X_phi"] = self.decode(out["X_S"])
@@ -404,6 +431,85 @@ def load_nol(path: str | Path, device: str = "cpu") -> NolNet:
         cfg = NolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
         net = NolNet(cfg)
         net.load_state_dict(state["state_dict"])
-    except (RuntimeError, KeyError, TypeError, ValueError, OSError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelError(f"cannot load NOL weights {p}: {exc}") from exc
     return net.to(device).eval()
+
+
+def depth_tolerance(diameter: float | torch.Tensor) -> float:
+    """Self-occlusion tolerance of :func:`project_sources` for an object of ``diameter`` metres (5 %)."""
+    return 0.05 * float(diameter)
+
+
+def training_step(net: NolNet, sample: dict[str, torch.Tensor], psi: FixedFeatures,
+                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Losses of one training set (a :class:`selfpose_core.data.nol_training_set.NolTrainingSets` item): the
+    sources in a random order (the LSTM must not depend on it), the target view rendered and compared."""
+    s = {k: v.to(device) for k, v in sample.items()}
+    mesh = NolMesh(s["vertices"], s["faces"], s["normals"])
+    order = torch.randperm(s["src_images"].shape[0])
+    size = tuple(s["tgt_image"].shape[-2:])
+    raster = rasterize_targets(mesh, s["tgt_T"][None, :3, :3], s["tgt_T"][None, :3, 3], s["tgt_K"][None], size)
+    T = s["src_T"][order]
+    out = net(mesh, s["src_images"][order], s["src_masks"][order], T[:, :3, :3], T[:, :3, 3], s["src_K"][order],
+              raster, depth_tol=depth_tolerance(s["diameter"]))
+    losses = nol_losses(out, s["tgt_image"][None], net.config, psi)
+    with torch.no_grad():
+        m = out["mask"][:, None].to(out["X_D"].dtype)
+        losses["l1_weighted_rendering"] = ((out["X_D"] - s["tgt_image"][None]).abs() * m).sum() / \
+            (3 * m.sum()).clamp_min(1.0)
+        avg = net.integrate(*project_sources(mesh, net.encode(s["src_images"]), s["src_T"][:, :3, :3],
+                                             s["src_T"][:, :3, 3], s["src_K"],
+                                             render_source_depth(mesh, s["src_T"][:, :3, :3], s["src_T"][:, :3, 3],
+                                                                 s["src_K"], size), s["src_masks"], raster,
+                                             depth_tolerance(s["diameter"])), use_lstm=False)
+        losses["l1_average_projection"] = ((avg["X_D"] - s["tgt_image"][None]).abs() * m).sum() / \
+            (3 * m.sum()).clamp_min(1.0)
+    return losses
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def train_nol(out_dir: str | Path, *, config: NolConfig | None = None, data: NolTrainingConfig | None = None,
+              trainer: TrainerConfig | None = None, workers: int = 1, device: str = "cpu",
+              resume: bool = False) -> dict[str, float]:
+    """Train the NOL network on procedural training sets and write ``out_dir/nol.pt`` (:func:`save_nol`).
+
+    One optimiser step averages ``trainer.grad_accum`` sets (the paper accumulates 10); Adam(W) with the shared
+    trainer's warm-up + cosine schedule (the paper: lr 1e-3, /10 after 20 of 35 epochs). Training state lives in
+    ``out_dir/train`` (``resume`` continues from it). Returns the last logged losses, including the L1 error of the
+    weighted rendering X_D and of the plain average projection on the training targets.
+    """
+    config = config or NolConfig()
+    config.validate()
+    data = data or NolTrainingConfig(crop_size=config.crop_size, n_sources=config.train_sources)
+    if data.crop_size != config.crop_size or data.n_sources != config.train_sources:
+        raise ConfigError(f"NOL training data (crop {data.crop_size}, {data.n_sources} sources) must match the network "
+                          f"(crop {config.crop_size}, train_sources {config.train_sources})")
+    trainer = trainer or TrainerConfig(steps=300, lr=1e-3, grad_accum=4, warmup_steps=20, checkpoint_every=50,
+                                       log_every=10)
+    out_dir = Path(out_dir)
+    n_sets = trainer.steps * trainer.grad_accum
+    sets = NolTrainingSets(n_sets, trainer.seed, data)
+    net = NolNet(config).to(device)
+    psi = FixedFeatures().to(device)
+
+    def batches(start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        sub = torch.utils.data.Subset(sets, range(start_step * trainer.grad_accum, n_sets))
+        loader = torch.utils.data.DataLoader(sub, batch_size=None, shuffle=False, num_workers=workers,
+                                             worker_init_fn=_worker_init if workers else None,
+                                             prefetch_factor=4 if workers else None)
+        yield from loader
+
+    start = time.monotonic()
+    last = Trainer({"nol": net}, out_dir / "train", trainer, device=device, name="nol").fit(
+        batches, lambda batch, step: training_step(net, batch, psi, device), resume=resume)
+    net.eval()
+    save_nol(net, out_dir / "nol.pt", {"command": "selfpose nol-train", "steps": trainer.steps,
+                                       "sets": n_sets, "seed": trainer.seed, "training_data": asdict(data),
+                                       "seconds": round(time.monotonic() - start, 1),
+                                       "final_losses": {k: round(v, 5) for k, v in last.items()}})
+    log.info("NOL weights written to %s", out_dir / "nol.pt")
+    return last
