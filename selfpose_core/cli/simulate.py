@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = simulate(args.out, config, force=args.force, progress=not args.no_progress)
     print(f"simulated {sum(t['frames'] for t in summary['trajectories'])} frames "
-          f"({len(summary['trajectories'])} trajectories) into {args.out} in {summary['seconds']:.1f} s")
+          f"({len(summary['trajectories'])} trajectories, {summary['bytes'] / 1e6:.0f} MB) into {args.out} in "
+          f"{summary['seconds']:.1f} s ({summary['cpu_seconds']:.1f} s CPU)")
     for o in summary["objects"]:
         size = " x ".join(f"{100 * x:.1f}" for x in o["size_m"])
         kind = ", ".join(k for k in ("textureless", "symmetric") if o[k]) or "textured"

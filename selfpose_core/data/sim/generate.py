@@ -253,7 +253,7 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
 
     Returns the summary that is also written to scene.yaml.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = prepare_output(out_dir, force)
     sim = Simulator(config)
     cad = sim.cad_models()
@@ -308,6 +308,8 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
                     for k, o in enumerate(sim.targets)],
         "trajectories": summary_trajs,
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,  # all threads of this process
+        "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
     }
     (out / "scene.yaml").write_text(yaml.safe_dump(_yaml_safe(summary), sort_keys=False))
     log.info("simulated %d frames into %s in %.1f s", total, out, summary["seconds"])

@@ -136,3 +136,20 @@ def test_cli_options_and_preview(tmp_path):
         _run_cli(["--out", str(tmp_path / "x"), "--objects", "mug,teapot"])
     with pytest.raises(ConfigError, match="--out"):
         _run_cli([])
+
+
+def test_jpeg_recording_without_depth(tmp_path):
+    from selfpose_core.data.bop import BopDataset
+    from selfpose_core.data.recording import Recording
+
+    cfg = SimConfig(seed=2, objects=["cereal_box"], width=80, height=60, fx=71.25, fy=71.25, frames=2,
+                    test_frames=0, depth=False, image_format="jpeg")
+    summary = simulate(tmp_path / "s", cfg, progress=False)
+    assert [t["name"] for t in summary["trajectories"]] == ["train_loop"]
+    with Recording(tmp_path / "s" / "recording") as rec:
+        frames = list(rec)
+    assert len(frames) == 2 and frames[0].depth is None and frames[0].rgb.shape == (60, 80, 3)
+    sample = next(iter(BopDataset(tmp_path / "s" / "bop", "train_loop").samples(1)))
+    assert sample.frame.depth is None
+    # JPEG in the bag is lossy with respect to the (lossless PNG) BOP copy, but close
+    assert np.abs(frames[0].rgb.astype(int) - sample.frame.rgb.astype(int)).mean() < 8
