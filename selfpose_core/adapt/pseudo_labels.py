@@ -24,6 +24,7 @@ class PseudoInstance:
     box: np.ndarray  # (4,) amodal box (x0, y0, x1, y1), pixel edges
     confidence: float  # in [0, 1]
     mask: np.ndarray | None = None  # (H, W) bool visible part, None when not rendered
+    visib_fract: float = 1.0  # visible pixels / silhouette pixels
 
 
 @dataclass(slots=True)
@@ -79,7 +80,8 @@ class PseudoLabels:
             frame=np.array([p.frame for p in inst], np.int64), obj_index=np.array([p.obj_index for p in inst], np.int64),
             T_cam_obj=np.array([p.T_cam_obj for p in inst], np.float64).reshape(-1, 4, 4),
             box=np.array([p.box for p in inst], np.float64).reshape(-1, 4),
-            confidence=np.array([p.confidence for p in inst], np.float64), has_mask=has_mask, mask_shape=shapes,
+            confidence=np.array([p.confidence for p in inst], np.float64),
+            visib_fract=np.array([p.visib_fract for p in inst], np.float64), has_mask=has_mask, mask_shape=shapes,
             mask_bits=np.concatenate(bits) if bits else np.zeros(0, np.uint8), mask_offsets=offsets)
         tmp.replace(path)
         return path
@@ -101,6 +103,7 @@ class PseudoLabels:
                 mask = np.unpackbits(d["mask_bits"][a:b], count=int(h * w)).reshape(h, w).astype(bool)
                 j += 1
             instances.append(PseudoInstance(int(d["frame"][i]), int(d["obj_index"][i]), d["T_cam_obj"][i],
-                                            d["box"][i], float(d["confidence"][i]), mask))
+                                            d["box"][i], float(d["confidence"][i]), mask,
+                                            float(d["visib_fract"][i])))
         return cls([str(s) for s in d["object_names"]], d["T_world_obj"], d["object_confidence"], d["T_world_cam"],
                    d["frame_weight"], instances)
