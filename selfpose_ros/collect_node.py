@@ -15,6 +15,7 @@ import rclpy
 from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
@@ -110,7 +111,7 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as exc:  # SIGTERM raised by the recording writer after finishing a frame
         code = 0 if exc.code in (0, 143) else int(exc.code or 1)
     except SelfposeError as exc:
-        rclpy.logging.get_logger(COLLECT_NODE).fatal(str(exc))
+        get_logger(COLLECT_NODE).fatal(str(exc))
         code = 2
     finally:
         if node is not None:

@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -136,7 +137,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except SelfposeError as exc:
-        (node.get_logger() if node else rclpy.logging.get_logger(ESTIMATOR_NODE)).fatal(str(exc))
+        (node.get_logger() if node else get_logger(ESTIMATOR_NODE)).fatal(str(exc))
         return 2
     finally:
         if node is not None:
