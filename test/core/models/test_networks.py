@@ -14,6 +14,15 @@ from selfpose_core.models.losses import centre_heatmap, coordinate_losses, detec
 SMALL = BackboneConfig(widths=(8, 16, 16), out_stride=2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train fastest (and steadiest on a busy machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_backbone_output_size_handles_odd_inputs():
     net = UNetBackbone(3, BackboneConfig(widths=(8, 8, 16, 16), out_stride=4))
     assert net(torch.rand(2, 3, 120, 160)).shape == (2, 8, 30, 40)

@@ -1,0 +1,122 @@
+"""Pose estimator benchmark: end-to-end speed on 640x480 frames, and accuracy of trained bundles on held-out frames.
+
+    selfpose bench estimator                       # speed: both pose networks, 1 and 3 visible objects, 2 threads
+    selfpose bench estimator --threads 2 --frames 200
+    selfpose bench estimator --accuracy DIR/bop --models lower_kp=M1,lower_corr=M2,upper_kp=M3
+
+Speed uses bundles with random weights and a detection threshold of 0, so that exactly N objects are detected and
+go through cropping, the pose network, PnP-RANSAC and (with --depth) ICP; the cost does not depend on the weights.
+Figures: frames/s and p50/p95 latency of ``PoseEstimator.estimate`` (detector resize included), and the ratio to
+the goals (>= 20 frames/s with one object, >= 15 with three; DSC-PoseNet reports 7 frames/s on a V100).
+Accuracy runs each bundle on the BOP split ``test`` (the held-out trajectories) and prints the eval table with the
+command that produced the bundle (from its provenance).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+
+from selfpose_core.data.bop import BopDataset
+from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
+from selfpose_core.eval.evaluate import evaluate_model
+from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
+from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
+from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
+from selfpose_core.models.pretrain import PretrainConfig
+from selfpose_core.types import CameraIntrinsics, Frame
+
+GOALS = {1: 20.0, 3: 15.0}
+
+
+def _objects(folder: Path, n: int) -> Path:
+    entries = []
+    for i in range(n):
+        mesh = trimesh.creation.cylinder(0.03 + 0.01 * i, 0.1, sections=64) if i % 2 else trimesh.creation.box(
+            (0.08, 0.05 + 0.01 * i, 0.15))
+        m = object_model_from_arrays(f"obj{i}", np.asarray(mesh.vertices), np.asarray(mesh.faces), obj_id=i + 1)
+        save_mesh(m, folder / f"obj{i}.ply")
+        entries.append({"name": f"obj{i}", "mesh": f"obj{i}.ply", "obj_id": i + 1})
+    return write_objects_config(folder / "objects.yaml", entries)
+
+
+def _bundle(folder: Path, objects_yaml: Path, kind: str) -> Path:
+    cfg = PretrainConfig()
+    objects = load_objects_config(objects_yaml)
+    detector = cfg.detector
+    detector.score_threshold = 0.0
+    spec = BundleSpec([BundleObject.from_model(m) for m in objects], "../objects.yaml",
+                      PoseNetSpec(kind, cfg.crop_size, cfg.pose_backbone, 9), detector, (640, 480))
+    torch.manual_seed(0)
+    return ModelBundle.create(spec).save(folder / f"bundle_{kind}")
+
+
+def speed(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    rng = np.random.default_rng(0)
+    K = CameraIntrinsics(570.0, 570.0, 319.5, 239.5, 640, 480)
+    frames = []
+    for _ in range(8):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+        depth = np.full((480, 640), 0.8, np.float32) + rng.normal(0, 0.01, (480, 640)).astype(np.float32)
+        frames.append(Frame(img, K, depth=depth if args.depth else None))
+    print(f"speed: {args.frames} frames of 640x480, torch threads {args.threads}, depth refinement "
+          f"{'on' if args.depth else 'off'}; latency of PoseEstimator.estimate(frame)")
+    print(f"{'pose net':<15} {'objects':>7} {'frames/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'goal fps':>9} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 3):
+            folder = Path(tmp) / f"n{n}"
+            folder.mkdir()
+            objects_yaml = _objects(folder, n)
+            for kind in ("keypoint", "correspondence"):
+                est = PoseEstimator(_bundle(folder, objects_yaml, kind), config=EstimatorConfig(
+                    refine_depth=args.depth, return_masks=True))
+                for f in frames[:3]:
+                    est.estimate(f)  # warm-up
+                lat, found = [], 0
+                for i in range(args.frames):
+                    t0 = time.perf_counter()
+                    found += len(est.estimate(frames[i % len(frames)]))
+                    lat.append(time.perf_counter() - t0)
+                lat_ms = np.array(lat) * 1000
+                fps = 1000.0 / lat_ms.mean()
+                print(f"{kind:<15} {n:>7d} {fps:9.1f} {np.percentile(lat_ms, 50):8.1f} "
+                      f"{np.percentile(lat_ms, 95):8.1f} {GOALS[n]:9.0f} {fps / GOALS[n]:6.2f}"
+                      f"   ({found / args.frames:.1f} poses/frame)")
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    dataset = BopDataset(args.accuracy, "test")
+    for item in args.models.split(","):
+        name, _, path = item.partition("=")
+        est = PoseEstimator(Path(path))
+        result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
+        prov = est.spec.provenance
+        print(f"\n== {name}: {path} ({est.spec.pose_net.kind}; {prov.get('supervision', '?')})")
+        print(f"   trained by: {prov.get('command', '?')}")
+        print(result.table())
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="selfpose bench estimator", description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads (default 2, the target machine)")
+    p.add_argument("--frames", type=int, default=100, help="timed frames per configuration (default 100)")
+    p.add_argument("--depth", action="store_true", help="include depth refinement (ICP) in the timing")
+    p.add_argument("--accuracy", type=Path, help="BOP dataset root (DIR/bop of `selfpose simulate`): evaluate --models")
+    p.add_argument("--models", default="", help="name=bundle,... to evaluate with --accuracy")
+    p.add_argument("--max-images", type=int, default=None, help="with --accuracy: at most this many images")
+    args = p.parse_args(argv)
+    if args.accuracy is not None:
+        if not args.models:
+            p.error("--accuracy needs --models name=bundle,...")
+        accuracy(args)
+    else:
+        speed(args)
+    return 0
