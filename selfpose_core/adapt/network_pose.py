@@ -1,0 +1,111 @@
+"""Differentiable poses from either pose network, and the pose-space losses the self-supervised stages share.
+
+Both networks end in 2D-3D correspondences solved by the differentiable PnP
+(:func:`selfpose_core.geometry.pnp_diff.solve_pnp_differentiable`, BPnP): the keypoint network's attention-averaged
+keypoints (DSC-PoseNet Eq. 3) against the object's 9 keypoints, or the correspondence network's foreground pixels
+against their predicted object coordinates (weights: mask probability x confidence). Gradients reach the network
+outputs through the implicit-function backward of the PnP.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selfpose_core.geometry.pnp_diff import solve_pnp_differentiable
+from selfpose_core.geometry.shapes import check_shape
+from selfpose_core.geometry.symmetry import min_over_symmetries
+from selfpose_core.models.backbones import pixel_centres
+from selfpose_core.models.bundle import BundleObject
+from selfpose_core.models.keypoint_net import KeypointNet
+
+
+@dataclass(slots=True)
+class Correspondences:
+    """2D-3D pairs of B crops: ``pts3d`` (B, N, 3) object frame, ``pts2d`` (B, N, 2) crop pixels, ``weights``
+    (B, N) >= 0."""
+
+    pts3d: torch.Tensor
+    pts2d: torch.Tensor
+    weights: torch.Tensor
+
+
+def network_correspondences(net: torch.nn.Module, out: dict[str, torch.Tensor], obj_index: torch.Tensor,
+                            objects: Sequence[BundleObject], *, mask_threshold: float = 0.5,
+                            error_scale: float = 0.1) -> Correspondences:
+    """The 2D-3D correspondences a pose network's ``out`` (its forward output on B crops) encodes.
+
+    Keypoint net: keypoints by Eq. 3 over the soft foreground (mask probabilities), unit weights. Correspondence
+    net: every output cell; weight = mask probability x exp(-predicted error / ``error_scale``), 0 below
+    ``mask_threshold`` (all cells keep their soft weight when fewer than 6 pass).
+    """
+    if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        net = net.module
+    b = obj_index.shape[0]
+    prob = torch.sigmoid(out["mask_logits"])
+    if isinstance(net, KeypointNet):
+        kp = KeypointNet.keypoints(out, prob)
+        X = torch.as_tensor(np.stack([objects[int(k)].keypoints for k in obj_index]), dtype=kp.dtype,
+                            device=kp.device)
+        return Correspondences(X, kp, torch.ones(kp.shape[:2], dtype=kp.dtype, device=kp.device))
+    coords = out["coords"]
+    _, _, h, w = coords.shape
+    stride = net.config.backbone.out_stride
+    centre = torch.as_tensor(np.stack([objects[int(k)].coord_centre for k in obj_index]), dtype=coords.dtype,
+                             device=coords.device)
+    half = torch.as_tensor(np.stack([objects[int(k)].coord_half_extent for k in obj_index]), dtype=coords.dtype,
+                           device=coords.device)
+    X = coords.reshape(b, 3, h * w).transpose(1, 2) * half[:, None] + centre[:, None]
+    uv = pixel_centres(h, w, stride, coords.device, coords.dtype).reshape(1, h * w, 2).expand(b, -1, -1)
+    p = prob.reshape(b, h * w)
+    wgt = p * torch.exp(-out["error"].reshape(b, h * w) / error_scale)
+    hard = p > mask_threshold
+    enough = hard.sum(-1, keepdim=True) >= 6
+    wgt = torch.where(enough & ~hard, torch.zeros_like(wgt), wgt)
+    return Correspondences(X, uv, wgt)
+
+
+def network_pose(net: torch.nn.Module, out: dict[str, torch.Tensor], obj_index: torch.Tensor, K: torch.Tensor,
+                 objects: Sequence[BundleObject], *, min_depth: float = 0.02
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(R (B, 3, 3), t (B, 3), valid (B,) bool)``: T_cam_obj from the network output on B crops with crop cameras
+    ``K`` (B, 3, 3), differentiable. ``valid``: finite and in front of the camera (t_z > ``min_depth``)."""
+    check_shape(K, (obj_index.shape[0], 3, 3), "K")
+    c = network_correspondences(net, out, obj_index, objects)
+    R, t = solve_pnp_differentiable(c.pts3d, c.pts2d, K.to(c.pts2d.dtype), c.weights)
+    valid = torch.isfinite(R).flatten(1).all(-1) & torch.isfinite(t).all(-1) & (t[:, 2] > min_depth)
+    R = torch.where(valid[:, None, None], R, torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R))
+    t = torch.where(valid[:, None], t, torch.tensor([0.0, 0.0, 1.0], dtype=t.dtype, device=t.device).expand_as(t))
+    return R, t, valid
+
+
+def vertex_consistency(R_a: torch.Tensor, t_a: torch.Tensor, R_b: torch.Tensor, t_b: torch.Tensor,
+                       points: torch.Tensor, symmetries: Sequence[torch.Tensor],
+                       diameters: torch.Tensor) -> torch.Tensor:
+    """Sock et al. Eq. 1: mean distance of the model points moved by pose a and by pose b, over the diameter.
+
+    Args:
+        R_a, t_a, R_b, t_b: poses (B, 3, 3), (B, 3).
+        points: (B, P, 3) model vertices (object frame).
+        symmetries: B tensors (S_i, 4, 4) of the objects' symmetry transforms (identity first); the loss is the
+            minimum over them (a symmetric object's equivalent poses agree).
+        diameters: (B,) object diameters.
+
+    Returns: (B,) losses (0 when the poses agree up to a symmetry).
+    """
+    check_shape(points, (R_a.shape[0], "P", 3), "points")
+    pa = points @ R_a.transpose(-1, -2) + t_a[:, None]
+    out = []
+    for i in range(len(points)):
+        d, _ = min_over_symmetries(pa[i:i + 1], R_b[i:i + 1], t_b[i:i + 1], points[i], symmetries[i])
+        out.append(d[0])
+    return torch.stack(out) / diameters.to(pa.dtype)
+
+
+def project(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, N, 2) of object points ``X`` (B, N, 3) at poses (B, 3, 3), (B, 3) through ``K`` (B, 3, 3)."""
+    P = X @ R.transpose(-1, -2) + t[:, None]
+    q = P @ K.to(P.dtype).transpose(-1, -2)
+    return q[..., :2] / q[..., 2:3].clamp_min(1e-6)
