@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 
 from selfpose_core.data.backgrounds import add_occluders, photometric_augment, random_background, random_colour
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, pose_targets, render_targets, square_box
-from selfpose_core.geometry.quaternion import quaternion_to_matrix
 from selfpose_core.render.rasterizer import rasterize
 from selfpose_core.types import CameraIntrinsics
 
@@ -32,6 +31,11 @@ class SyntheticConfig:
     """Randomisation ranges. Sizes are the object's projected diameter in pixels of the full camera image."""
 
     size_px: tuple[float, float] = (40.0, 260.0)
+    # View prior: the camera looks at the object from an elevation (degrees above the object's x-y plane, z up)
+    # and any azimuth, rolled about the optical axis by up to roll_deg. (-90, 90) and 180 = the whole view sphere
+    # with any in-plane rotation (uniform on SO(3)); a tabletop prior is e.g. (-10, 90) and 25.
+    elevation_deg: tuple[float, float] = (-90.0, 90.0)
+    roll_deg: float = 180.0
     crop_padding: float = 1.3
     crop_scale_jitter: tuple[float, float] = (0.85, 1.2)
     crop_shift_std: float = 0.06  # centre jitter, fraction of the box side
@@ -44,21 +48,39 @@ class SyntheticConfig:
     max_objects_per_scene: int = 4
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """(3, 3) uniformly distributed rotation (normalised Gaussian quaternion)."""
-    q = rng.normal(size=4)
-    return np.asarray(quaternion_to_matrix(q / np.linalg.norm(q)), np.float64)
+def random_rotation(rng: np.random.Generator, elevation_deg: tuple[float, float] = (-90.0, 90.0),
+                    roll_deg: float = 180.0) -> np.ndarray:
+    """(3, 3) R_cam_obj of a camera looking at the object from a random view direction (elevation in
+    ``elevation_deg``, area-uniform on that band of the sphere, any azimuth) rolled by up to ``roll_deg``.
+
+    With the full ranges the rotation is uniformly distributed on SO(3).
+    """
+    lo, hi = np.radians(np.clip(elevation_deg, -89.9, 89.9))
+    elev = np.arcsin(rng.uniform(np.sin(lo), np.sin(hi)))
+    azim = rng.uniform(0, 2 * np.pi)
+    view = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])  # object -> camera
+    z_c = -view
+    down = np.array([0.0, 0.0, -1.0])
+    y_c = down - down.dot(z_c) * z_c
+    y_c /= np.linalg.norm(y_c)
+    x_c = np.cross(y_c, z_c)
+    R = np.stack([x_c, y_c, z_c])
+    roll = np.radians(rng.uniform(-roll_deg, roll_deg))
+    c, s = np.cos(roll), np.sin(roll)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ R
 
 
 def random_pose(rng: np.random.Generator, K: CameraIntrinsics, diameter: float, size_px: tuple[float, float],
-                margin: float = 0.1) -> np.ndarray:
-    """(4, 4) T_cam_obj: uniform rotation, depth giving a projected diameter in ``size_px``, centre in the image."""
+                margin: float = 0.1, elevation_deg: tuple[float, float] = (-90.0, 90.0),
+                roll_deg: float = 180.0) -> np.ndarray:
+    """(4, 4) T_cam_obj: rotation from :func:`random_rotation`, depth giving a projected diameter in ``size_px``,
+    centre anywhere in the image but ``margin``."""
     size = rng.uniform(*size_px)
     z = K.fx * diameter / size
     u = rng.uniform(margin, 1 - margin) * K.width
     v = rng.uniform(margin, 1 - margin) * K.height
     T = np.eye(4)
-    T[:3, :3] = random_rotation(rng)
+    T[:3, :3] = random_rotation(rng, elevation_deg, roll_deg)
     T[:3, 3] = [(u - K.cx) * z / K.fx, (v - K.cy) * z / K.fy, z]
     return T
 
@@ -74,12 +96,13 @@ def surface_pattern(coords: np.ndarray, diameter: float, rng: np.random.Generato
 def shade(normals: np.ndarray, mask: np.ndarray, albedo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(h, w, 3) Lambertian + Blinn-Phong shading of camera-frame ``normals`` under a random directional light.
 
-    ``albedo`` is (3,) or (h, w, 3); the viewer is along -z (approximately, for small objects).
+    ``albedo`` is (3,) or (h, w, 3); ``light`` is the direction the light travels (from the camera's side into the
+    scene, +z); the viewer looks along +z (approximately, for small objects).
     """
-    light = np.array([rng.normal(), rng.normal(), -abs(rng.normal()) - 0.3])
+    light = np.array([rng.normal(), rng.normal(), abs(rng.normal()) + 0.5])
     light /= np.linalg.norm(light)
     ndotl = np.clip(-(normals @ light), 0, None)[..., None]
-    ambient = rng.uniform(0.2, 0.6)
+    ambient = rng.uniform(0.25, 0.6)
     half = -(light + np.array([0.0, 0.0, 1.0]))
     half /= np.linalg.norm(half)
     spec = np.clip(normals @ half, 0, None)[..., None] ** rng.uniform(5, 60) * rng.uniform(0, 0.6)
@@ -114,7 +137,7 @@ class SyntheticCrops(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.integers(len(self.objects)))
         obj = self.objects[k]
-        T = random_pose(rng, self.K, obj.diameter, c.size_px)
+        T = random_pose(rng, self.K, obj.diameter, c.size_px, 0.1, c.elevation_deg, c.roll_deg)
         box = square_box(amodal_box(self.K.K, T, obj.vertices.numpy().astype(np.float64)), c.crop_padding,
                          rng.uniform(*c.crop_scale_jitter), tuple(rng.normal(0, c.crop_shift_std, 2)))
         K_crop = self.K.crop_resize(tuple(box), self.crop_size)
@@ -181,7 +204,7 @@ class SyntheticScenes(Dataset):
         K = self.K.K
         for k in chosen:
             obj = self.objects[k]
-            poses[k] = random_pose(rng, self.K_full, obj.diameter, c.size_px, margin=0.0)
+            poses[k] = random_pose(rng, self.K_full, obj.diameter, c.size_px, 0.0, c.elevation_deg, c.roll_deg)
             R = torch.as_tensor(poses[k][:3, :3], dtype=torch.float32)
             verts.append(obj.vertices @ R.T + torch.as_tensor(poses[k][:3, 3], dtype=torch.float32))
             normals.append(obj.normals @ R.T)
