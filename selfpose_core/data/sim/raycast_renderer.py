@@ -185,11 +185,14 @@ class SceneRaycaster:
         lambert = _dot(n, ldir)
         lit = lambert > 0
         if self.shadows and lit.any():
-            srays = np.empty((int(lit.sum()), 6), np.float32)
-            srays[:, :3] = p[lit] + np.float32(SHADOW_OFFSET) * n[lit]
-            srays[:, 3:] = light.position.astype(np.float32) - srays[:, :3]
+            sel = np.flatnonzero(lit)
+            srays = np.empty((len(sel), 6), np.float32)
+            np.take(n, sel, axis=0, out=srays[:, :3])
+            srays[:, :3] *= np.float32(SHADOW_OFFSET)
+            srays[:, :3] += np.take(p, sel, axis=0)
+            np.subtract(light.position.astype(np.float32), srays[:, :3], out=srays[:, 3:])
             occluded = self._rc.test_occlusions(o3d.core.Tensor(srays), tnear=1e-4, tfar=1.0).numpy().astype(bool)
-            lit[np.flatnonzero(lit)[occluded]] = False
+            lit[sel[occluded]] = False
         ref = np.linalg.norm(light.position - self.scene.table_center)
         falloff = (ref / dist[:, 0]) ** 2
         half = ldir + view
@@ -197,8 +200,11 @@ class SceneRaycaster:
         spec = np.where(lit, spec_k * np.clip(_dot(n, half), 0, 1) ** shin * falloff, 0.0)
         diffuse = np.where(lit, lambert * falloff, 0.0)
         amb, lc = light.ambient.astype(np.float32), light.color.astype(np.float32)
-        rad = albedo * (amb + lc * diffuse[:, None]) + lc * spec[:, None]
         color = np.zeros((H * W, 3), np.float32)
+        rad = diffuse[:, None] * lc
+        rad += amb
+        rad *= albedo
+        rad += spec[:, None] * lc
         color[idx] = rad
         depth = np.zeros(H * W, np.float32)
         depth[idx] = t[idx]

@@ -24,8 +24,8 @@ def test_revolve_cylinder_volume_and_normals():
     exact = 0.5 * 64 * r * r * np.sin(2 * np.pi / 64) * h  # inscribed 64-gon prism
     assert tm.volume == pytest.approx(exact, rel=1e-9)
     side = (m.vertices[:, 2] > 1e-9) & (m.vertices[:, 2] < h - 1e-9)
-    radial = m.vertices[:, :2] / np.linalg.norm(m.vertices[:, :2], axis=1, keepdims=True)
-    assert np.allclose(m.normals[side, :2], radial[side]) and np.allclose(m.normals[side, 2], 0)
+    radial = m.vertices[side, :2] / np.linalg.norm(m.vertices[side, :2], axis=1, keepdims=True)
+    assert np.allclose(m.normals[side, :2], radial) and np.allclose(m.normals[side, 2], 0)
 
 
 def test_box_net_and_normals():
