@@ -1,0 +1,162 @@
+"""Run the configured adaptation stages in order, checkpointing each, and write the adapted bundle + report.
+
+Layout of the output directory ``out`` (the model bundle)::
+
+    out/bundle.yaml, out/weights.pt      the adapted bundle (written at the end)
+    out/report.html                      per stage: losses, details, held-out accuracy, plots, overlays
+    out/work/state.yaml                  stages finished so far with their results
+    out/work/<stage>/                    the stage's checkpoints, logs, artefacts; bundle/ once it finished
+
+Resume (``resume=True``, e.g. after kill -9): finished stages are skipped (the bundle and pseudo labels they left
+are reloaded) and the interrupted stage continues from its Trainer checkpoint. Ground truth is never visible to a
+stage: while a stage runs, every ground-truth accessor of :class:`~selfpose_core.data.bop.BopDataset` raises.
+Held-out evaluation (``evaluator``) runs between stages, outside that guard, on rank 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfpose_core.adapt.config import AdaptConfig
+from selfpose_core.adapt.consensus import MultiviewConsensus
+from selfpose_core.adapt.context import AdaptContext, DistInfo
+from selfpose_core.adapt.finetune import PseudoLabelFinetune
+from selfpose_core.adapt.pose_consistency import PoseConsistency
+from selfpose_core.adapt.pseudo_labels import PseudoLabels
+from selfpose_core.adapt.report import write_adapt_report
+from selfpose_core.adapt.stage import StageResult
+from selfpose_core.data.bop import BopDataset
+from selfpose_core.data.recording import Recording
+from selfpose_core.errors import ConfigError, DatasetError
+from selfpose_core.models.bundle import ModelBundle
+from selfpose_core.models.trainer import seed_everything
+from selfpose_core.types import ObjectModel
+
+log = logging.getLogger(__name__)
+
+STAGES: dict[str, type] = {
+    "multiview_consensus": MultiviewConsensus,
+    "pseudo_label_finetune": PseudoLabelFinetune,
+    "pose_consistency": PoseConsistency,
+}
+
+# (bundle after the stage, stage name, its pseudo labels or None) -> metrics dict; "pretrained" = before any stage
+Evaluator = Callable[[ModelBundle, str, "PseudoLabels | None"], dict[str, Any]]
+
+_GT_ACCESSORS = ("sample", "samples")
+
+
+@contextlib.contextmanager
+def ground_truth_forbidden(stage: str) -> Iterator[None]:
+    """While active, reading a BOP dataset (the only place ground truth lives) raises DatasetError."""
+    saved = {name: getattr(BopDataset, name) for name in _GT_ACCESSORS}
+
+    def deny(*_: Any, **__: Any) -> Any:
+        raise DatasetError(f"adaptation stage {stage!r} tried to read ground truth (BopDataset); adaptation may "
+                           "only use the recording, the meshes and the model")
+
+    try:
+        for name in _GT_ACCESSORS:
+            setattr(BopDataset, name, deny)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(BopDataset, name, fn)
+
+
+@dataclass(slots=True)
+class PipelineResult:
+    bundle_path: Path
+    report_path: Path | None
+    results: dict[str, StageResult]
+
+
+def _state_path(out: Path) -> Path:
+    return out / "work" / "state.yaml"
+
+
+def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[ObjectModel], objects_config: Path,
+                 model: Path, out: Path, resume: bool = False, evaluator: Evaluator | None = None,
+                 dist: DistInfo | None = None, progress: bool = True,
+                 provenance: dict[str, Any] | None = None) -> PipelineResult:
+    """Adapt the bundle ``model`` to ``recording`` with ``config.stages``; write the result to ``out``."""
+    dist = dist or DistInfo()
+    out = Path(out)
+    work = out / "work"
+    state_file = _state_path(out)
+    if not resume and state_file.is_file():
+        raise ConfigError(f"{out} already holds an adaptation run ({state_file}); pass --resume to continue it or "
+                          "choose another --out")
+    if dist.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    state: dict[str, Any] = {"done": [], "results": {}}
+    if resume and state_file.is_file():
+        state = yaml.safe_load(state_file.read_text(encoding="utf-8")) or state
+    done: list[str] = [s for s in state.get("done", []) if s in config.stages]
+    results = {k: StageResult.from_yaml(v) for k, v in (state.get("results") or {}).items()}
+
+    # the bundle to start from: the last finished stage's, else the pre-trained one
+    start = model
+    for s in done:
+        start = work / s / "bundle"
+    bundle = ModelBundle.load(start, device=config.device)
+    bundle.spec.objects_config = str(Path(objects_config).resolve())
+    pseudo = None
+    pseudo_file = work / MultiviewConsensus.name / "pseudo_labels.npz"
+    if MultiviewConsensus.name in done and pseudo_file.is_file():
+        pseudo = PseudoLabels.load(pseudo_file)
+    seed_everything(config.seed)
+    ctx = AdaptContext(objects=objects, recording=recording, bundle=bundle, work_dir=work,
+                       objects_config=Path(objects_config), device=config.device, seed=config.seed,
+                       trainer_defaults=config.trainer, pseudo=pseudo, dist=dist, resume=resume, progress=progress)
+    if evaluator is not None and dist.is_main and "pretrained" not in results:
+        results["pretrained"] = StageResult(metrics=evaluator(bundle, "pretrained", None))
+        state["results"] = {k: v.to_yaml() for k, v in results.items()}
+        _write_state(state_file, state)
+    for i, name in enumerate(config.stages):
+        if name in done:
+            log.info("adapt: stage %d/%d %s already finished, skipped", i + 1, len(config.stages), name)
+            continue
+        log.info("adapt: stage %d/%d %s", i + 1, len(config.stages), name)
+        t0 = time.perf_counter()
+        stage = STAGES[name]()
+        with ground_truth_forbidden(name):
+            result = stage.run(ctx, config.sections[name])
+        result.details.setdefault("seconds", round(time.perf_counter() - t0, 1))
+        if dist.is_main:
+            ctx.bundle.save(work / name / "bundle")
+            if evaluator is not None:
+                result.metrics = evaluator(ctx.bundle, name, ctx.pseudo if name == MultiviewConsensus.name else None)
+            results[name] = result
+            state["done"] = done + [name]
+            state["results"] = {k: v.to_yaml() for k, v in results.items()}
+            _write_state(state_file, state)
+        done.append(name)
+        ctx.resume = resume  # later stages resume only from checkpoints they left themselves
+        dist.barrier()
+    report = None
+    if dist.is_main:
+        spec = ctx.bundle.spec
+        spec.provenance.update(provenance or {})
+        spec.provenance["adapt"] = {"stages": list(config.stages), "config": config.to_yaml(),
+                                    "recording": str(recording.path), "start_model": str(model)}
+        if results:
+            spec.metrics["adapt"] = {k: v.metrics for k, v in results.items() if v.metrics}
+        ctx.bundle.save(out)
+        report = write_adapt_report(out / "report.html", config, results, ctx)
+    dist.barrier()
+    return PipelineResult(out, report, results)
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(state, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

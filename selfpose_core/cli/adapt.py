@@ -1,0 +1,188 @@
+"""`selfpose adapt --bag B --objects O --model M_pre --out M [--config C] [--resume] [--eval-gt BOP]`.
+
+Runs the stages of config/adapt.yaml on an unlabelled recording, checkpointing each stage (``--resume`` continues
+after an interruption, even kill -9), and writes the adapted bundle plus ``report.html`` to ``--out``. Under
+``torchrun --nproc_per_node=N`` every process runs this same command; they form a process group (gloo on CPU, nccl
+on CUDA) and the stages train with DistributedDataParallel. ``--eval-gt`` (a BOP directory with ground truth,
+e.g. the simulator's DIR/bop) adds held-out accuracy after each stage and the consensus error per object; only
+this module's evaluator reads it, never a stage.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
+from selfpose_core.adapt.context import DistInfo
+from selfpose_core.adapt.pipeline import STAGES, Evaluator, run_pipeline
+from selfpose_core.adapt.pseudo_labels import PseudoLabels
+from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
+from selfpose_core.data.bop import BopDataset
+from selfpose_core.data.recording import Recording
+from selfpose_core.errors import ConfigError, DatasetError
+from selfpose_core.estimate.estimator import PoseEstimator
+from selfpose_core.eval.evaluate import evaluate_model
+from selfpose_core.geometry.se3 import invert, rotation_angle
+from selfpose_core.geometry.symmetry import closest_symmetric_pose
+from selfpose_core.mesh.objects_config import load_objects_config
+from selfpose_core.models.bundle import ModelBundle
+from selfpose_core.types import ObjectModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "adapt.yaml"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="adapt a pre-trained model to an unlabelled recording (self-supervised stages)")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bag", type=Path, required=True, help="rosbag2 recording (frames + camera poses in TF)")
+    p.add_argument("--objects", type=Path, required=True, help="objects.yaml with the untextured meshes")
+    p.add_argument("--model", type=Path, required=True, help="pre-trained model bundle (e.g. from selfpose pretrain)")
+    p.add_argument("--out", type=Path, required=True, help="output bundle directory (with report.html and work/)")
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"adapt config (default {DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else 'built-in'})")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--eval-gt", type=Path, default=None,
+                   help="BOP directory with ground truth for held-out evaluation after each stage (never used "
+                        "for adaptation)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. multiview_consensus.refine_iterations=20 or "
+                        "stages=[multiview_consensus] (YAML values; repeatable)")
+    p.add_argument("--device", default=None, help="torch device (default: the config's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_topic_options(p)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "stages=[x, y]"]`` -> ``{"a.b": 1, "stages": ["x", "y"]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    return out
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); single-process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def consensus_errors(pseudo: PseudoLabels, objects: list[ObjectModel], dataset: BopDataset,
+                     scene_id: int = 1) -> dict[str, dict[str, float]]:
+    """Per object: error of the consensus world pose (cm, deg; symmetry-aware) and the median error of the
+    per-frame pseudo poses, against a BOP scene whose im_id is the recording frame index and whose scene_camera
+    holds the true camera poses."""
+    per_frame: dict[str, list[tuple[float, float]]] = {}
+    world_gt: dict[str, list[np.ndarray]] = {}
+    by_id = {m.obj_id: k for k, m in enumerate(objects)}
+    for sample in dataset.samples(scene_id, load_depth=False, load_masks=False):
+        T_wc = sample.frame.T_world_cam
+        labels = {p.obj_index: p for p in pseudo.for_frame(sample.im_id)} if sample.im_id < pseudo.num_frames else {}
+        for g in sample.gt:
+            k = by_id.get(g.obj_id)
+            if k is None:
+                continue
+            m = objects[k]
+            if T_wc is not None:
+                world_gt.setdefault(m.name, []).append(T_wc @ g.T_cam_obj)
+            p = labels.get(k)
+            if p is not None:
+                gt = closest_symmetric_pose(p.T_cam_obj, g.T_cam_obj, m.symmetry)
+                per_frame.setdefault(m.name, []).append(
+                    (100 * float(np.linalg.norm(p.T_cam_obj[:3, 3] - gt[:3, 3])),
+                     float(np.degrees(rotation_angle(p.T_cam_obj[:3, :3], gt[:3, :3])))))
+    out: dict[str, dict[str, float]] = {}
+    for k, m in enumerate(objects):
+        row: dict[str, float] = {}
+        W = pseudo.T_world_obj[k]
+        if m.name in world_gt and np.isfinite(W).all():
+            gt_w = world_gt[m.name][0]
+            gt = closest_symmetric_pose(W, gt_w, m.symmetry)
+            row["world_t_cm"] = round(100 * float(np.linalg.norm(W[:3, 3] - gt[:3, 3])), 3)
+            row["world_r_deg"] = round(float(np.degrees(rotation_angle(W[:3, :3], gt[:3, :3]))), 3)
+        if m.name in per_frame:
+            e = np.array(per_frame[m.name])
+            row["frame_t_cm_median"] = round(float(np.median(e[:, 0])), 3)
+            row["frame_r_deg_median"] = round(float(np.median(e[:, 1])), 3)
+            row["frames"] = int(len(e))
+        out[m.name] = row
+    return out
+
+
+def make_evaluator(eval_gt: Path, objects_config: Path, config: AdaptConfig, progress: bool = False,
+                   train_split: str = "train_loop") -> Evaluator:
+    """The held-out evaluation hook: accuracy on split ``config.eval.split`` of ``eval_gt`` after each stage, and
+    for multiview_consensus the consensus error against split ``train_split`` (scene 1)."""
+    test = BopDataset(eval_gt, config.eval.split)
+    train = BopDataset(eval_gt, train_split) if (Path(eval_gt) / train_split).is_dir() else None
+
+    def evaluate(bundle: ModelBundle, stage: str, pseudo: PseudoLabels | None) -> dict[str, Any]:
+        est = PoseEstimator(bundle.path or eval_gt, config.device, objects_config=objects_config, bundle=bundle)
+        result, _ = evaluate_model(est, test, max_images=config.eval.max_images or None, progress=progress)
+        d = result.to_dict()
+        metrics: dict[str, Any] = {"mean": d["mean"], "per_object": d["per_object"], "n_images": d["n_images"]}
+        log.info("adapt: held-out accuracy after %s:\n%s", stage, result.table())
+        if pseudo is not None and train is not None:
+            try:
+                metrics["consensus"] = consensus_errors(pseudo, est.models, train)
+            except DatasetError as exc:
+                log.warning("adapt: no consensus error (%s)", exc)
+        return metrics
+
+    return evaluate
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config = load_adapt_config(config_path, STAGES, parse_overrides(args.set))
+    if args.device:
+        config.device = args.device
+    dist = init_distributed(config.device)
+    objects = load_objects_config(args.objects)
+    recording = Recording(args.bag, topics_from_args(args))
+    try:
+        evaluator = make_evaluator(args.eval_gt, args.objects, config, progress=False) \
+            if args.eval_gt is not None and dist.is_main else None
+        result = run_pipeline(config, recording=recording, objects=objects, objects_config=args.objects,
+                              model=args.model, out=args.out, resume=args.resume, evaluator=evaluator, dist=dist,
+                              progress=not args.no_progress,
+                              provenance={"command": "selfpose adapt", "bag": str(args.bag)})
+    finally:
+        recording.close()
+        if dist.enabled:
+            torch.distributed.destroy_process_group()
+    if dist.is_main:
+        print(f"adapted model: {result.bundle_path}")
+        if result.report_path is not None:
+            print(f"report: {result.report_path}")
+        for name, r in result.results.items():
+            mean = r.metrics.get("mean") or {}
+            if mean:
+                print(f"  {name:24s} AD{{D|I}}@0.1d {100 * (mean.get('ad_di_recall') or 0):5.1f}%")
+    return 0
