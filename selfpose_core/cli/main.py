@@ -23,6 +23,7 @@ COMMANDS = [
     "eval",
     "pretrain",
     "demo",
+    "adapt",
     "nol_train",
 ]
 
