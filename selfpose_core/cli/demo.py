@@ -71,8 +71,11 @@ def stage_pretrain(out: Path, sim: Path, args: argparse.Namespace) -> Path:
     if (model / "bundle.yaml").is_file() and (model / "weights.pt").is_file():
         print(f"  reusing {model}")
         return model
+    # Tabletop view prior: the objects stand on a surface (objects.yaml meshes are z up), the robot's camera
+    # sees them from above or slightly below the horizon with little roll (NOL renders the upper hemisphere too).
     overrides = {"pose_net": args.pose_net, "trainer.steps": args.pretrain_steps, "trainer.seed": args.seed,
-                 "trainer.progress": not args.no_progress}
+                 "trainer.progress": not args.no_progress, "synthetic.elevation_deg": [-10.0, 90.0],
+                 "synthetic.roll_deg": 25.0}
     config = load_pretrain_config(None, overrides)
     camera = camera_from_recording(sim / "recording")
     objects = load_objects_config(sim / "objects.yaml")

@@ -15,10 +15,26 @@ import torch
 from torch.utils.data import Dataset
 
 from selfpose_core.data.backgrounds import photometric_augment
-from selfpose_core.data.bop import BopDataset
+from selfpose_core.data.bop import BopDataset, BopSample
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_affine, pose_targets, render_targets, square_box
 from selfpose_core.data.synthetic import SyntheticConfig
 from selfpose_core.errors import DatasetError
+
+
+class _SampleCache:
+    """Decoded BOP samples (image + masks), kept per process: the real sets are small and decoding dominates."""
+
+    def __init__(self, dataset: BopDataset, size: int = 512) -> None:
+        self.dataset, self.size = dataset, size
+        self._items: dict[tuple[int, int], BopSample] = {}
+
+    def get(self, scene_id: int, im_id: int) -> BopSample:
+        key = (scene_id, im_id)
+        if key not in self._items:
+            if len(self._items) >= self.size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = self.dataset.sample(scene_id, im_id, load_depth=False, load_masks=True)
+        return self._items[key]
 
 
 @dataclass(slots=True)
@@ -63,6 +79,7 @@ class RealCrops(Dataset):
         self.stride = int(stride)
         self.config = config or SyntheticConfig()
         self.n_sym = n_sym or max(len(o.symmetries) for o in self.objects)
+        self.cache = _SampleCache(dataset)
 
     def __len__(self) -> int:
         return self.length
@@ -71,7 +88,7 @@ class RealCrops(Dataset):
         c = self.config
         rng = np.random.default_rng([self.seed, int(index), 2])
         inst = self.instances[int(index) % len(self.instances)]
-        sample = self.dataset.sample(inst.scene_id, inst.im_id, load_depth=False, load_masks=True)
+        sample = self.cache.get(inst.scene_id, inst.im_id)
         obj = self.objects[inst.obj_index]
         T = inst.T_cam_obj
         K = sample.frame.K
@@ -117,6 +134,7 @@ class RealScenes(Dataset):
         self.seed = int(seed)
         self.stride = int(stride)
         self.config = config or SyntheticConfig()
+        self.cache = _SampleCache(dataset)
 
     def __len__(self) -> int:
         return self.length
@@ -124,7 +142,7 @@ class RealScenes(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index), 3])
         sc, im = self.images[int(index) % len(self.images)]
-        sample = self.dataset.sample(sc, im, load_depth=False, load_masks=True)
+        sample = self.cache.get(sc, im)
         w, h = self.width, self.height
         fr = sample.frame
         K = fr.K.scaled(w / fr.K.width, h / fr.K.height)
