@@ -136,12 +136,16 @@ def prepare_sources(model: ObjectModel, images: Sequence[np.ndarray], T_cam_obj:
             if mask.shape != img.shape[:2]:
                 raise ShapeError(f"mask of source {ids[i]} must be {img.shape[:2]}, got {mask.shape}")
             m = crop_view(mask, cams[i], model, T, crop_size)[0]
-            if m.sum() < min_pixels or (m & sil).sum() < min_visible * max(sil.sum(), 1):
-                dropped.append((ids[i], f"object occluded ({int(m.sum())} mask pixels in the crop)"))
+            if m.sum() < min_pixels:
+                dropped.append((ids[i], f"object occluded: {int(m.sum())} mask pixels in the crop at this pose "
+                                        "(or the pose is far off)"))
                 continue
             if (m & sil).sum() < min_agreement * m.sum():
                 dropped.append((ids[i], f"pose disagrees with the mask: only {(m & sil).sum() / m.sum():.0%} of the "
                                         "mask lies inside the silhouette at this pose"))
+                continue
+            if (m & sil).sum() < min_visible * max(sil.sum(), 1):
+                dropped.append((ids[i], f"object occluded: {(m & sil).sum() / max(sil.sum(), 1):.0%} of it visible"))
                 continue
         crops.append(crop)
         mcrops.append(m)
@@ -215,6 +219,23 @@ def select_by_new_points(visible: np.ndarray, *, max_sources: int | None = None,
     return chosen
 
 
+def choose_sources(model: ObjectModel, sources: NolSourceSet, *, max_sources: int = 16, n_points: int = 2000,
+                   seed: int = 0) -> NolSourceSet:
+    """The subset of ``sources`` picked by :func:`select_by_new_points` (SMOT rule) on ``n_points`` surface
+    samples, at most ``max_sources`` (paper: up to 16 per object)."""
+    if len(sources) == 0:
+        return sources
+    mesh = NolMesh.from_object_model(model)
+    R, t, K = _tensors(sources)
+    depth = render_source_depth(mesh, R, t, K, tuple(sources.images.shape[-2:]))
+    vis = point_visibility(surface_samples(model, n_points, np.random.default_rng(seed)), sources.T_cam_obj,
+                           sources.K, depth, sources.masks, depth_tolerance(model.diameter))
+    chosen = select_by_new_points(vis, max_sources=max_sources)
+    log.info("NOL: %s: %d of %d source frames chosen (SMOT rule), seeing %.0f%% of the surface", model.name,
+             len(chosen), len(sources), 100 * vis[chosen].any(0).mean() if chosen else 0.0)
+    return sources.subset(chosen)
+
+
 def select_by_pose(T_cam_obj: np.ndarray, rng: np.random.Generator, *, min_translation: float = 0.3,
                    min_rotation_deg: float = 45.0, max_sources: int = 16) -> list[int]:
     """LINEMOD rule (paper Sec. 4.2): pick a random remaining view, remove every view closer than
@@ -236,13 +257,15 @@ def select_by_pose(T_cam_obj: np.ndarray, rng: np.random.Generator, *, min_trans
 
 @dataclass(slots=True)
 class RefineConfig:
-    """Eq. 3 source-pose refinement: Adam steps on a rotation vector (left-multiplied, so R stays in SO(3)) and a
-    translation per source; stop after ``max_iterations`` or when the error has not fallen for ``patience``."""
+    """Eq. 3 source-pose refinement: steepest-descent steps on a rotation vector (left-multiplied, so R stays in
+    SO(3)) and a translation per source, normalised so that the source with the largest gradient moves by
+    ``lr_rotation`` / ``lr_translation``; when the error rises the step is undone and halved; stop after
+    ``max_iterations`` or after ``patience`` such failures in a row (the error stopped falling)."""
 
     max_iterations: int = 50
     patience: int = 3
-    lr_rotation: float = 0.01  # radians
-    lr_translation: float = 0.003  # metres
+    lr_rotation: float = 0.01  # radians, largest rotation step
+    lr_translation: float = 0.003  # metres, largest translation step
     outlier_factor: float = 3.0  # a source whose final error exceeds this times the median is dropped
 
 
@@ -287,7 +310,6 @@ def refine_source_poses(net: NolNet, model: ObjectModel, sources: NolSourceSet,
     others = ~torch.eye(n, dtype=torch.bool)  # (J, K): a source is not compared at its own viewpoint
     omega = torch.zeros((n, 3), requires_grad=True)
     tau = torch.zeros((n, 3), requires_grad=True)
-    opt = torch.optim.Adam([{"params": [omega], "lr": cfg.lr_rotation}, {"params": [tau], "lr": cfg.lr_translation}])
 
     def error(R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         depth = render_source_depth(mesh, R, t, K, S)
@@ -297,28 +319,40 @@ def refine_source_poses(net: NolNet, model: ObjectModel, sources: NolSourceSet,
         per_src = (diff * v).sum((0, 2, 3)) / v.sum((0, 2, 3)).clamp_min(1.0)  # (K,)
         return per_src.sum(), per_src.detach()
 
-    best_T = sources.T_cam_obj.copy()
-    best, best_src, history, since = float("inf"), np.zeros(n), [], 0
-    it = 0
+    best = (float("inf"), sources.T_cam_obj.copy(), np.zeros(n))
+    history: list[float] = []
+    scale, failures, it = 1.0, 0, 0
     for it in range(cfg.max_iterations + 1):
         R = so3_exp(omega) @ R0
         t = t0 + tau
         e, per_src = error(R, t)
-        history.append(float(e))
-        if float(e) < best - 1e-6:
-            best, best_src, since = float(e), per_src.numpy(), 0
-            best_T = np.tile(np.eye(4), (n, 1, 1))
-            best_T[:, :3, :3] = R.detach().double().numpy()
-            best_T[:, :3, 3] = t.detach().double().numpy()
-        else:
-            since += 1
-            if since >= cfg.patience:
+        history.append(float(e.detach()))
+        if history[-1] < best[0] - 1e-6:
+            T = np.tile(np.eye(4), (n, 1, 1))
+            T[:, :3, :3] = R.detach().double().numpy()
+            T[:, :3, 3] = t.detach().double().numpy()
+            best, failures = (history[-1], T, per_src.numpy()), 0
+            keep = (omega.detach().clone(), tau.detach().clone())
+        else:  # the error rose: go back to the best poses and take half the step
+            failures += 1
+            scale *= 0.5
+            with torch.no_grad():
+                omega.copy_(keep[0])
+                tau.copy_(keep[1])
+            if failures >= cfg.patience:
                 break
+            R = so3_exp(omega) @ R0
+            t = t0 + tau
+            e, _ = error(R, t)
         if it == cfg.max_iterations:
             break
-        opt.zero_grad()
+        omega.grad = tau.grad = None
         e.backward()
-        opt.step()
+        with torch.no_grad():  # steepest descent, the largest step of all sources = lr x scale
+            omega -= cfg.lr_rotation * scale * omega.grad / omega.grad.norm(dim=1).max().clamp_min(1e-12)
+            tau -= cfg.lr_translation * scale * tau.grad / tau.grad.norm(dim=1).max().clamp_min(1e-12)
+    best_T = best[1]
+    best_src = best[2]
     return RefinementResult(best_T, history, best_src, it, time.monotonic() - start)
 
 
@@ -514,7 +548,7 @@ def render_nol_bank(renderers: Sequence[NolRenderer], *, size: int = 64, step_de
         dist = float(np.median(np.linalg.norm(r.sources.T_cam_obj[:, :3, 3], axis=1)))
         poses = hemisphere_poses(dist, step_deg=step_deg, elevation_deg=elevation_deg)
         Kc = centred_crop_intrinsics(r.model.diameter, dist, size)
-        out = r.render(poses, np.broadcast_to(Kc, (len(poses), 3, 3)), size)
+        out = r.render(poses, np.repeat(Kc[None], len(poses), 0), size)
         ok = out.coverage >= min_coverage
         log.info("NOL bank: %s: %d of %d hemisphere views rendered with >= %.0f%% coverage", r.model.name,
                  int(ok.sum()), len(poses), 100 * min_coverage)

@@ -1,0 +1,209 @@
+"""NOL at run time: source preparation and bad input, selection rules, pose refinement, rendering, training data."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from selfpose_core.adapt.nol import (NolCrops, NolRenderer, RefineConfig, centred_crop_intrinsics, hemisphere_poses,
+                                     prepare_sources, refine_source_poses, render_nol_bank, rotate_in_plane,
+                                     select_by_new_points, select_by_pose)
+from selfpose_core.data.crops import ObjectGeometry
+from selfpose_core.data.nol_training_set import look_at_rotation
+from selfpose_core.data.sim.shapes import box
+from selfpose_core.errors import DatasetError, ShapeError
+from selfpose_core.geometry.se3 import rotation_angle, so3_exp
+from selfpose_core.mesh.loading import object_model_from_arrays
+from selfpose_core.models.nol import NolConfig, NolNet
+from selfpose_core.render import RenderMesh, render
+from selfpose_core.types import CameraIntrinsics
+
+CAM = CameraIntrinsics(150.0, 150.0, 79.5, 59.5, 160, 120)
+S = 32
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pose(direction, dist=0.45, roll=0.0, shift=(0.0, 0.0)):
+    d = np.asarray(direction, float)
+    T = np.eye(4)
+    T[:3, :3] = look_at_rotation(d / np.linalg.norm(d), roll)
+    T[:3, 3] = (shift[0], shift[1], dist)
+    return T
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A 12 cm box with a smooth colour texture seen from 8 directions around it (full 160x120 frames)."""
+    part = box((0.1, 0.08, 0.12))
+    v, u = np.mgrid[0:64, 0:64] / 63.0
+    tex = np.stack([u, v, 0.5 + 0.4 * np.sin(6 * u) * np.cos(5 * v)], -1).astype(np.float32)
+    mesh = RenderMesh(torch.as_tensor(part.vertices, dtype=torch.float32), torch.as_tensor(part.faces),
+                      uv=torch.as_tensor(part.uv, dtype=torch.float32), texture=torch.as_tensor(tex))
+    model = object_model_from_arrays("box", part.vertices, part.faces)
+    az = np.deg2rad(np.arange(0, 360, 45))
+    poses = np.stack([_pose([np.cos(a), np.sin(a), 0.8], shift=(0.02 * np.cos(3 * a), 0.01)) for a in az])
+    R = torch.as_tensor(poses[:, :3, :3], dtype=torch.float32)
+    t = torch.as_tensor(poses[:, :3, 3], dtype=torch.float32)
+    Kt = torch.as_tensor(np.broadcast_to(CAM.K, (len(poses), 3, 3)).copy(), dtype=torch.float32)
+    with torch.no_grad():
+        out = render(mesh, R, t, Kt, (CAM.height, CAM.width), coords=False, silhouette=False, visibility=False)
+    bg = np.full((CAM.height, CAM.width, 3), 0.1, np.float32)
+    m = out.mask.numpy()
+    images = [((np.where(m[i, ..., None], out.texture[i].numpy(), bg)) * 255).astype(np.uint8)
+              for i in range(len(poses))]
+    return {"model": model, "mesh": mesh, "images": images, "poses": poses, "masks": list(m)}
+
+
+def test_select_by_new_points_takes_the_most_new_surface_first():
+    vis = np.zeros((4, 10), bool)
+    vis[0, :4] = True
+    vis[1, 3:9] = True
+    vis[2, :2] = True  # adds nothing after 0
+    vis[3, 9] = True
+    assert select_by_new_points(vis) == [1, 0, 3]
+    assert select_by_new_points(vis, max_sources=2) == [1, 0]
+    target = np.zeros(10, bool)
+    target[:2] = True
+    assert select_by_new_points(vis, points=target) == [0]
+    assert select_by_new_points(np.zeros((0, 5), bool)) == []
+    with pytest.raises(ShapeError):
+        select_by_new_points(np.zeros(5, bool))
+
+
+def test_select_by_pose_keeps_only_dissimilar_views(rng):
+    T = np.stack([_pose(rng.normal(size=3), dist=rng.uniform(0.3, 1.5)) for _ in range(60)])
+    chosen = select_by_pose(T, rng, min_translation=0.3, min_rotation_deg=45.0, max_sources=100)
+
+    def similar(i, j):
+        return (np.linalg.norm(T[i, :3, 3] - T[j, :3, 3]) < 0.3 and
+                np.degrees(float(rotation_angle(T[i, :3, :3], T[j, :3, :3]))) < 45.0)
+
+    assert len(set(chosen)) == len(chosen) > 1
+    assert not any(similar(a, b) for a in chosen for b in chosen if a != b)
+    assert all(any(similar(i, c) for c in chosen) for i in range(60) if i not in chosen)
+    assert len(select_by_pose(T, rng, max_sources=3)) == 3
+
+
+def test_prepare_sources_keeps_good_views_and_reports_bad_ones(scene, caplog):
+    images, poses, masks = list(scene["images"]), scene["poses"].copy(), [m.copy() for m in scene["masks"]]
+    masks[1][:] = False  # object fully occluded
+    poses[2] = poses[2].copy()
+    poses[2][:3, 3] += (0.12, 0.0, 0.0)  # wildly wrong pose: the mask is elsewhere
+    poses[3] = poses[3].copy()
+    poses[3][2, 3] = -0.4  # behind the camera
+    with caplog.at_level(logging.WARNING):
+        src = prepare_sources(scene["model"], images, poses, CAM, masks, crop_size=S, frame_ids=range(10, 18))
+    assert src.frame_ids == [10, 14, 15, 16, 17]
+    reasons = dict(src.dropped)
+    assert "occluded" in reasons[11] and "disagrees" in reasons[12] and "behind" in reasons[13]
+    assert "frame 12" in caplog.text
+    assert src.images.shape == (5, 3, S, S) and src.masks.shape == (5, S, S) and src.K.shape == (5, 3, 3)
+    assert src.masks.any((1, 2)).all()
+    with pytest.raises(ShapeError, match="T_cam_obj"):
+        prepare_sources(scene["model"], images, poses[:3], CAM)
+
+
+def test_renderer_needs_at_least_one_source_and_works_with_few(scene, caplog):
+    model = scene["model"]
+    net = NolNet(NolConfig(crop_size=S))
+    empty = prepare_sources(model, scene["images"][:1], scene["poses"][:1], CAM, [np.zeros((120, 160), bool)],
+                            crop_size=S)
+    with pytest.raises(DatasetError, match="no usable source"):
+        NolRenderer(net, model, empty, refine=False)
+    few = prepare_sources(model, scene["images"][:2], scene["poses"][:2], CAM, scene["masks"][:2], crop_size=S)
+    with caplog.at_level(logging.WARNING):
+        r = NolRenderer(net, model, few, refine=False, n_points=300)
+    assert "only 2 usable" in caplog.text
+    T = _pose([1, 0.5, 0.8])
+    out = r.render(T[None], centred_crop_intrinsics(model.diameter, 0.45, S)[None], S)
+    assert out.images.shape == (1, S, S, 3) and out.sources[0] and set(out.sources[0]) <= {0, 1}
+    assert 0.2 < out.coverage[0] <= 1.0
+    assert not (out.masks & ~out.silhouettes).any()
+
+
+def test_average_projection_reproduces_a_held_out_view(scene):
+    model = scene["model"]
+    src = prepare_sources(model, scene["images"], scene["poses"], CAM, scene["masks"], crop_size=48)
+    r = NolRenderer(NolNet(NolConfig(crop_size=48)), model, src, refine=False, n_points=500)
+    T = _pose([np.cos(0.4), np.sin(0.4), 0.8])
+    Kc = centred_crop_intrinsics(model.diameter, 0.45, 48)
+    out = r.render(T[None], Kc[None], 48, use_lstm=False)
+    with torch.no_grad():
+        truth = render(scene["mesh"], torch.as_tensor(T[None, :3, :3], dtype=torch.float32),
+                       torch.as_tensor(T[None, :3, 3], dtype=torch.float32),
+                       torch.as_tensor(Kc[None], dtype=torch.float32), (48, 48), coords=False,
+                       silhouette=False, visibility=False).texture[0].numpy()
+    m = out.masks[0]
+    assert out.coverage[0] > 0.9
+    assert np.abs(out.images[0] - truth)[m].mean() < 0.05
+
+
+def test_refinement_moves_a_perturbed_source_towards_its_true_pose(scene):
+    model = scene["model"]
+    src = prepare_sources(model, scene["images"][:5], scene["poses"][:5], CAM, scene["masks"][:5], crop_size=48)
+    true = src.T_cam_obj.copy()
+    bad = true.copy()
+    bad[2, :3, :3] = np.asarray(so3_exp(np.array([0.0, 0.06, 0.03]))) @ bad[2, :3, :3]
+    bad[2, :3, 3] += (0.008, -0.006, 0.0)
+    torch.manual_seed(0)
+    res = refine_source_poses(NolNet(NolConfig(crop_size=48)), model, src.with_poses(bad),
+                              RefineConfig(max_iterations=30, patience=4))
+    assert res.errors[0] > min(res.errors) and 1 <= res.iterations <= 30
+    before = np.linalg.norm(bad[2, :3, 3] - true[2, :3, 3])
+    after = np.linalg.norm(res.T_cam_obj[2, :3, 3] - true[2, :3, 3])
+    assert after < before
+    # every refined rotation is a rotation
+    R = res.T_cam_obj[:, :3, :3]
+    assert np.allclose(R @ np.swapaxes(R, 1, 2), np.eye(3), atol=1e-5)
+    assert np.allclose(np.linalg.det(R), 1.0, atol=1e-5)
+
+
+def test_hemisphere_poses_are_upright_and_complete():
+    T = hemisphere_poses(0.6)
+    assert T.shape == (72 * 18, 4, 4)  # every 5 deg: the paper's 1296 views
+    up = T[:, :3, :3] @ np.array([0.0, 0.0, 1.0])  # object z axis in the camera
+    assert (up[:, 1] < 1e-9).all()  # points up in the image (camera y is down)
+    assert np.allclose(T[:, :3, 3], [0, 0, 0.6])
+
+
+def test_in_plane_rotation_moves_pixels_like_the_pose(rng):
+    K = centred_crop_intrinsics(0.2, 0.6, 33)
+    T = _pose([1.0, 0.2, 0.5], dist=0.6)
+    img = np.zeros((33, 33, 3), np.uint8)
+    X = np.array([0.05, -0.03, 0.02])
+    Xc = T[:3, :3] @ X + T[:3, 3]
+    u, v = (K @ Xc)[:2] / Xc[2]
+    img[int(round(v)), int(round(u))] = 255
+    out, _, T2 = rotate_in_plane(img, np.ones((33, 33), bool), T, K, 30.0)
+    Xc2 = T2[:3, :3] @ X + T2[:3, 3]
+    u2, v2 = (K @ Xc2)[:2] / Xc2[2]
+    ys, xs = np.nonzero(out[..., 0] > 40)
+    assert abs(xs.mean() - u2) < 1.0 and abs(ys.mean() - v2) < 1.0
+
+
+def test_bank_and_crops_feed_the_estimator(scene):
+    model = scene["model"]
+    src = prepare_sources(model, scene["images"], scene["poses"], CAM, scene["masks"], crop_size=S)
+    r = NolRenderer(NolNet(NolConfig(crop_size=S)), model, src, refine=False, n_points=300)
+    bank = render_nol_bank([r], size=S, step_deg=90.0, elevation_deg=(30.0, 30.0), in_plane_deg=(0, 30))
+    assert len(bank) == 8 and bank.images.dtype == np.uint8 and (bank.obj_index == 0).all()
+    geo = ObjectGeometry.from_model(model)
+    ds = NolCrops(bank, [geo], length=3, seed=1, crop_size=32, stride=2)
+    item = ds[0]
+    assert set(item) == {"image", "obj_index", "silhouette", "visible", "coords", "keypoints", "scale", "K", "T"}
+    assert item["image"].shape == (3, 32, 32) and item["coords"].shape == (1, 3, 16, 16)
+    assert item["keypoints"].shape == (1, 9, 2) and item["silhouette"].sum() > 0
+    # keypoints are where the crop camera puts the object's keypoints
+    Kc, T = item["K"].double().numpy(), item["T"].double().numpy()
+    c = T[:3, :3] @ model.keypoints[-1] + T[:3, 3]
+    assert np.allclose((Kc @ c)[:2] / c[2], item["keypoints"][0, -1].numpy(), atol=1e-3)
+    assert torch.equal(ds[0]["image"], item["image"])
