@@ -202,13 +202,17 @@ def _sample_texture(meshes: list[RenderMesh], mb: torch.Tensor, vi: torch.Tensor
 
 def _vertex_visibility(xy: torch.Tensor, z: torch.Tensor, zbuf: torch.Tensor, valid: torch.Tensor,
                        near: float) -> torch.Tensor:
-    """(B, V) bool: in front, inside the image and not behind the z-buffer at the nearest pixel centre
-    (relative tolerance 1e-3 plus 0.1 mm). The caller adds the vertices of every face that was drawn."""
+    """(B, V) bool: in front, inside the image and not behind the z-buffer at the farthest covered of the four
+    pixel centres around the projection (visible when none is covered; relative tolerance 1e-3 plus 0.1 mm).
+    The caller adds the vertices of every face that was drawn."""
     B, H, W = zbuf.shape
-    u, v = xy[..., 0].round(), xy[..., 1].round()
-    inside = valid & (z >= near) & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
-    ui, vi = u.clamp(0, max(W - 1, 0)).long(), v.clamp(0, max(H - 1, 0)).long()
+    x, y = xy[..., 0], xy[..., 1]
+    inside = valid & (z >= near) & (x > -0.5) & (x < W - 0.5) & (y > -0.5) & (y < H - 0.5)
     if H == 0 or W == 0:
         return torch.zeros_like(inside)
-    zb = zbuf[torch.arange(B)[:, None], vi, ui].to(z.dtype)
-    return inside & ((zb == 0) | (z <= zb * (1 + 1e-3) + 1e-4))
+    zb = zbuf
+    x0, y0 = x.floor().clamp(0, W - 1).long(), y.floor().clamp(0, H - 1).long()
+    x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
+    bi = torch.arange(B)[:, None]
+    far = torch.maximum(torch.maximum(zb[bi, y0, x0], zb[bi, y0, x1]), torch.maximum(zb[bi, y1, x0], zb[bi, y1, x1]))
+    return inside & ((far == 0) | (z <= far.to(z.dtype) * (1 + 1e-3) + 1e-4))

@@ -8,7 +8,10 @@ with the covered centre at 0, the empty one at 1 and the edge at ``s`` in [0, 1]
 the silhouette pulls the contour. Contour edges are mesh edges between a front- and a back-facing triangle, or
 open boundary edges. An edge is handled only by the pixel pairs across which it runs most steeply (horizontal
 pairs for edges closer to vertical, vertical pairs otherwise), so a pixel is not corrected twice by one edge.
-The result is the hard mask off a one-pixel band along the silhouette; gradients exist only in that band.
+Several crossings at one pixel (corners, objects near pixel size) combine as independent coverages: a covered pixel
+keeps the product of its remaining fractions, an empty one gets one minus the product of its uncovered ones (exact
+for an axis-aligned corner). The result is the hard mask off a one-pixel band along the silhouette; gradients
+exist only in that band. An object covering no pixel centre has no silhouette at all.
 """
 from __future__ import annotations
 
@@ -55,9 +58,10 @@ def antialias_mask(mask: torch.Tensor, xy: torch.Tensor, view: torch.Tensor, pai
     :func:`contour_edges`. The dtype of the result is that of ``xy``.
     """
     B, H, W = mask.shape
-    out = mask.to(xy.dtype).reshape(-1)
     if len(view) == 0:
-        return out.view(B, H, W)
+        return mask.to(xy.dtype)
+    # per pixel, the sum of log(1 - |coverage change|): covered pixels keep exp(S), empty ones get 1 - exp(S)
+    log_keep = torch.zeros(B * H * W, dtype=xy.dtype)
     a, c = xy[view, pairs[:, 0]], xy[view, pairs[:, 1]]  # (N, 2)
     d = (c - a).detach()
     steep = d[:, 1].abs() >= d[:, 0].abs()
@@ -106,5 +110,6 @@ def antialias_mask(mask: torch.Tensor, xy: torch.Tensor, view: torch.Tensor, pai
         fg = torch.where(m0, lin0, lin0 + step)
         bg = torch.where(m0, lin0 + step, lin0)
         target = torch.where(tp.detach() < 0.5, fg, bg)
-        out = out.index_put((target,), tp - 0.5, accumulate=True)
-    return out.clamp(0.0, 1.0).view(B, H, W)
+        log_keep = log_keep.index_put((target,), torch.log1p(-(tp - 0.5).abs().clamp(max=0.5)), accumulate=True)
+    keep = torch.exp(log_keep).view(B, H, W)
+    return torch.where(mask, keep, 1.0 - keep)

@@ -54,3 +54,27 @@ def random_views() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
         t = np.stack([(u - K[0, 2]) / f * z, (v - K[1, 2]) / f * z, z], -1)
         return R, t, np.repeat(K[None], n, 0)
     return views
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded (small tensors: threads only add contention) and restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix (3, 3) of an axis-angle vector (3,) (Rodrigues), differentiable."""
+    th = torch.sqrt((w * w).sum() + 1e-24)
+    k = w / th
+    zero = torch.zeros((), dtype=w.dtype)
+    Kx = torch.stack([torch.stack([zero, -k[2], k[1]]), torch.stack([k[2], zero, -k[0]]),
+                      torch.stack([-k[1], k[0], zero])])
+    return torch.eye(3, dtype=w.dtype) + torch.sin(th) * Kx + (1 - torch.cos(th)) * (Kx @ Kx)
+
+
+@pytest.fixture(scope="session")
+def rodrigues() -> Callable[[torch.Tensor], torch.Tensor]:
+    return so3_exp
