@@ -17,22 +17,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from selfpose_core.adapt.context import AdaptContext
+from selfpose_core.adapt.finetune import supervised_pose_losses
+from selfpose_core.adapt.stage import StageResult
 from selfpose_core.data.backgrounds import add_occluders, photometric_augment, random_background
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_image, pose_targets, square_box
 from selfpose_core.data.nol_training_set import look_at_rotation
-from selfpose_core.data.synthetic import SyntheticConfig
+from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
 from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
-from selfpose_core.models.nol import (NolMesh, NolNet, TargetRaster, depth_tolerance, project_sources,
+from selfpose_core.models.keypoint_net import KeypointNet
+from selfpose_core.models.losses import detector_losses
+from selfpose_core.models.nol import (NolMesh, NolNet, depth_tolerance, load_nol, project_sources,
                                       rasterize_targets, render_source_depth)
+from selfpose_core.models.pretrain import LossWeights, StepBatches
+from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.types import CameraIntrinsics, ObjectModel
 
 log = logging.getLogger(__name__)
@@ -629,3 +637,200 @@ class NolCrops(Dataset):
                 "visible": torch.from_numpy(t["visible"]), "coords": torch.from_numpy(coords),
                 "keypoints": torch.from_numpy(kp), "scale": torch.tensor(t["scale"]),
                 "K": torch.as_tensor(K, dtype=torch.float32), "T": torch.as_tensor(T, dtype=torch.float32)}
+
+
+class NolScenes(Dataset):
+    """Detector images from a :class:`NolImageBank` with the keys of
+    :class:`selfpose_core.data.synthetic.SyntheticScenes` (``image`` (3, h, w), ``boxes`` (C, 4), ``present`` (C,),
+    ``masks`` (C, h / stride, w / stride), ``T`` (C, 4, 4)): masked NOL renders pasted onto procedural backgrounds
+    at random positions and sizes (the paper's detector training images), later pastes occluding earlier ones.
+    ``camera``: the robot's camera; images are it downscaled to (width, height). ``T`` keeps the rendered rotation
+    and puts the object on the ray through the pasted centre (exact up to the off-axis perspective change)."""
+
+    def __init__(self, bank: NolImageBank, objects: Sequence[ObjectGeometry], camera: CameraIntrinsics, width: int,
+                 height: int, length: int, seed: int = 0, stride: int = 4,
+                 config: SyntheticConfig | None = None) -> None:
+        if len(bank) == 0:
+            raise DatasetError("NolScenes: the NOL image bank is empty")
+        self.bank, self.objects = bank, list(objects)
+        self.K_full = camera
+        self.K = camera.scaled(width / camera.width, height / camera.height)
+        self.length, self.seed, self.stride = int(length), int(seed), int(stride)
+        self.config = config or SyntheticConfig()
+        self.by_object = {int(k): np.nonzero(bank.obj_index == k)[0] for k in np.unique(bank.obj_index)}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        c = self.config
+        rng = np.random.default_rng([self.seed, int(index), 8])
+        n_obj, w, h = len(self.objects), self.K.width, self.K.height
+        avail = list(self.by_object)
+        chosen = rng.permutation(avail)[:int(rng.integers(1, min(len(avail), c.max_objects_per_scene) + 1))]
+        img = random_background(h, w, rng)
+        poses = np.tile(np.eye(4), (n_obj, 1, 1))
+        boxes = np.zeros((n_obj, 4), np.float32)
+        label = np.full((h, w), -1, np.int64)
+        S = self.bank.images.shape[1]
+        f_det = self.K.fx
+        for k in chosen:
+            j = int(rng.choice(self.by_object[int(k)]))
+            Kb, T = self.bank.K[j], self.bank.T_cam_obj[j]
+            obj_px = Kb[0, 0] * self.objects[k].diameter / T[2, 3]  # projected diameter in the bank crop
+            scale = rng.uniform(*c.size_px) * w / self.K_full.width / obj_px
+            u, v = rng.uniform(0, w), rng.uniform(0, h)
+            A = np.array([[scale, 0.0, u - scale * Kb[0, 2]], [0.0, scale, v - scale * Kb[1, 2]]])
+            obj_img = cv2.warpAffine(self.bank.images[j].astype(np.float32) / 255.0, A, (w, h), flags=cv2.INTER_LINEAR)
+            m = cv2.warpAffine(self.bank.masks[j].astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST) > 0
+            img[m] = obj_img[m]
+            label[m] = k
+            z = f_det * T[2, 3] / (Kb[0, 0] * scale)
+            poses[k, :3, :3] = T[:3, :3]
+            poses[k, :3, 3] = z * np.linalg.solve(self.K.K, [u, v, 1.0])
+            boxes[k] = amodal_box(self.K.K, poses[k], self.objects[k].vertices.numpy().astype(np.float64))
+        img = photometric_augment(img, rng, jitter=c.jitter, blur_prob=c.blur_prob, noise_std=c.noise_std)
+        present = np.zeros(n_obj, bool)
+        hs, ws = -(-h // self.stride), -(-w // self.stride)
+        masks = np.zeros((n_obj, hs, ws), np.float32)
+        for k in chosen:
+            vis = label == k
+            b = boxes[k]
+            area = max((b[2] - b[0]) * (b[3] - b[1]), 1.0)
+            present[k] = vis.sum() >= 0.1 * area * 0.5 and 0 <= (b[0] + b[2]) / 2 < w and 0 <= (b[1] + b[3]) / 2 < h
+            pad = np.zeros((hs * self.stride, ws * self.stride), np.float32)
+            pad[:h, :w] = vis
+            masks[k] = pad.reshape(hs, self.stride, ws, self.stride).mean(axis=(1, 3)) >= 0.25
+        return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1).astype(np.float32))),
+                "boxes": torch.from_numpy(boxes), "present": torch.from_numpy(present),
+                "masks": torch.from_numpy(masks), "T": torch.as_tensor(poses, dtype=torch.float32)}
+
+
+@dataclass(slots=True)
+class NolStageConfig:
+    """``nol`` section of config/adapt.yaml. ``weights``: nol.pt from ``selfpose nol-train`` (required)."""
+
+    weights: str = ""
+    min_confidence: float = 0.3
+    min_visible: float = 0.1  # pseudo instances less visible than this are not used as sources
+    render_size: int = 64
+    max_sources: int = 16
+    n_sources: int = 6
+    refine: bool = True
+    step_deg: float = 5.0
+    elevation_deg: tuple[float, float] = (0.0, 85.0)
+    in_plane_deg: tuple[float, ...] = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
+    nol_fraction: float = 0.5  # share of NOL crops per batch; the rest synthetic CAD renders
+    crop_batch: int = 16
+    scene_batch: int = 4
+    keypoint_sigma: float = 0.1
+    symmetry_samples: int = 36
+    losses: LossWeights = field(default_factory=LossWeights)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=300, lr=5e-4, warmup_steps=20,
+                                                                         checkpoint_every=50, log_every=10))
+
+    def validate(self, where: str = "nol") -> None:
+        if not self.weights:
+            raise ConfigError(f"{where}.weights: give the NOL network (make it with `selfpose nol-train --out DIR`, "
+                              "then set nol.weights: DIR/nol.pt)")
+        if not 0.0 < self.nol_fraction <= 1.0:
+            raise ConfigError(f"{where}.nol_fraction must be in (0, 1], got {self.nol_fraction}")
+        for key in ("render_size", "max_sources", "n_sources", "crop_batch", "scene_batch"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        self.trainer.validate(f"{where}.trainer")
+
+
+def nol_bank_from_pseudo_labels(ctx: AdaptContext, cfg: NolStageConfig) -> tuple[NolImageBank, dict[str, Any]]:
+    """Render the NOL training images of every object of ``ctx`` from the recording frames and their pseudo labels
+    (poses and visible masks of multiview consensus). Returns the bank and a per-object report."""
+    net = load_nol(cfg.weights)  # NOL renders on the CPU
+    renderers, report = [], {}
+    for o, model in enumerate(ctx.objects):
+        inst = [i for i in ctx.pseudo.instances if i.obj_index == o and i.confidence >= cfg.min_confidence
+                and i.visib_fract >= cfg.min_visible]
+        if not inst:
+            report[model.name] = {"sources": 0, "skipped": "no confident pseudo label"}
+            log.warning("nol: %s has no pseudo label with confidence >= %.2f; no NOL images", model.name,
+                        cfg.min_confidence)
+            continue
+        frames = [ctx.recording[i.frame] for i in inst]
+        src = prepare_sources(model, [f.rgb for f in frames], np.stack([i.T_cam_obj for i in inst]),
+                              [f.K for f in frames], [i.mask for i in inst], crop_size=cfg.render_size,
+                              frame_ids=[i.frame for i in inst])
+        src = choose_sources(model, src, max_sources=cfg.max_sources, seed=ctx.seed)
+        if len(src) == 0:
+            report[model.name] = {"sources": 0, "dropped": [f"{i}: {w}" for i, w in src.dropped]}
+            continue
+        r = NolRenderer(net, model, src, n_sources=cfg.n_sources, refine=cfg.refine, seed=ctx.seed)
+        renderers.append((o, r))
+        report[model.name] = {"sources": len(r.sources), "dropped": [f"{i}: {w}" for i, w in r.sources.dropped],
+                              "refinement_s": round(r.refinement.seconds, 2) if r.refinement else 0.0}
+    if not renderers:
+        raise DatasetError("nol: no object has usable source frames (see the warnings above)")
+    bank = render_nol_bank([r for _, r in renderers], size=cfg.render_size, step_deg=cfg.step_deg,
+                           elevation_deg=cfg.elevation_deg, in_plane_deg=cfg.in_plane_deg)
+    bank.obj_index = np.asarray([renderers[k][0] for k in bank.obj_index], np.int64)
+    return bank, report
+
+
+class NolStage:
+    """Stage ``nol``: NOL images of every object (from the recording and the consensus pseudo labels) train the pose
+    network (:class:`NolCrops`) and the detector (:class:`NolScenes`), mixed with synthetic CAD renders
+    (``nol_fraction`` of the samples are NOL) like ``pseudo_label_finetune`` mixes real frames. Needs ``ctx.pseudo``."""
+
+    name: ClassVar[str] = "nol"
+    Config: ClassVar[type] = NolStageConfig
+
+    def run(self, ctx: AdaptContext, cfg: NolStageConfig) -> StageResult:
+        cfg.validate()
+        if ctx.pseudo is None:
+            raise ConfigError("nol needs pseudo labels: list multiview_consensus before it in the adapt config")
+        bank, report = nol_bank_from_pseudo_labels(ctx, cfg)
+        out_dir = ctx.stage_dir(self.name)
+        bank.save(str(out_dir / "nol_bank.npz"))
+        spec = ctx.bundle.spec
+        tcfg = ctx.trainer_config(self.name, cfg.trainer)
+        geoms = ctx.geometries(cfg.symmetry_samples)
+        camera = ctx.camera
+        crop, stride = spec.pose_net.crop_size, spec.pose_net.backbone.out_stride
+        steps = tcfg.steps * tcfg.grad_accum
+        seed = ctx.data_seed(self.name)
+        syn = SyntheticCrops(geoms, camera, steps * cfg.crop_batch, seed, crop, stride, cfg.synthetic)
+        nol = NolCrops(bank, geoms, steps * cfg.crop_batch, seed, crop, stride, cfg.synthetic)
+        dw = spec.detector.input_width
+        dh = int(round(camera.height * dw / camera.width))
+        det_stride = spec.detector.backbone.out_stride
+        n_scenes = steps * cfg.scene_batch
+        scenes = SyntheticScenes(geoms, camera, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
+        nol_scenes = NolScenes(bank, geoms, camera, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
+        data = StepBatches(syn, scenes, cfg.crop_batch, cfg.scene_batch, steps, seed, nol, nol_scenes,
+                           cfg.nol_fraction)
+        net, det = ctx.bundle.pose_net.to(ctx.device), ctx.bundle.detector.to(ctx.device)
+        net_f, det_f = ctx.wrap(net), ctx.wrap(det)
+        is_kp = isinstance(net, KeypointNet)
+        w = cfg.losses
+
+        def batches(start_step: int) -> Iterator[Any]:
+            yield from DataLoader(Subset(data, range(start_step * tcfg.grad_accum, steps)), batch_size=None,
+                                  shuffle=False, num_workers=0)
+
+        def step_fn(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
+            crops = {k: v.to(ctx.device) for k, v in batch["crops"].items()}
+            res = supervised_pose_losses(net_f(crops["image"], crops["obj_index"]), crops, is_kp, w, cfg.keypoint_sigma)
+            sc = {k: v.to(ctx.device) for k, v in batch["scenes"].items()}
+            d = detector_losses(det_f(sc["image"]), sc["boxes"], sc["present"], sc["masks"], det_stride)
+            res.update({f"det_{k}": v for k, v in d.items()})
+            res["loss"] = res["pose_loss"] + w.heatmap * d["heatmap"] + w.box * d["box"] + w.detector_mask * d["mask"]
+            return res
+
+        trainer = ctx.trainer(self.name, {"pose_net": net, "detector": det}, tcfg)
+        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
+        net.eval()
+        det.eval()
+        spec.provenance.setdefault("stages", []).append({"stage": self.name, "steps": tcfg.steps,
+                                                         "nol_images": len(bank), "weights": cfg.weights})
+        return StageResult(losses={k: round(v, 6) for k, v in last.items()},
+                           artefacts={"nol_bank": out_dir / "nol_bank.npz"},
+                           details={"nol_images": len(bank), "objects": report})

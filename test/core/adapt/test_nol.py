@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from selfpose_core.adapt.nol import (NolCrops, NolRenderer, RefineConfig, centred_crop_intrinsics, hemisphere_poses,
+from selfpose_core.adapt.nol import (NolCrops, NolRenderer, NolScenes, NolStageConfig, RefineConfig,
+                                     centred_crop_intrinsics, hemisphere_poses, nol_bank_from_pseudo_labels,
                                      prepare_sources, refine_source_poses, render_nol_bank, rotate_in_plane,
                                      select_by_new_points, select_by_pose)
+from selfpose_core.adapt.pseudo_labels import PseudoInstance
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.nol_training_set import look_at_rotation
 from selfpose_core.data.sim.shapes import box
-from selfpose_core.errors import DatasetError, ShapeError
+from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
 from selfpose_core.mesh.loading import object_model_from_arrays
-from selfpose_core.models.nol import NolConfig, NolNet
+from selfpose_core.models.nol import NolConfig, NolNet, save_nol
 from selfpose_core.render import RenderMesh, render
-from selfpose_core.types import CameraIntrinsics
+from selfpose_core.types import CameraIntrinsics, Frame
 
 CAM = CameraIntrinsics(150.0, 150.0, 79.5, 59.5, 160, 120)
 S = 32
@@ -207,3 +210,36 @@ def test_bank_and_crops_feed_the_estimator(scene):
     c = T[:3, :3] @ model.keypoints[-1] + T[:3, 3]
     assert np.allclose((Kc @ c)[:2] / c[2], item["keypoints"][0, -1].numpy(), atol=1e-3)
     assert torch.equal(ds[0]["image"], item["image"])
+
+
+def test_scenes_paste_nol_objects_for_the_detector(scene):
+    model = scene["model"]
+    src = prepare_sources(model, scene["images"], scene["poses"], CAM, scene["masks"], crop_size=S)
+    r = NolRenderer(NolNet(NolConfig(crop_size=S)), model, src, refine=False, n_points=300)
+    bank = render_nol_bank([r], size=S, step_deg=90.0, elevation_deg=(30.0, 30.0), in_plane_deg=(0,))
+    ds = NolScenes(bank, [ObjectGeometry.from_model(model)], CAM, 80, 60, length=4, seed=2, stride=4)
+    items = [ds[i] for i in range(4)]
+    for it in items:
+        assert it["image"].shape == (3, 60, 80) and it["boxes"].shape == (1, 4) and it["masks"].shape == (1, 15, 20)
+        if it["present"][0]:
+            ys, xs = np.nonzero(it["masks"][0].numpy())
+            b = it["boxes"][0].numpy() / 4  # the visible mask lies inside the amodal box (mask cells of 4 px)
+            assert xs.min() >= b[0] - 1.5 and xs.max() <= b[2] + 1.5 and ys.min() >= b[1] - 1.5 and ys.max() <= b[3] + 1.5
+    assert any(bool(it["present"][0]) for it in items)
+
+
+def test_bank_from_pseudo_labels_uses_recording_frames_and_masks(scene, tmp_path):
+    model = scene["model"]
+    save_nol(NolNet(NolConfig(crop_size=S)), tmp_path / "nol.pt")
+    frames = [Frame(img, CAM) for img in scene["images"]]
+    inst = [PseudoInstance(i, 0, scene["poses"][i], np.zeros(4), 0.9, scene["masks"][i], 0.9) for i in range(8)]
+    inst[3].confidence = 0.1  # not used
+    ctx = SimpleNamespace(objects=[model], pseudo=SimpleNamespace(instances=inst), recording=frames, seed=0,
+                          device="cpu")
+    cfg = NolStageConfig(weights=str(tmp_path / "nol.pt"), render_size=S, step_deg=90.0,
+                         elevation_deg=(30.0, 30.0), in_plane_deg=(0.0,), refine=False)
+    bank, report = nol_bank_from_pseudo_labels(ctx, cfg)
+    assert len(bank) == 4 and (bank.obj_index == 0).all() and 1 <= report["box"]["sources"] <= 7
+    cfg.validate()
+    with pytest.raises(ConfigError, match="nol-train"):
+        NolStageConfig().validate()
