@@ -37,8 +37,9 @@ from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
 from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.models.losses import detector_losses
-from selfpose_core.models.nol import (NolMesh, NolNet, depth_tolerance, load_nol, project_sources,
+from selfpose_core.models.nol import (NolMesh, NolNet, TargetRaster, depth_tolerance, load_nol, project_sources,
                                       rasterize_targets, render_source_depth)
+from selfpose_core.render import render
 from selfpose_core.models.pretrain import LossWeights, StepBatches
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.types import CameraIntrinsics, ObjectModel
@@ -429,15 +430,10 @@ class NolRenderer:
         self._visible = point_visibility(self._points, sources.T_cam_obj, sources.K, self._depth, sources.masks,
                                          self.tol)
 
-    def select(self, T_cam_obj: np.ndarray, K: np.ndarray, size: int) -> list[int]:
-        """Sources for one target pose (4, 4) seen through crop intrinsics ``K`` (3, 3)."""
-        depth = render_source_depth(self.mesh, torch.as_tensor(T_cam_obj[None, :3, :3], dtype=torch.float32),
-                                    torch.as_tensor(T_cam_obj[None, :3, 3], dtype=torch.float32),
-                                    torch.as_tensor(K[None], dtype=torch.float32), (size, size))
-        target_pts = point_visibility(self._points, T_cam_obj[None], K[None], depth, None, self.tol)[0]
-        chosen = select_by_new_points(self._visible, max_sources=self.n_sources, points=target_pts)
+    def _choose(self, target_points: np.ndarray) -> list[int]:
+        chosen = select_by_new_points(self._visible, max_sources=self.n_sources, points=target_points)
         if len(chosen) < min(self.n_sources, len(self.sources)):  # fill up with the views seeing most of the target
-            score = self._visible[:, target_pts].sum(1)
+            score = self._visible[:, target_points].sum(1)
             chosen += [int(i) for i in np.argsort(-score) if int(i) not in chosen][:self.n_sources - len(chosen)]
         return sorted(chosen)
 
@@ -454,26 +450,26 @@ class NolRenderer:
         if len(K) != len(T_cam_obj):
             raise ShapeError(f"render: {len(T_cam_obj)} poses but {len(K)} intrinsics")
         N = len(T_cam_obj)
+        Tt = torch.as_tensor(T_cam_obj, dtype=torch.float32)
+        tgt = render(self.mesh.render_mesh, Tt[:, :3, :3], Tt[:, :3, 3], torch.as_tensor(K, dtype=torch.float32),
+                     (size, size), coords=False, attributes=False, silhouette=False, visibility=False)
+        target_points = point_visibility(self._points, T_cam_obj, K, tgt.depth, None, self.tol)
         images = np.zeros((N, size, size, 3), np.float32)
         masks = np.zeros((N, size, size), bool)
-        sils = np.zeros((N, size, size), bool)
         used = []
         for i in range(N):
-            idx = self.select(T_cam_obj[i], K[i], size)
+            idx = self._choose(target_points[i])
             used.append(idx)
-            Tt = torch.as_tensor(T_cam_obj[i:i + 1], dtype=torch.float32)
-            raster = rasterize_targets(self.mesh, Tt[:, :3, :3], Tt[:, :3, 3],
-                                       torch.as_tensor(K[i:i + 1], dtype=torch.float32), (size, size))
-            sils[i] = raster.mask[0].numpy()
             if not idx:
                 continue
+            raster = TargetRaster(tgt.face_ids[i:i + 1], tgt.barycentrics[i:i + 1])
             P, valid = project_sources(self.mesh, self._features[idx], self._R[idx], self._t[idx], self._K[idx],
                                        self._depth[idx], self.sources.masks[idx], raster, self.tol)
             out = self.net.integrate(P, valid, use_lstm=use_lstm)
             img = self.net.decode(out["X_S"]).clamp(0, 1) if decode else out["X_D"]
             images[i] = img[0].permute(1, 2, 0).numpy()
             masks[i] = out["mask"][0].numpy()
-        return NolRendering(images, masks, sils, used)
+        return NolRendering(images, masks, tgt.mask.numpy(), used)
 
 
 def hemisphere_poses(distance: float, *, step_deg: float = 5.0, elevation_deg: tuple[float, float] = (0.0, 85.0),

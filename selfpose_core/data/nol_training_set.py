@@ -45,6 +45,10 @@ class NolTrainingConfig:
     max_translation_error: float = 0.01  # metres, uniform per axis
     max_rotation_error: float = 0.05  # radians, uniform per rotation-vector component
     occlusion_prob: float = 0.3
+    # source masks like the pipeline's pseudo masks: rendered at the (perturbed) pose instead of the true one, and
+    # sometimes unaware of occluders -- outliers the integration must learn to reject
+    mask_at_perturbed_pose: float = 0.5
+    mask_includes_occluders: float = 0.5
     diameter: tuple[float, float] = (0.08, 0.3)  # metres
 
     def validate(self, where: str = "nol_training") -> None:
@@ -153,7 +157,8 @@ class NolTrainingSets(Dataset):
     """Item i -> one training set (dict of tensors), ``S`` = crop size, ``K`` = n_sources:
 
     ``vertices`` (V, 3), ``faces`` (F, 3) int64, ``normals`` (V, 3); ``src_images`` (K, 3, S, S) in [0, 1] (colour
-    augmented, with occluders), ``src_masks`` (K, S, S) bool (visible object), ``src_K`` (K, 3, 3), ``src_T``
+    augmented, with occluders), ``src_masks`` (K, S, S) bool (the visible object; or, like a pseudo mask, the
+    silhouette at the perturbed pose, with or without the occluders cut out), ``src_K`` (K, 3, 3), ``src_T``
     (K, 4, 4) perturbed poses, ``src_T_true`` (K, 4, 4); ``tgt_image`` (3, S, S), ``tgt_mask`` (S, S) bool,
     ``tgt_K`` (3, 3), ``tgt_T`` (4, 4); ``diameter`` ().
     """
@@ -225,10 +230,21 @@ class NolTrainingSets(Dataset):
             images[i] = img
         T_src = np.stack([perturb_pose(T[i], rng, c.max_translation_error, c.max_rotation_error)
                           for i in range(1, len(T))])
+        src_masks = vis[1:].copy()
+        at_pose = rng.random(len(T_src)) < c.mask_at_perturbed_pose
+        if at_pose.any():
+            with torch.no_grad():
+                sil = render(mesh, torch.as_tensor(T_src[at_pose, :3, :3], dtype=torch.float32),
+                             torch.as_tensor(T_src[at_pose, :3, 3], dtype=torch.float32),
+                             torch.as_tensor(K[1:][at_pose], dtype=torch.float32), (S, S), coords=False,
+                             attributes=False, silhouette=False, visibility=False).mask.numpy()
+            occluded = masks[1:][at_pose] & ~vis[1:][at_pose]
+            keep_occ = rng.random(len(sil)) < c.mask_includes_occluders
+            src_masks[at_pose] = sil & ~(occluded & ~keep_occ[:, None, None])
         f32 = torch.float32
         return {"vertices": mesh.vertices, "faces": mesh.faces, "normals": mesh.attributes,
                 "src_images": torch.from_numpy(np.ascontiguousarray(images[1:].transpose(0, 3, 1, 2))),
-                "src_masks": torch.from_numpy(vis[1:]), "src_K": torch.as_tensor(K[1:], dtype=f32),
+                "src_masks": torch.from_numpy(src_masks), "src_K": torch.as_tensor(K[1:], dtype=f32),
                 "src_T": torch.as_tensor(T_src, dtype=f32), "src_T_true": torch.as_tensor(T[1:], dtype=f32),
                 "tgt_image": torch.from_numpy(np.ascontiguousarray(images[0].transpose(2, 0, 1))),
                 "tgt_mask": torch.from_numpy(masks[0]), "tgt_K": torch.as_tensor(K[0], dtype=f32),
