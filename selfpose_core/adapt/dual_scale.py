@@ -1,0 +1,359 @@
+"""Stage ``dual_scale``: DSC-PoseNet's self-supervision (Yang et al. CVPR 2021, Sec. 3.2, Eq. 6-15).
+
+1. Weak segmentation from the boxes (:mod:`selfpose_core.adapt.weak_segmentation`): pseudo masks y^ with
+   uncertain pixels, on fixed crops, re-cut for every training view.
+2. Two views of each real instance: the *un-normalised* scale U (a window of fixed image size around the object,
+   ``context_fraction`` x the image height, so the object keeps its apparent size) and the *normalised* scale N
+   (the square box ``normalized_padding`` x the object box, resized to the crop size D_N: object scale removed).
+   Our pose networks take fixed-size crops, so U is a fixed-size window rather than DSC's whole 480 x 640 image.
+3. Dual-scale keypoint consistency (Eq. 10-11): keypoints predicted in U(x) and N(x) (no augmentation, no
+   gradient) are mapped back to the image (N^-1), averaged, turned into a pose by PnP and the 3D keypoints
+   re-projected: k_bar. The network's keypoints on augmented views A(U(x)) and A(N(x)) (random crop shift/scale +
+   colour jitter), mapped back by A^-1 N^-1, are pulled to k_bar by smooth-l1 normalised by sigma * S (S = longest
+   side of the object box).
+4. Visible silhouette alignment (Eq. 12-14): the object rendered at the pose of each augmented view (differentiable
+   PnP + soft silhouette), times the network's own foreground probability, against y^ with the Dice loss over the
+   certain pixels; the network's mask head is also trained on y^ (certain pixels).
+5. Eq. 15 adds the synthetic keypoint (Eq. 4) and offset (Eq. 5) losses: a batch of synthetic crops each step.
+
+The correspondence network has no keypoints: its keypoints are the object keypoints projected at its
+differentiable-PnP pose (the same Eq. 10 then applies). Inference ensemble (:func:`dual_scale_estimate`): U view,
+the normalised box from the predicted mask's bounding box, N view, keypoints (or correspondences) of both scales
+combined in the image, PnP-RANSAC. Departures: no in-plane rotation augmentation (the crop cameras stay pinhole);
+the synthetic terms at the normalised scale only; loss weights lambda_1 = lambda_2 = 1 (not given in the paper).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from selfpose_core.adapt.context import AdaptContext
+from selfpose_core.adapt.network_pose import network_correspondences, network_pose, project
+from selfpose_core.adapt.pose_consistency import ObjectTensors, collate, record_provenance, synthetic_source
+from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
+                                                 crop_to_image, cut_crop, recording_instances)
+from selfpose_core.adapt.stage import StageResult
+from selfpose_core.adapt.weak_segmentation import SegmentationLabels, WeakSegmentationConfig, weak_segmentation
+from selfpose_core.data.crops import crop_affine, square_box
+from selfpose_core.errors import ConfigError
+from selfpose_core.geometry.pnp import solve_pnp_ransac
+from selfpose_core.geometry.pnp_diff import solve_pnp_differentiable
+from selfpose_core.models.bundle import BundleObject
+from selfpose_core.models.keypoint_net import KeypointNet
+from selfpose_core.models.pretrain import PretrainConfig, pose_losses
+from selfpose_core.models.trainer import TrainerConfig
+from selfpose_core.render.renderer import render
+from selfpose_core.types import CameraIntrinsics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DualScaleConfig:
+    """``dual_scale`` section of config/adapt.yaml (defaults: DSC-PoseNet where it says)."""
+
+    segmentation: WeakSegmentationConfig = field(default_factory=WeakSegmentationConfig)
+    batch_size: int = 16  # DSC: 16
+    synthetic_batch: int = 8
+    dual_weight: float = 1.0  # lambda_1
+    align_weight: float = 1.0  # lambda_2
+    mask_weight: float = 1.0  # the pose network's mask head on the pseudo masks
+    keypoint_sigma: float = 0.1
+    max_error: float = 10.0  # keypoint errors are clamped at this many sigma * S (outliers of untrained poses)
+    context_fraction: float = 0.5  # un-normalised window side, fraction of the image height
+    normalized_padding: float = 1.3
+    shift_std: float = 0.05  # augmentation A: crop shift (fraction of the crop side), scale, colour jitter
+    scale_jitter: tuple[float, float] = (0.85, 1.15)
+    colour_jitter: float = 0.2
+    dice_eps: float = 1.0
+    min_confidence: float = 0.3
+    max_frames: int = 0
+    symmetry_samples: int = 36
+    # DSC: Adam, 1e-3 decayed to 1e-5 (x0.85 every 5 epochs, 120 epochs) (here: cosine to lr * final_lr_ratio)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-3, final_lr_ratio=0.01,
+                                                                         warmup_steps=20, checkpoint_every=100))
+
+    def validate(self, where: str = "dual_scale") -> None:
+        self.segmentation.validate(f"{where}.segmentation")
+        for key in ("batch_size", "symmetry_samples"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("synthetic_batch", "max_error", "dual_weight", "align_weight", "mask_weight", "shift_std", "colour_jitter",
+                    "dice_eps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.context_fraction <= 2:
+            raise ConfigError(f"{where}.context_fraction must be in (0, 2], got {self.context_fraction}")
+        if not self.normalized_padding >= 1:
+            raise ConfigError(f"{where}.normalized_padding must be >= 1, got {self.normalized_padding}")
+        if not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
+            raise ConfigError(f"{where}.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter}")
+        self.trainer.validate(f"{where}.trainer")
+
+
+def view_boxes(box: np.ndarray, image_height: int, context_fraction: float, padding: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(un-normalised, normalised) square crop boxes (4,) for the object box ``box`` (4,): a window of side
+    ``context_fraction * image_height`` (at least 1.1 x the box) centred on the object, and the box x ``padding``."""
+    longest = max(box[2] - box[0], box[3] - box[1], 1.0)
+    side = max(context_fraction * image_height, 1.1 * longest)
+    return square_box(box, side / longest), square_box(box, padding)
+
+
+def augment_box(crop_box: np.ndarray, rng: np.random.Generator, shift_std: float,
+                scale: tuple[float, float]) -> np.ndarray:
+    """Augmentation A of a square crop box: centre shifted by N(0, shift_std) x side, side scaled by U(scale)."""
+    side = crop_box[2] - crop_box[0]
+    c = (crop_box[:2] + crop_box[2:]) / 2 + rng.normal(0, shift_std, 2) * side
+    s = side * rng.uniform(*scale) / 2
+    return np.array([c[0] - s, c[1] - s, c[0] + s, c[1] + s])
+
+
+def view_keypoints(net: torch.nn.Module, out: dict[str, torch.Tensor], obj_index: torch.Tensor, K: torch.Tensor,
+                   objects: Sequence[BundleObject]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keypoints (B, N, 2) in crop pixels of one view, differentiable, and the view's pose (R, t, valid):
+    the keypoint net's Eq. 3 keypoints, or the correspondence net's object keypoints projected at its PnP pose."""
+    R, t, valid = network_pose(net, out, obj_index, K, objects)
+    if isinstance(net, KeypointNet):
+        kp = network_correspondences(net, out, obj_index, objects).pts2d
+    else:
+        X = torch.as_tensor(np.stack([objects[int(k)].keypoints for k in obj_index]), dtype=R.dtype,
+                            device=R.device)
+        kp = project(K.to(R.dtype), R, t, X)
+    return kp, R, t, valid
+
+
+def dice_loss(target: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor | None = None,
+              eps: float = 1.0) -> torch.Tensor:
+    """Eq. 14: (B,) ``1 - (2 sum(y^ V) + eps) / (sum(y^ + V) + eps)`` over the pixels of (B, h, w) maps
+    (``weight`` (B, h, w) restricts the sums, e.g. to the certain pixels)."""
+    w = torch.ones_like(pred) if weight is None else weight.to(pred.dtype)
+    inter = (2 * target * pred * w).sum(dim=(1, 2))
+    total = ((target + pred) * w).sum(dim=(1, 2))
+    return 1 - (inter + eps) / (total + eps)
+
+
+def average_reprojection(kp_a: torch.Tensor, kp_b: torch.Tensor, pts3d: torch.Tensor, K: torch.Tensor
+                         ) -> torch.Tensor:
+    """Eq. 11: re-projection (B, N, 2) of the 3D keypoints ``pts3d`` (B, N, 3) at the PnP pose of the mean of two
+    keypoint sets (B, N, 2) (image pixels, camera ``K`` (B, 3, 3)); no gradient."""
+    with torch.no_grad():
+        mean = (kp_a + kp_b) / 2
+        R, t = solve_pnp_differentiable(pts3d.double(), mean.double(), K.double())
+        return project(K.double(), R, t, pts3d.double()).to(kp_a.dtype)
+
+
+class DualScale:
+    """Stage ``dual_scale`` (module docstring)."""
+
+    name: ClassVar[str] = "dual_scale"
+    Config: ClassVar[type] = DualScaleConfig
+
+    def run(self, ctx: AdaptContext, cfg: DualScaleConfig) -> StageResult:
+        cfg.validate()
+        instances = recording_instances(ctx, min_confidence=cfg.min_confidence, min_score=cfg.min_confidence,
+                                        max_frames=cfg.max_frames)
+        store = FrameStore(ctx, [i.frame for i in instances])
+        geoms = ctx.geometries(cfg.symmetry_samples)
+        objs = ObjectTensors(geoms, 64, ctx.stage_seed(self.name))
+        tcfg = ctx.trainer_config(self.name, cfg.trainer)
+        net = ctx.bundle.pose_net.to(ctx.device)
+        spec = ctx.bundle.spec
+        size = spec.pose_net.crop_size
+        seed = ctx.data_seed(self.name)
+        n_batches = tcfg.steps * tcfg.grad_accum
+        seg_cfg = cfg.segmentation
+        n_seg = seg_cfg.iterations * seg_cfg.steps_per_round
+        syn = synthetic_source(ctx, geoms, (n_batches * cfg.synthetic_batch) + n_seg * seg_cfg.synthetic_batch, seed)
+        labels_path = ctx.stage_dir(self.name) / "segmentation.npz"
+        if ctx.resume and labels_path.is_file():
+            labels = SegmentationLabels.load(labels_path)
+        else:
+            base = n_batches * cfg.synthetic_batch
+            slog = ctx.scalar_log(self.name)
+            try:
+                labels = weak_segmentation(
+                    net, store, instances, seg_cfg, seed=seed, device=ctx.device,
+                    synthetic=lambda i: collate([syn[base + i * seg_cfg.synthetic_batch + j]
+                                                 for j in range(seg_cfg.synthetic_batch)]),
+                    log_scalars=lambda s, d: slog.add(s, {f"{self.name}/{k}": v for k, v in d.items()}))
+            finally:
+                slog.close()
+            labels.save(labels_path)
+        pcfg = PretrainConfig(keypoint_sigma=cfg.keypoint_sigma, offset_warmup_steps=0)
+
+        def batches(start_step: int) -> Iterator[dict[str, Any]]:
+            for b in range(start_step * tcfg.grad_accum, n_batches):
+                rng = np.random.default_rng([seed, b])
+                idx = rng.integers(0, len(instances), cfg.batch_size)
+                out = dual_scale_batch(store, [instances[i] for i in idx], idx, labels, size, cfg, rng)
+                if cfg.synthetic_batch:
+                    out["syn"] = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
+                yield out
+
+        def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+            return dual_scale_losses(net, batch, objs, spec.objects, cfg, pcfg, ctx.device)
+
+        trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
+        last = trainer.fit(batches, step_fn, resume=ctx.resume)
+        net.eval()
+        record_provenance(ctx, self.name, cfg, last)
+        certain = np.abs(labels.prob - 0.5) >= labels.sigma - 0.5
+        return StageResult(losses=last, details={
+            "instances": len(instances), "checkpoint": str(trainer.checkpoint_path),
+            "segmentation": {"certain_fraction": round(float(certain.mean()), 4),
+                             "foreground_fraction": round(float((labels.prob >= 0.5).mean()), 4)}},
+            artefacts={"segmentation_labels": labels_path})
+
+
+def dual_scale_batch(store: FrameStore, instances: Sequence[RecordingInstance], index: np.ndarray,
+                     labels: SegmentationLabels, size: int, cfg: DualScaleConfig, rng: np.random.Generator
+                     ) -> dict[str, Any]:
+    """The four views of every instance: clean U and N (``u``, ``n``), augmented A(U), A(N) (``ua``, ``na``), each a
+    crop batch (``crop_batch`` keys) plus, for the augmented ones, the re-cut pseudo masks ``label``/``certain`` at
+    the network's output size; ``box`` (B, 4) object boxes and ``K_image`` (B, 3, 3) the frames' cameras."""
+    clean_u, clean_n, aug_u, aug_n = [], [], [], []
+    for inst in instances:
+        u, n = view_boxes(inst.box, store.intrinsics[inst.frame].height, cfg.context_fraction, cfg.normalized_padding)
+        clean_u.append(u)
+        clean_n.append(n)
+        aug_u.append(augment_box(u, rng, cfg.shift_std, tuple(cfg.scale_jitter)))
+        aug_n.append(augment_box(n, rng, cfg.shift_std, tuple(cfg.scale_jitter)))
+    plain = CropJitter(1.0, 0.0, (1.0, 1.0), 0.0, 0.0, 0.0)
+    colour = CropJitter(1.0, 0.0, (1.0, 1.0), cfg.colour_jitter, 0.1, 0.02)
+    views = {"u": crop_batch(store, instances, size, rng, plain, augment=False, boxes=clean_u),
+             "n": crop_batch(store, instances, size, rng, plain, augment=False, boxes=clean_n),
+             "ua": crop_batch(store, instances, size, rng, colour, augment=True, boxes=aug_u),
+             "na": crop_batch(store, instances, size, rng, colour, augment=True, boxes=aug_n)}
+    out: dict[str, Any] = dict(views)
+    for key in ("ua", "na"):
+        out[f"{key}_labels"] = views[key]["crop_box"].numpy()
+    out["index"] = np.asarray(index)
+    out["box"] = torch.as_tensor(np.stack([i.box for i in instances]), dtype=torch.float32)
+    out["K_image"] = torch.as_tensor(np.stack([store.intrinsics[i.frame].K for i in instances]), dtype=torch.float32)
+    out["labels"] = labels
+    return out
+
+
+def dual_scale_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectTensors, objects: list,
+                      cfg: DualScaleConfig, pcfg: PretrainConfig, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """One step's Eq. 15: ``loss`` and the terms ``dual`` (Eq. 10), ``align`` (Eq. 13, both scales), ``mask``,
+    ``synthetic`` (Eq. 4 + 5 + mask on synthetic crops) and ``valid`` (fraction of views with a pose)."""
+    size = int(batch["u"]["image"].shape[-1])
+    oi = batch["u"]["obj_index"].to(device)
+    B = len(oi)
+    K_img = batch["K_image"].to(device)
+    pts3d = torch.as_tensor(np.stack([objects[int(k)].keypoints for k in oi.cpu()]), dtype=torch.float32,
+                            device=device)
+    labels: SegmentationLabels = batch["labels"]
+    with torch.no_grad():  # k_bar of Eq. 11 from the clean views
+        out_c = net(torch.cat([batch["u"]["image"], batch["n"]["image"]]).to(device), torch.cat([oi, oi]))
+        K_c = torch.cat([batch["u"]["K"], batch["n"]["K"]]).to(device)
+        kp_c, _, _, v_c = view_keypoints(net, out_c, torch.cat([oi, oi]), K_c, objects)
+        boxes_c = torch.cat([batch["u"]["crop_box"], batch["n"]["crop_box"]]).to(device)
+        kp_img = crop_to_image(kp_c.double(), boxes_c, size)
+        k_bar = average_reprojection(kp_img[:B], kp_img[B:], pts3d, K_img).float()
+        ok_bar = v_c[:B] & v_c[B:] & torch.isfinite(k_bar).flatten(1).all(-1)
+    images = torch.cat([batch["ua"]["image"], batch["na"]["image"]]).to(device)
+    K_a = torch.cat([batch["ua"]["K"], batch["na"]["K"]]).to(device)
+    oi2 = torch.cat([oi, oi])
+    out = net(images, oi2)
+    kp_a, R, t, v_a = view_keypoints(net, out, oi2, K_a, objects)
+    boxes_a = torch.cat([batch["ua"]["crop_box"], batch["na"]["crop_box"]]).to(device)
+    kp_a_img = crop_to_image(kp_a, boxes_a, size)  # A^-1 (N^-1) of Eq. 10
+    box = batch["box"].to(device)
+    scale = (box[:, 2:] - box[:, :2]).amax(-1).clamp_min(1.0).repeat(2)
+    err = (kp_a_img - k_bar.repeat(2, 1, 1)) / (cfg.keypoint_sigma * scale)[:, None, None]
+    err = err.clamp(-cfg.max_error, cfg.max_error)  # a keypoint off by more than max_error * sigma * S: no gradient
+    dual = F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none").sum(dim=(1, 2))  # (2B,)
+    ok = ok_bar.repeat(2)
+    dual = (dual * ok).sum() / ok.sum().clamp_min(1)
+    # Eq. 12-14 at both scales, and the mask head on the pseudo masks
+    h = out["mask_logits"].shape[-1]
+    lab, cer = labels.in_crops(np.concatenate([batch["index"], batch["index"]]),
+                               np.concatenate([batch["ua_labels"], batch["na_labels"]]), h, size)
+    lab, cer = lab.to(device), cer.to(device)
+    sil = render(objs.meshes_of(oi2.cpu()), R.cpu(), t.cpu(), K_a.cpu().to(R.dtype), (size, size), coords=False,
+                 attributes=False, silhouette=True, visibility=False).silhouette.to(device)
+    sil_h = F.adaptive_avg_pool2d(sil[:, None], (h, h))[:, 0]
+    prob = torch.sigmoid(out["mask_logits"])
+    align = dice_loss(lab, sil_h * prob, cer, cfg.dice_eps)
+    align = (align * v_a).sum() / v_a.sum().clamp_min(1)
+    mask = F.binary_cross_entropy_with_logits(out["mask_logits"], lab, reduction="none")
+    mask = (mask * cer).sum() / cer.sum().clamp_min(1)
+    res = {"dual": dual, "align": align, "mask": mask, "valid": v_a.float().mean()}
+    loss = cfg.dual_weight * dual + cfg.align_weight * align + cfg.mask_weight * mask
+    if "syn" in batch:
+        s = pose_losses(net, {k: v.to(device) for k, v in batch["syn"].items()}, pcfg, step=1 << 30)["pose_loss"]
+        res["synthetic"] = s
+        loss = loss + s
+    res["loss"] = loss
+    return res
+
+
+@torch.no_grad()
+def dual_scale_estimate(net: torch.nn.Module, objects: Sequence[BundleObject], image: np.ndarray,
+                        K: CameraIntrinsics, box: np.ndarray, obj_index: int, *, context_fraction: float = 0.5,
+                        padding: float = 1.3, mask_threshold: float = 0.5, pnp_threshold: float = 0.06
+                        ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The ensemble of the two scales at inference (DSC Sec. 4.3) for one object in a uint8 (H, W, 3) ``image``.
+
+    The un-normalised window around ``box`` (4,) (e.g. the detector's box); the normalised crop bounds the mask
+    predicted there (``box`` when it is empty); keypoints of both scales are averaged in the image (correspondence
+    net: the correspondences of both are pooled) and PnP-RANSAC (inlier threshold ``pnp_threshold`` x the object
+    box side) gives T_cam_obj (4, 4). Returns (T, info) or None when PnP fails; info holds ``normalized_box`` and
+    per-scale keypoints (``keypoints_u``, ``keypoints_n``, keypoint net only).
+    """
+    was = net.training
+    net.eval()
+    try:
+        size = int(net.config.crop_size)
+        u_box, _ = view_boxes(np.asarray(box, np.float64), K.height, context_fraction, padding)
+        idx = torch.tensor([obj_index])
+        img_u, K_u = cut_crop(image, K, u_box, size)
+        out_u = net(torch.from_numpy(img_u.transpose(2, 0, 1))[None], idx)
+        m = (torch.sigmoid(out_u["mask_logits"][0]) > mask_threshold).numpy().astype(np.uint8)
+        full = cv2.warpAffine(m, crop_affine(u_box, m.shape[0]), (K.width, K.height),
+                              flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+        ys, xs = np.nonzero(full)
+        mbox = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64) if len(xs) else np.asarray(box)
+        n_box = square_box(mbox, padding)
+        img_n, K_n = cut_crop(image, K, n_box, size)
+        out_n = net(torch.from_numpy(img_n.transpose(2, 0, 1))[None], idx)
+        o = objects[obj_index]
+        side = float(max(mbox[2] - mbox[0], mbox[3] - mbox[1], 1.0))
+        info: dict[str, Any] = {"normalized_box": n_box}
+        views = [(out_u, u_box), (out_n, n_box)]
+        if isinstance(net, KeypointNet):
+            kps = []
+            for out, cb in views:
+                kp = KeypointNet.keypoints(out, (torch.sigmoid(out["mask_logits"]) > mask_threshold).float())
+                kps.append(crop_to_image(kp.double(), torch.as_tensor(cb)[None], size)[0].numpy())
+            info["keypoints_u"], info["keypoints_n"] = kps
+            pts3d, pts2d = o.keypoints, (kps[0] + kps[1]) / 2
+            min_inliers = 5
+        else:
+            p3, p2 = [], []
+            for out, cb in views:
+                c = network_correspondences(net, out, idx, objects)
+                keep = (c.weights[0] > 0).numpy()
+                p3.append(c.pts3d[0].double().numpy()[keep])
+                p2.append(crop_to_image(c.pts2d.double(), torch.as_tensor(cb)[None], size)[0].numpy()[keep])
+            pts3d, pts2d = np.concatenate(p3), np.concatenate(p2)
+            min_inliers = 6
+        if len(pts3d) < min_inliers or not np.isfinite(pts2d).all():
+            return None
+        res = solve_pnp_ransac(pts3d, pts2d, K.K, reprojection_threshold=pnp_threshold * side, min_inliers=min_inliers)
+        if not res.success:
+            return None
+        info["inliers"] = int(len(res.inliers))
+        return res.T_cam_obj, info
+    finally:
+        net.train(was)
