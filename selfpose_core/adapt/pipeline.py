@@ -27,11 +27,13 @@ import yaml
 from selfpose_core.adapt.config import AdaptConfig
 from selfpose_core.adapt.consensus import MultiviewConsensus
 from selfpose_core.adapt.context import AdaptContext, DistInfo
+from selfpose_core.adapt.dual_scale import DualScale
 from selfpose_core.adapt.finetune import PseudoLabelFinetune
 from selfpose_core.adapt.pose_consistency import PoseConsistency
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.adapt.report import write_adapt_report
 from selfpose_core.adapt.stage import StageResult
+from selfpose_core.adapt.warp_align import WarpAlign
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.errors import ConfigError, DatasetError
@@ -45,6 +47,8 @@ STAGES: dict[str, type] = {
     "multiview_consensus": MultiviewConsensus,
     "pseudo_label_finetune": PseudoLabelFinetune,
     "pose_consistency": PoseConsistency,
+    "dual_scale": DualScale,
+    "warp_align": WarpAlign,
 }
 
 # (bundle after the stage, stage name, its pseudo labels or None) -> metrics dict; "pretrained" = before any stage
@@ -117,10 +121,16 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
     ctx = AdaptContext(objects=objects, recording=recording, bundle=bundle, work_dir=work,
                        objects_config=Path(objects_config), device=config.device, seed=config.seed,
                        trainer_defaults=config.trainer, pseudo=pseudo, dist=dist, resume=resume, progress=progress)
-    if evaluator is not None and dist.is_main and "pretrained" not in results:
-        results["pretrained"] = StageResult(metrics=evaluator(bundle, "pretrained", None))
-        state["results"] = {k: v.to_yaml() for k, v in results.items()}
-        _write_state(state_file, state)
+    if evaluator is not None and dist.is_main:
+        # the lower bound, and finished stages of an earlier run without --eval-gt
+        missing = [s for s in ["pretrained"] + done if not (s in results and results[s].metrics)]
+        for s in missing:
+            b = ModelBundle.load(model if s == "pretrained" else work / s / "bundle", device=config.device)
+            results.setdefault(s, StageResult()).metrics = evaluator(
+                b, s, pseudo if s == MultiviewConsensus.name else None)
+        if missing:
+            state["results"] = {k: v.to_yaml() for k, v in results.items()}
+            _write_state(state_file, state)
     for i, name in enumerate(config.stages):
         if name in done:
             log.info("adapt: stage %d/%d %s already finished, skipped", i + 1, len(config.stages), name)
