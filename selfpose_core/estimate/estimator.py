@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import torch
 
-from selfpose_core.data.crops import crop_affine, square_box
+from selfpose_core.data.crops import crop_affine, project_points, square_box
 from selfpose_core.errors import ConfigError, ModelError, SelfposeError
 from selfpose_core.estimate.depth_refine import DepthRefineConfig, DepthRefiner
-from selfpose_core.geometry.pnp import solve_pnp_ransac
+from selfpose_core.geometry.pnp import solve_pnp, solve_pnp_ransac
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.backbones import pixel_centres
 from selfpose_core.models.bundle import ModelBundle
@@ -36,7 +36,7 @@ class EstimatorConfig:
     mask_threshold: float = 0.5
     max_coord_error: float = 0.25  # correspondence net: keep pixels whose predicted error is below this
     pnp_threshold: float = 0.06  # RANSAC inlier threshold, fraction of the crop size
-    pnp_iterations: int = 100
+    pnp_iterations: int = 50  # RANSAC iterations (correspondence network)
     refine_depth: bool = True
     return_masks: bool = True
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's setting
@@ -158,15 +158,17 @@ class PoseEstimator:
         return results
 
     def _pose_from_keypoints(self, kp: np.ndarray, k: int, K_crop: np.ndarray) -> tuple[np.ndarray, float, int] | None:
+        """EPnP + LM on all 9 keypoints (DSC-PoseNet's PnP); inliers are those reprojected within the threshold."""
         pts3d = self.spec.objects[k].keypoints
         if not np.all(np.isfinite(kp)):
             return None
-        res = solve_pnp_ransac(pts3d, kp.astype(np.float64), K_crop,
-                               reprojection_threshold=self.config.pnp_threshold * self.crop_size,
-                               iterations=self.config.pnp_iterations, min_inliers=5)
+        res = solve_pnp(pts3d, kp.astype(np.float64), K_crop)
         if not res.success:
             return None
-        return res.T_cam_obj, len(res.inliers) / len(pts3d), len(res.inliers)
+        T = res.T_cam_obj
+        uv = project_points(K_crop, T, pts3d)
+        inliers = int(np.sum(np.linalg.norm(uv - kp, axis=1) < self.config.pnp_threshold * self.crop_size))
+        return T, inliers / len(pts3d), inliers
 
     def _pose_from_coords(self, out: dict[str, torch.Tensor], mask_prob: np.ndarray, k: int,
                           K_crop: np.ndarray) -> tuple[np.ndarray, float, int] | None:
