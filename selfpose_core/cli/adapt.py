@@ -38,6 +38,9 @@ from selfpose_core.types import ObjectModel
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "adapt.yaml"
+# `selfpose demo`'s reduced configuration (about 10 minutes on 2 CPU cores for the embedded scene)
+DEMO_OVERRIDES: dict[str, Any] = {"stages": ["multiview_consensus", "pseudo_label_finetune"],
+                                  "pseudo_label_finetune.trainer.steps": 250}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -154,6 +157,24 @@ def make_evaluator(eval_gt: Path, objects_config: Path, config: AdaptConfig, pro
         return metrics
 
     return evaluate
+
+
+def demo_adapt(out: Path, sim: Path, model: Path, seed: int = 0, progress: bool = True) -> Path:
+    """The adapt step of `selfpose demo`: DEMO_OVERRIDES on the simulator output ``sim`` -> ``out/model_adapted``
+    (reused when complete, resumed when interrupted)."""
+    adapted = out / "model_adapted"
+    if (adapted / "bundle.yaml").is_file() and (adapted / "report.html").is_file():
+        print(f"  reusing {adapted}")
+        return adapted
+    config = load_adapt_config(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, STAGES,
+                               {**DEMO_OVERRIDES, "seed": seed})
+    objects_yaml = sim / "objects.yaml"
+    with Recording(sim / "recording") as recording:
+        run_pipeline(config, recording=recording, objects=load_objects_config(objects_yaml),
+                     objects_config=objects_yaml, model=model, out=adapted,
+                     resume=(adapted / "work" / "state.yaml").is_file(), progress=progress,
+                     provenance={"command": f"selfpose demo --out {out}"})
+    return adapted
 
 
 def run(args: argparse.Namespace) -> int:
