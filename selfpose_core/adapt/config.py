@@ -112,7 +112,7 @@ def load_adapt_config(path: str | Path | None, registry: Mapping[str, type],
                 raise ConfigError(f"{where}: {name}.trainer must be a mapping")
             section["trainer"] = {**trainer_raw, **own}
         cfg = _convert(default, section, f"{where}: {name}")
-        if hasattr(cfg, "validate"):
+        if name in stages and hasattr(cfg, "validate"):  # sections of stages that do not run are only parsed
             cfg.validate(f"{where}: {name}")
         sections[name] = cfg
     ev = _convert(EvalConfig(), raw.get("eval") or {}, f"{where}: eval")

@@ -29,6 +29,7 @@ from selfpose_core.adapt.consensus import MultiviewConsensus
 from selfpose_core.adapt.context import AdaptContext, DistInfo
 from selfpose_core.adapt.dual_scale import DualScale
 from selfpose_core.adapt.finetune import PseudoLabelFinetune
+from selfpose_core.adapt.nol import NolStage
 from selfpose_core.adapt.pose_consistency import PoseConsistency
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.adapt.report import write_adapt_report
@@ -49,6 +50,7 @@ STAGES: dict[str, type] = {
     "pose_consistency": PoseConsistency,
     "dual_scale": DualScale,
     "warp_align": WarpAlign,
+    "nol": NolStage,
 }
 
 # (bundle after the stage, stage name, its pseudo labels or None) -> metrics dict; "pretrained" = before any stage
