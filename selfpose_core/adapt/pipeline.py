@@ -152,7 +152,6 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
             state["results"] = {k: v.to_yaml() for k, v in results.items()}
             _write_state(state_file, state)
         done.append(name)
-        ctx.resume = resume  # later stages resume only from checkpoints they left themselves
         dist.barrier()
     report = None
     if dist.is_main:

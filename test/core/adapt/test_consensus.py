@@ -171,3 +171,31 @@ def test_render_pseudo_labels_occlusion_and_depth():
     back_again = PseudoLabels.load(tmp)
     assert len(back_again.instances) == 2
     assert all((a.mask == b.mask).all() for a, b in zip(labels.instances, back_again.instances))
+
+
+def test_estimate_frames_keeps_known_confident_objects_and_round_trips(tmp_path):
+    from types import SimpleNamespace
+
+    from selfpose_core.adapt.consensus import FrameEstimates, estimate_frames
+    from selfpose_core.types import Frame, PoseEstimate
+
+    K = CameraIntrinsics(100.0, 100.0, 31.5, 23.5, 64, 48)
+    frames = [Frame(np.zeros((48, 64, 3), np.uint8), K, index=i) for i in range(4)]
+    mask = np.zeros((48, 64), bool)
+    mask[10:20, 5:15] = True
+
+    class Stub:
+        def estimate(self, frame):
+            T = make_T(np.eye(3), np.array([0.0, 0.0, 0.5 + frame.index]))
+            return [PoseEstimate("a", T, 0.9, 1, (1.0, 2.0, 3.0, 4.0), mask),
+                    PoseEstimate("b", T, 0.01, 2, (1.0, 2.0, 3.0, 4.0), None),  # below min_score
+                    PoseEstimate("zzz", T, 0.9, 9, None, None)]  # not one of ctx.objects
+
+    ctx = SimpleNamespace(objects=[_box("a", (0.1, 0.1, 0.1), 1), _box("b", (0.1, 0.1, 0.1), 2)],
+                          recording=frames)
+    est = estimate_frames(ctx, np.array([1, 3]), Stub(), min_score=0.05)
+    assert est.frame.tolist() == [1, 3] and est.obj_index.tolist() == [0, 0]
+    assert est.T_cam_obj[1, 2, 3] == pytest.approx(3.5) and est.box[0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    est.save(tmp_path / "e.npz")
+    back = FrameEstimates.concatenate([FrameEstimates.load(tmp_path / "e.npz"), est])
+    assert back.frame.tolist() == [1, 1, 3, 3] and all((m == mask).all() for m in back.masks)
