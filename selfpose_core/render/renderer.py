@@ -153,7 +153,6 @@ def render(meshes: RenderMesh | Sequence[RenderMesh], R: torch.Tensor, t: torch.
         bary = lam * d[:, None]
     else:
         bary = frags.barycentrics.reshape(-1, 3)[lin].to(dtype)
-        d = frags.depth.reshape(-1)[lin].to(dtype)
 
     def scatter(values: torch.Tensor) -> torch.Tensor:
         shape = (B * H * W,) + tuple(values.shape[1:])
@@ -162,7 +161,10 @@ def render(meshes: RenderMesh | Sequence[RenderMesh], R: torch.Tensor, t: torch.
     def interpolate(table: torch.Tensor) -> torch.Tensor:  # table (M, V, C) -> (B, H, W, C)
         return scatter((bary[:, :, None] * table[mb[:, None], vi]).sum(1))
 
-    depth = scatter(d)
+    if geo_grad:
+        depth, bary_img = scatter(d), scatter(bary)
+    else:  # the rasteriser's images already hold these values
+        depth, bary_img = frags.depth.to(dtype), frags.barycentrics.to(dtype)
     out_coords = interpolate(verts) if coords else None
     out_attrs = interpolate(packed["attributes"]) if attributes and packed["attributes"] is not None else None
     out_tex = _sample_texture(mesh_list, mb, vi, bary, scatter) if attributes else None
@@ -176,7 +178,7 @@ def render(meshes: RenderMesh | Sequence[RenderMesh], R: torch.Tensor, t: torch.
     if visibility:
         vis = _vertex_visibility(xy.detach(), z.detach(), frags.depth, packed["vertex_valid"][mesh_of_view], near)
         vis[b[:, None].expand_as(vi), vi] = True
-    return RenderOutput(mask, sil, depth, out_coords, out_attrs, out_tex, face_ids, scatter(bary), vis)
+    return RenderOutput(mask, sil, depth, out_coords, out_attrs, out_tex, face_ids, bary_img, vis)
 
 
 def _sample_texture(meshes: list[RenderMesh], mb: torch.Tensor, vi: torch.Tensor, bary: torch.Tensor,
