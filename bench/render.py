@@ -5,7 +5,8 @@ Meshes: tori of 500, 2000 and 10000 faces (concave, 0.1 m across). Views: the sa
 ours and Open3D interleaved so that machine load hits both alike):
 
 - forward: ``render(..., silhouette=False)`` (mask + depth + object coordinates, no autograd) / Open3D
-  ``cast_rays`` on precomputed rays (mask + depth from ``t_hit``, coordinates from the hit points); goal <= 1.5;
+  ``cast_rays`` on precomputed rays already in an Open3D tensor (mask + depth from ``t_hit``, coordinates from the
+  hit points); goal <= 1.5;
 - forward + backward of a silhouette + depth loss w.r.t. (R, t) / the same Open3D forward; goal <= 5;
 - peak memory (peak RSS growth) of forward + backward for 64 views at 128x128 of the 2000-face mesh; goal <= 1 GiB.
 """
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import open3d as o3d
 import torch
 import trimesh
 from scipy.spatial.transform import Rotation
@@ -107,7 +109,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="selfpose bench render", description=__doc__.split("\n")[0])
     ap.add_argument("--views", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = keep torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for torch and for Open3D (0 = torch's default and all cores for Open3D)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads > 0:
@@ -115,7 +118,8 @@ def main(argv: list[str]) -> int:
     R_np, t_np, _ = _views(args.views, args.seed)
     R = torch.tensor(R_np, dtype=torch.float32)
     t = torch.tensor(t_np, dtype=torch.float32)
-    print(f"{args.views} views, torch threads {torch.get_num_threads()}, median of {args.repeat} runs")
+    print(f"{args.views} views, torch threads {torch.get_num_threads()}, Open3D threads "
+          f"{args.threads or 'all'}, median of {args.repeat} runs")
     print(f"{'faces':>6} {'size':>8} | {'open3d fwd':>10} {'ours fwd':>9} {'ratio':>6} (goal <= 1.5) | "
           f"{'ours fwd+bwd':>12} {'ratio':>6} (goal <= 5)")
     worst_fwd = worst_bwd = 0.0
@@ -126,7 +130,7 @@ def main(argv: list[str]) -> int:
         for size in SIZES:
             K_np = _K(size, args.views)
             K = torch.tensor(K_np, dtype=torch.float32)
-            rays = caster.rays(R_np, t_np, K_np, size)
+            rays = o3d.core.Tensor(caster.rays(R_np, t_np, K_np, size))
             with torch.no_grad():
                 target = render(mesh, R, t, K, size, coords=False, visibility=False)
 
@@ -138,7 +142,7 @@ def main(argv: list[str]) -> int:
                 _forward_backward(mesh, R, t, K, size, target.silhouette, target.depth)
 
             def open3d_forward() -> None:
-                caster.cast(rays)
+                caster.cast(rays, nthreads=args.threads)
 
             for fn in (ours_forward, ours_backward, open3d_forward):  # warm-up
                 fn()

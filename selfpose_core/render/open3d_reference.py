@@ -43,10 +43,13 @@ class Open3DRaycaster:
         rays[..., 3:] = dirs
         return rays.reshape(len(R), H, W, 6)
 
-    def cast(self, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Cast rays (B, H, W, 6) -> mask (B, H, W) bool, depth (B, H, W) (0 = miss), object coordinates
-        (B, H, W, 3) (0 = miss), face ids (B, H, W) int64 (-1 = miss)."""
-        ans = self.scene.cast_rays(self._o3d.core.Tensor(rays))
+    def cast(self, rays, nthreads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cast rays (B, H, W, 6) (numpy or an ``open3d.core.Tensor``) on ``nthreads`` threads (0 = all) ->
+        mask (B, H, W) bool, depth (B, H, W) (0 = miss), object coordinates (B, H, W, 3) (0 = miss), face ids
+        (B, H, W) int64 (-1 = miss)."""
+        rays_t = rays if isinstance(rays, self._o3d.core.Tensor) else self._o3d.core.Tensor(rays)
+        ans = self.scene.cast_rays(rays_t, nthreads=nthreads)
+        rays = rays_t.numpy()
         t_hit = ans["t_hit"].numpy()
         mask = np.isfinite(t_hit)
         depth = np.where(mask, t_hit, 0.0).astype(np.float32)

@@ -13,7 +13,7 @@ empty mesh renders as background; nothing produces NaN. Depth is z along the opt
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -182,7 +182,8 @@ def render(meshes: RenderMesh | Sequence[RenderMesh], R: torch.Tensor, t: torch.
 
 
 def _sample_texture(meshes: list[RenderMesh], mb: torch.Tensor, vi: torch.Tensor, bary: torch.Tensor,
-                    scatter) -> torch.Tensor | None:
+                    scatter: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """Texture colours (B, H, W, Ct) at the interpolated uv of the covered pixels; None without textures."""
     if not all(m.uv is not None for m in meshes):
         return None
     chans = {m.texture.shape[2] for m in meshes}
