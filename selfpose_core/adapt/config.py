@@ -1,10 +1,11 @@
 """config/adapt.yaml: which stages run, in which order, and each stage's hyper-parameters.
 
-Top-level keys: ``stages`` (list of stage names, run in that order; any subset of the registry), ``seed``,
-``device``, ``trainer`` (TrainerConfig fields applied to every stage that trains, under the stage's own
-``trainer`` section), ``eval`` (held-out evaluation after each stage when ``--eval-gt`` is given) and one section
-per stage (its ``Config`` dataclass; missing keys keep the defaults). Unknown keys anywhere raise ConfigError naming
-the file and the key.
+Top-level keys: ``stages`` (list of stage names, run in that order; any subset of the registry; default
+:data:`DEFAULT_STAGES`), ``seed``, ``device``, ``trainer`` (TrainerConfig fields applied to every stage that
+trains, under the stage's own ``trainer`` section), ``eval`` (held-out evaluation after each stage when
+``--eval-gt`` is given) and one section per stage (its ``Config`` dataclass; missing keys keep the defaults).
+Unknown keys anywhere raise ConfigError naming the file and the key; only the sections of stages that run are
+validated beyond that (a stage may need inputs, e.g. ``nol.weights``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from selfpose_core.models.pretrain import _convert, _plain
 from selfpose_core.models.trainer import TrainerConfig
 
 TOP_LEVEL = ("stages", "seed", "device", "trainer", "eval")
+DEFAULT_STAGES = ("multiview_consensus", "pseudo_label_finetune")  # when a config lists no stages
 
 
 @dataclass(slots=True)
@@ -87,7 +89,7 @@ def load_adapt_config(path: str | Path | None, registry: Mapping[str, type],
         if key not in TOP_LEVEL and key not in registry:
             raise ConfigError(f"{where}: unknown key {key!r} (top-level keys: {', '.join(TOP_LEVEL)}; stages: "
                               f"{', '.join(registry)})")
-    stages = raw.get("stages", list(registry))
+    stages = raw.get("stages", [s for s in DEFAULT_STAGES if s in registry])
     if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
         raise ConfigError(f"{where}: stages must be a list of stage names, got {stages!r}")
     for s in stages:

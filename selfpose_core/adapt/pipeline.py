@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
                                     "recording": str(recording.path), "start_model": str(model)}
         if results:
             spec.metrics["adapt"] = {k: v.metrics for k, v in results.items() if v.metrics}
+        spec.objects_config = os.path.relpath(Path(objects_config).resolve(), out.resolve())
         ctx.bundle.save(out)
         report = write_adapt_report(out / "report.html", config, results, ctx)
     dist.barrier()

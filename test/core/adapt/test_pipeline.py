@@ -15,6 +15,7 @@ from selfpose_core.cli.adapt import consensus_errors
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.errors import ConfigError, DatasetError
+from selfpose_core.estimate.estimator import PoseEstimator
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.bundle import ModelBundle
 
@@ -72,6 +73,7 @@ def test_consensus_then_finetune_end_to_end(adapt_scene, patched_estimates, tmp_
     ft = res2.results["pseudo_label_finetune"]
     assert np.isfinite(ft.losses["loss"]) and ft.details["instances"] > 0
     after = ModelBundle.load(out)
+    assert PoseEstimator(out).object_names == [m.name for m in objects]  # objects.yaml found from the bundle
     assert any(not np.allclose(before[k].numpy(), v.numpy()) for k, v in after.pose_net.state_dict().items())
     state = yaml.safe_load((out / "work" / "state.yaml").read_text())
     assert state["done"] == ["multiview_consensus", "pseudo_label_finetune"]
