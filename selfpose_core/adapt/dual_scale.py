@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.network_pose import network_correspondences, network_pose, project
-from selfpose_core.adapt.pose_consistency import ObjectTensors, collate, record_provenance, synthetic_source
+from selfpose_core.adapt.pose_consistency import (ObjectTensors, StepModule, collate, record_provenance,
+                                                  synthetic_source)
 from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
                                                  crop_to_image, cut_crop, recording_instances)
 from selfpose_core.adapt.stage import StageResult
@@ -85,8 +86,8 @@ class DualScaleConfig:
         for key in ("batch_size", "symmetry_samples"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("synthetic_batch", "max_error", "dual_weight", "align_weight", "mask_weight", "shift_std", "colour_jitter",
-                    "dice_eps"):
+        for key in ("synthetic_batch", "max_error", "dual_weight", "align_weight", "mask_weight", "shift_std",
+                    "colour_jitter", "dice_eps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 < self.context_fraction <= 2:
@@ -198,8 +199,11 @@ class DualScale:
                     out["syn"] = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
                 yield out
 
+        fwd = ctx.wrap(StepModule(net, lambda model, batch: dual_scale_losses(model, batch, objs, spec.objects, cfg,
+                                                                              pcfg, ctx.device)))
+
         def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-            return dual_scale_losses(net, batch, objs, spec.objects, cfg, pcfg, ctx.device)
+            return fwd(batch)
 
         trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
         last = trainer.fit(batches, step_fn, resume=ctx.resume)
@@ -217,8 +221,8 @@ def dual_scale_batch(store: FrameStore, instances: Sequence[RecordingInstance], 
                      labels: SegmentationLabels, size: int, cfg: DualScaleConfig, rng: np.random.Generator
                      ) -> dict[str, Any]:
     """The four views of every instance: clean U and N (``u``, ``n``), augmented A(U), A(N) (``ua``, ``na``), each a
-    crop batch (``crop_batch`` keys) plus, for the augmented ones, the re-cut pseudo masks ``label``/``certain`` at
-    the network's output size; ``box`` (B, 4) object boxes and ``K_image`` (B, 3, 3) the frames' cameras."""
+    crop batch (``crop_batch`` keys); ``index`` the instances' indices into ``labels`` (the pseudo masks, re-cut
+    per view in the loss), ``box`` (B, 4) object boxes and ``K_image`` (B, 3, 3) the frames' cameras."""
     clean_u, clean_n, aug_u, aug_n = [], [], [], []
     for inst in instances:
         u, n = view_boxes(inst.box, store.intrinsics[inst.frame].height, cfg.context_fraction, cfg.normalized_padding)
@@ -233,8 +237,6 @@ def dual_scale_batch(store: FrameStore, instances: Sequence[RecordingInstance], 
              "ua": crop_batch(store, instances, size, rng, colour, augment=True, boxes=aug_u),
              "na": crop_batch(store, instances, size, rng, colour, augment=True, boxes=aug_n)}
     out: dict[str, Any] = dict(views)
-    for key in ("ua", "na"):
-        out[f"{key}_labels"] = views[key]["crop_box"].numpy()
     out["index"] = np.asarray(index)
     out["box"] = torch.as_tensor(np.stack([i.box for i in instances]), dtype=torch.float32)
     out["K_image"] = torch.as_tensor(np.stack([store.intrinsics[i.frame].K for i in instances]), dtype=torch.float32)
@@ -278,7 +280,7 @@ def dual_scale_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectT
     # Eq. 12-14 at both scales, and the mask head on the pseudo masks
     h = out["mask_logits"].shape[-1]
     lab, cer = labels.in_crops(np.concatenate([batch["index"], batch["index"]]),
-                               np.concatenate([batch["ua_labels"], batch["na_labels"]]), h, size)
+                               torch.cat([batch["ua"]["crop_box"], batch["na"]["crop_box"]]).numpy(), h, size)
     lab, cer = lab.to(device), cer.to(device)
     sil = render(objs.meshes_of(oi2.cpu()), R.cpu(), t.cpu(), K_a.cpu().to(R.dtype), (size, size), coords=False,
                  attributes=False, silhouette=True, visibility=False).silhouette.to(device)

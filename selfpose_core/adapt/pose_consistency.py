@@ -212,6 +212,20 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+class StepModule(torch.nn.Module):
+    """The pose network plus one step's loss function as one module, so that a step is a single forward pass:
+    wrapped by :meth:`AdaptContext.wrap` it gets DistributedDataParallel's gradient averaging under torchrun even
+    though the loss runs the network several times."""
+
+    def __init__(self, net: torch.nn.Module, loss_fn: Any) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.loss_fn(self.net, batch)
+
+
 def record_provenance(ctx: AdaptContext, name: str, cfg: Any, losses: dict[str, float]) -> None:
     """Append the stage, its config and its final losses to the bundle's provenance."""
     ctx.bundle.spec.provenance.setdefault("stages", []).append(
@@ -249,10 +263,15 @@ class PoseConsistency:
                 synth = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
                 yield {"real": real, "syn": synth, "index": b}
 
-        def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        def losses(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
             gen = torch.Generator().manual_seed(seed * 7 + int(batch["index"]))
-            return pose_consistency_losses(net, batch["real"], batch["syn"], objs, spec.objects, cfg, pcfg,
+            return pose_consistency_losses(model, batch["real"], batch["syn"], objs, spec.objects, cfg, pcfg,
                                            gen, size, stride, ctx.device)
+
+        fwd = ctx.wrap(StepModule(net, losses))
+
+        def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+            return fwd(batch)
 
         trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
         last = trainer.fit(batches, step_fn, resume=ctx.resume)
@@ -268,7 +287,8 @@ def pose_consistency_losses(net: torch.nn.Module, real: dict[str, torch.Tensor],
                             stride: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     """One step's losses (Eq. 1-3) on a batch of real crops (``crop_batch`` keys) and synthetic crops (or None).
 
-    Returns ``loss`` and the terms ``pose``, ``sup_render``, ``sup_synthetic``, ``percep`` and ``valid`` (fraction of crops with a pose).
+    Returns ``loss`` and the terms ``pose``, ``sup_render``, ``sup_synthetic``, ``percep`` and ``valid``
+    (fraction of crops with a pose).
     """
     image = real["image"].to(device)
     K = real["K"].to(device)

@@ -87,6 +87,7 @@ def recording_instances(ctx, *, min_confidence: float = 0.3, min_score: float = 
     else:
         from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
 
+        modes = (ctx.bundle.detector.training, ctx.bundle.pose_net.training)
         est = PoseEstimator(ctx.bundle.path or ctx.work_dir, ctx.device, objects_config=ctx.objects_config,
                             config=EstimatorConfig(refine_depth=False, return_masks=False), bundle=ctx.bundle)
         for i in frames.tolist():
@@ -95,8 +96,8 @@ def recording_instances(ctx, *, min_confidence: float = 0.3, min_score: float = 
                 b = boxes[k]
                 if b[2] > b[0] + 1 and b[3] > b[1] + 1:
                     out.append(RecordingInstance(int(i), int(k), b.astype(np.float64), float(scores[k])))
-        ctx.bundle.pose_net.train()
-        ctx.bundle.detector.train()
+        ctx.bundle.detector.train(modes[0])
+        ctx.bundle.pose_net.train(modes[1])
     if not out:
         raise DatasetError(f"recording {rec.path}: no object instance to adapt on (pseudo labels with confidence >= "
                            f"{min_confidence} or detections with score >= {min_score})")

@@ -29,8 +29,8 @@ import torch
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.network_pose import network_pose, vertex_consistency
 from selfpose_core.adapt.perceptual import ms_ssim_loss
-from selfpose_core.adapt.pose_consistency import (ObjectTensors, collate, record_provenance, synthetic_source,
-                                                  weighted_mean)
+from selfpose_core.adapt.pose_consistency import (ObjectTensors, StepModule, collate, record_provenance,
+                                                  synthetic_source, weighted_mean)
 from selfpose_core.adapt.recording_crops import CropJitter, FrameStore, RecordingInstance, crop_batch, \
     recording_instances
 from selfpose_core.adapt.stage import StageResult
@@ -185,20 +185,25 @@ class WarpAlign:
                 tgt = [instances[j] for _, j in pairs]
                 T_odo = np.stack([invert(store.T_world_cam[t.frame]) @ store.T_world_cam[s.frame]
                                   for s, t in zip(src, tgt)])  # T_tgt<-src of the cameras
-                out = {"src": crop_batch(store, src, size, rng, jitter), "tgt": crop_batch(store, tgt, size, rng, jitter),
+                out = {"src": crop_batch(store, src, size, rng, jitter),
+                       "tgt": crop_batch(store, tgt, size, rng, jitter),
                        "T_tgt_src": torch.as_tensor(T_odo, dtype=torch.float32)}
                 if syn is not None:
                     out["syn"] = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
                 yield out
 
+        fwd = ctx.wrap(StepModule(net, lambda model, batch: warp_align_losses(model, batch, objs, spec.objects, cfg,
+                                                                              pcfg, ctx.device)))
+
         def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-            return warp_align_losses(net, batch, objs, spec.objects, cfg, pcfg, ctx.device)
+            return fwd(batch)
 
         trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
         last = trainer.fit(batches, step_fn, resume=ctx.resume)
         net.eval()
         record_provenance(ctx, self.name, cfg, last)
-        return StageResult(losses=last, details={"instances": len(instances), "checkpoint": str(trainer.checkpoint_path)})
+        return StageResult(losses=last, details={"instances": len(instances),
+                                                 "checkpoint": str(trainer.checkpoint_path)})
 
 
 def warp_align_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectTensors, objects: list,

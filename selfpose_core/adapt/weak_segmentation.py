@@ -241,8 +241,9 @@ def weak_segmentation(pose_net: torch.nn.Module, store: FrameStore, instances: S
     for round_ in range(cfg.iterations + 1):
         chunks = []
         for a in range(0, n, 64):
-            chunks.append(tta_probability(seg, fixed["image"][a:a + 64].to(device), fixed["obj_index"][a:a + 64].to(device),
-                                          cfg.tta_scales, cfg.tta_flip).cpu())
+            chunks.append(tta_probability(seg, fixed["image"][a:a + 64].to(device),
+                                          fixed["obj_index"][a:a + 64].to(device), cfg.tta_scales,
+                                          cfg.tta_flip).cpu())
         prob = torch.cat(chunks)
         if round_ == 0 and priors is not None:
             prob = (1 - cfg.prior_weight) * prob + cfg.prior_weight * priors
