@@ -19,7 +19,7 @@ from selfpose_core.estimate.estimator import PoseEstimator
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.bundle import ModelBundle
 
-TINY = {"multiview_consensus.refine_iterations": 30, "multiview_consensus.refine_batch": 8,
+TINY = {"multiview_consensus.refine_iterations": 20, "multiview_consensus.refine_batch": 8,
         "multiview_consensus.crop_size": 24, "multiview_consensus.drift_knots": 3,
         "pseudo_label_finetune.trainer": {"steps": 3, "checkpoint_every": 1, "log_every": 1, "warmup_steps": 1,
                                           "progress": False},
