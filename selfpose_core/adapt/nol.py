@@ -276,6 +276,7 @@ class RefineConfig:
     lr_rotation: float = 0.01  # radians, largest rotation step
     lr_translation: float = 0.003  # metres, largest translation step
     outlier_factor: float = 3.0  # a source whose final error exceeds this times the median is dropped
+    max_anchors: int = 8  # source viewpoints used as desired views (cost grows with anchors x sources)
 
 
 @dataclass(slots=True)
@@ -296,8 +297,8 @@ def refine_source_poses(net: NolNet, model: ObjectModel, sources: NolSourceSet,
                         config: RefineConfig | None = None) -> RefinementResult:
     """Refine the source poses by gradient descent on the projection error (paper Eq. 3), once per source set.
 
-    The desired views are the sources' own viewpoints (fixed at the initial poses): NOL's first prediction
-    ``X_S`` there, from all sources, is the reference; the error of source k is the mean absolute difference
+    The desired views are the viewpoints of the first ``max_anchors`` sources (fixed at their initial poses):
+    NOL's first prediction ``X_S`` there, from all sources, is the reference; the error of source k is the mean absolute difference
     between its projected map ``P_k`` and that reference, over all channels and the pixels it covers, summed over
     the other viewpoints. Gradients reach the source poses through the projection (:func:`project_sources`).
     """
@@ -310,13 +311,14 @@ def refine_source_poses(net: NolNet, model: ObjectModel, sources: NolSourceSet,
     tol = depth_tolerance(model.diameter)
     R0, t0, K = _tensors(sources)
     S = tuple(sources.images.shape[-2:])
+    anchors = torch.arange(min(n, cfg.max_anchors))  # the first sources: choose_sources orders by coverage
     with torch.no_grad():
         feats = net.encode(sources.images)
-        raster = rasterize_targets(mesh, R0, t0, K, S)  # anchors: the sources' viewpoints
+        raster = rasterize_targets(mesh, R0[anchors], t0[anchors], K[anchors], S)  # desired views: source viewpoints
         P, valid = project_sources(mesh, feats, R0, t0, K, render_source_depth(mesh, R0, t0, K, S), sources.masks,
                                    raster, tol)
         ref = net.integrate(P, valid)["X_S"]  # (J, C, H, W)
-    others = ~torch.eye(n, dtype=torch.bool)  # (J, K): a source is not compared at its own viewpoint
+    others = anchors[:, None] != torch.arange(n)[None]  # (J, K): a source is not compared at its own viewpoint
     omega = torch.zeros((n, 3), requires_grad=True)
     tau = torch.zeros((n, 3), requires_grad=True)
 
