@@ -153,9 +153,10 @@ def main(argv: list[str]) -> int:
         r_ref.render(hp, Kh, args.crop)
         speed.append(((time.perf_counter() - t0) / len(hp), (time.process_time() - c0) / len(hp)))
         torch.set_num_threads(1)
+        errs = r_ref.refinement.errors or [float("nan")]
         print(f"{model.name}: {len(exact)} sources, {len(targets)} targets, refinement "
               f"{r_ref.refinement.iterations} it {r_ref.refinement.seconds:.1f} s "
-              f"(error {r_ref.refinement.errors[0]:.4f} -> {min(r_ref.refinement.errors):.4f})", flush=True)
+              f"(error {errs[0]:.4f} -> {min(errs):.4f})", flush=True)
     if not speed:
         print("no object had both source frames and held-out targets")
         return 1
