@@ -8,18 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from selfpose_core.adapt.nol import (NolCrops, NolRenderer, NolScenes, NolStageConfig, RefineConfig,
+from selfpose_core.adapt.context import AdaptContext
+from selfpose_core.adapt.nol import (NolCrops, NolRenderer, NolScenes, NolStage, NolStageConfig, RefineConfig,
                                      centred_crop_intrinsics, hemisphere_poses, nol_bank_from_pseudo_labels,
                                      prepare_sources, refine_source_poses, render_nol_bank, rotate_in_plane,
                                      select_by_new_points, select_by_pose)
-from selfpose_core.adapt.pseudo_labels import PseudoInstance
+from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
+from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.nol_training_set import look_at_rotation
+from selfpose_core.data.recording import Recording
 from selfpose_core.data.sim.shapes import box
 from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
 from selfpose_core.mesh.loading import object_model_from_arrays
+from selfpose_core.mesh.objects_config import load_objects_config
+from selfpose_core.models.backbones import BackboneConfig
+from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
+from selfpose_core.models.detector import DetectorConfig
 from selfpose_core.models.nol import NolConfig, NolNet, save_nol
+from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.render import RenderMesh, render
 from selfpose_core.types import CameraIntrinsics, Frame
 
@@ -243,3 +251,31 @@ def test_bank_from_pseudo_labels_uses_recording_frames_and_masks(scene, tmp_path
     cfg.validate()
     with pytest.raises(ConfigError, match="nol-train"):
         NolStageConfig().validate()
+
+
+def test_stage_trains_the_estimator_on_nol_images(adapt_scene, tmp_path):
+    objects = load_objects_config(adapt_scene.objects_yaml)
+    rec = Recording(adapt_scene.bag)
+    spec = BundleSpec([BundleObject.from_model(m) for m in objects], str(adapt_scene.objects_yaml),
+                      PoseNetSpec("keypoint", 32, BackboneConfig((8, 12, 16), 4)),
+                      DetectorConfig(BackboneConfig((8, 12, 16), 4), 80, 60), (160, 120))
+    torch.manual_seed(0)
+    bundle = ModelBundle.create(spec)
+    ids = [m.obj_id for m in objects]
+    inst = [PseudoInstance(s.im_id, ids.index(g.obj_id), g.T_cam_obj, np.zeros(4), 1.0, g.mask_visib, g.visib_fract)
+            for s in BopDataset(adapt_scene.bop, "train_loop").samples(1, load_depth=False)
+            for g in s.gt if g.obj_id in ids and g.visib_fract >= 0.3]
+    pseudo = PseudoLabels([m.name for m in objects], np.tile(np.eye(4), (len(objects), 1, 1)), np.ones(len(objects)),
+                          rec.poses, np.ones(len(rec)), inst)
+    ctx = AdaptContext(objects, rec, bundle, tmp_path / "work", adapt_scene.objects_yaml, pseudo=pseudo,
+                       progress=False)
+    save_nol(NolNet(NolConfig(crop_size=S)), tmp_path / "nol.pt")
+    cfg = NolStageConfig(weights=str(tmp_path / "nol.pt"), render_size=S, step_deg=90.0, elevation_deg=(30.0, 30.0),
+                         in_plane_deg=(0.0, 30.0), refine=False, crop_batch=2, scene_batch=1,
+                         trainer=TrainerConfig(steps=2, warmup_steps=1, log_every=1, checkpoint_every=2))
+    before = {k: v.clone() for k, v in bundle.pose_net.state_dict().items()}
+    res = NolStage().run(ctx, cfg)
+    assert res.details["nol_images"] == 16 and res.artefacts["nol_bank"].is_file()
+    assert np.isfinite(res.losses["loss"])
+    assert any(not torch.equal(before[k], v) for k, v in bundle.pose_net.state_dict().items())
+    assert bundle.spec.provenance["stages"][-1]["stage"] == "nol"
