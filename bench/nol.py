@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 import torch
 
-from selfpose_core.adapt.nol import (NolRenderer, choose_sources, crop_view, hemisphere_poses,
-                                     centred_crop_intrinsics, prepare_sources)
+from selfpose_core.adapt.nol import (NolRenderer, centred_crop_intrinsics, choose_sources, crop_view,
+                                     hemisphere_poses, prepare_sources)
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.nol_training_set import perturb_pose
 from selfpose_core.errors import ConfigError

@@ -43,7 +43,7 @@ from selfpose_core.data.nol_training_set import NolTrainingConfig, NolTrainingSe
 from selfpose_core.errors import ConfigError, ModelError, ShapeError
 from selfpose_core.geometry.shapes import check_shape
 from selfpose_core.models.trainer import Trainer, TrainerConfig
-from selfpose_core.render import RenderMesh, project_vertices, render
+from selfpose_core.render import RenderMesh, render
 from selfpose_core.types import ObjectModel
 
 log = logging.getLogger(__name__)
