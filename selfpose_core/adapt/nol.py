@@ -275,7 +275,10 @@ class RefineConfig:
     patience: int = 3
     lr_rotation: float = 0.01  # radians, largest rotation step
     lr_translation: float = 0.003  # metres, largest translation step
-    outlier_factor: float = 3.0  # a source whose final error exceeds this times the median is dropped
+    # a source is dropped after refinement when its error is a robust outlier: above median + outlier_z x 1.4826 x
+    # MAD (median absolute deviation) and above outlier_ratio x median
+    outlier_z: float = 5.0
+    outlier_ratio: float = 1.5
     max_anchors: int = 8  # source viewpoints used as desired views (cost grows with anchors x sources)
 
 
@@ -389,7 +392,7 @@ class NolRenderer:
 
     ``n_sources``: sources per target (paper: 6 at inference), chosen per target by the SMOT rule on the target's
     visible surface. ``refine``: run the refinement (else the given poses are used as they are). Sources whose
-    error after refinement is an outlier (``RefineConfig.outlier_factor`` x median) are dropped and reported.
+    error after refinement is a robust outlier (see :class:`RefineConfig`) are dropped and reported.
     """
 
     def __init__(self, net: NolNet, model: ObjectModel, sources: NolSourceSet, *, n_sources: int | None = None,
@@ -412,7 +415,9 @@ class NolRenderer:
             sources = sources.with_poses(self.refinement.T_cam_obj)
             err = self.refinement.source_errors
             if len(err) >= 3:
-                bad = err > cfg.outlier_factor * max(float(np.median(err)), 1e-9)
+                med = float(np.median(err))
+                mad = float(np.median(np.abs(err - med)))
+                bad = (err > med + cfg.outlier_z * 1.4826 * mad) & (err > cfg.outlier_ratio * med)
                 if bad.any() and not bad.all():
                     for i in np.nonzero(bad)[0]:
                         sources.dropped.append((sources.frame_ids[i], f"outlier after refinement (error {err[i]:.3f}, "

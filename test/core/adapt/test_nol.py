@@ -279,3 +279,16 @@ def test_stage_trains_the_estimator_on_nol_images(adapt_scene, tmp_path):
     assert np.isfinite(res.losses["loss"])
     assert any(not torch.equal(before[k], v) for k, v in bundle.pose_net.state_dict().items())
     assert bundle.spec.provenance["stages"][-1]["stage"] == "nol"
+
+
+def test_a_wildly_wrong_pose_without_mask_is_dropped_after_refinement(scene, caplog):
+    model = scene["model"]
+    poses = scene["poses"].copy()
+    poses[5][:3, :3] = np.asarray(so3_exp(np.array([0.0, 0.0, np.pi / 2]))) @ poses[5][:3, :3]
+    src = prepare_sources(model, scene["images"], poses, CAM, None, crop_size=S, frame_ids=range(8))
+    assert len(src) == 8  # without masks nothing can be checked before refinement
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING):
+        r = NolRenderer(NolNet(NolConfig(crop_size=S)), model, src, refine=True, n_points=300,
+                        refine_config=RefineConfig(max_iterations=5))
+    assert 5 not in r.sources.frame_ids and "outlier" in dict(r.sources.dropped)[5]
