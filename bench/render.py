@@ -83,14 +83,13 @@ def _peak_child(views: int, seed: int, threads: int) -> None:
         target = render(mesh, R[:1], t[:1], K[:1], (128, 128))  # loads the rasteriser
     target_sil = torch.zeros(views, 128, 128)
     target_depth = torch.zeros(views, 128, 128)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open("/proc/self/status") as fh:
         rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
     del target
     _forward_backward(mesh, R, t, K, (128, 128), target_sil, target_depth)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss may still hold an earlier (import-time) peak: the difference is then an upper bound
-    print(max(peak, before) / 1024.0 - rss / 1024.0)
+    print((peak - rss) / 1024.0)
 
 
 def _peak_memory_mib(views: int, seed: int) -> float | None:
