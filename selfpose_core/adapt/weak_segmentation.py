@@ -6,13 +6,16 @@ DSC's segmenter is initialised on synthetic data). ``T`` rounds of:
 1. pseudo labels for every box-annotated real crop: the network's foreground probability with test-time
    augmentation (input scales and left-right flips, averaged), set to background outside the box (the box removes
    outliers), and pixels with ``1 - sigma < P < sigma`` marked uncertain (Eq. 1, sigma = 0.7);
-2. fine-tuning on the certain pixels (Eq. 2, binary cross-entropy), mixed with the synthetic crops' masks.
+2. fine-tuning on the certain pixels (Eq. 2, binary cross-entropy; here class-balanced), mixed with the synthetic
+   crops' masks.
 
 The labels of the last round are the pseudo masks of the dual-scale stage. Boxes come from the consensus pseudo
 labels (or the detector). Departure: DSC's segmenter starts from 50K PBR images; ours from a short synthetic
 pre-training, so the first round fuses the network's probability with a GrabCut segmentation initialised from the
 box (Rother et al. 2004; box-supervised pseudo masks as in Khoreva et al., "Simple Does It", CVPR 2017) and, when
-the consensus rendered one, the pseudo visible mask: ``P0 = (1 - prior_weight) P_net + prior_weight mean(priors)``.
+the consensus rendered one, the pseudo visible mask: ``P0 = (1 - prior_weight) P_net + prior_weight mean(priors)``;
+and later rounds keep part of the previous round's probabilities, ``P_t = (1 - m) P_net + m P_{t-1}``
+(``label_momentum`` m; 0 = DSC), so that a round whose short fine-tuning under-fits does not undo the labels.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ class WeakSegmentationConfig:
     tta_scales: tuple[float, ...] = (1.0, 0.75, 1.25)
     tta_flip: bool = True
     prior_weight: float = 0.5  # first round: weight of GrabCut (+ consensus mask) against the network
+    label_momentum: float = 0.5  # later rounds: weight of the previous round's probabilities (0 = DSC)
     grabcut_iterations: int = 3
     crop_padding: float = 1.3
 
@@ -59,8 +63,9 @@ class WeakSegmentationConfig:
             raise ConfigError(f"{where}.iterations, steps_per_round and synthetic_batch must be >= 0")
         if not 0.5 <= self.sigma < 1:
             raise ConfigError(f"{where}.sigma must be in [0.5, 1), got {self.sigma}")
-        if not 0 <= self.prior_weight <= 1:
-            raise ConfigError(f"{where}.prior_weight must be in [0, 1], got {self.prior_weight}")
+        for key in ("prior_weight", "label_momentum"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
         if not self.tta_scales or any(s <= 0 for s in self.tta_scales):
             raise ConfigError(f"{where}.tta_scales must be positive, got {self.tta_scales}")
 
@@ -141,8 +146,14 @@ def pseudo_labels(prob: torch.Tensor, inside_box: torch.Tensor, sigma: float) ->
 
 
 def segmentation_loss(mask_logits: torch.Tensor, label: torch.Tensor, certain: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: binary cross-entropy of the mask logits (B, h, w) against the pseudo label over the certain pixels."""
-    return mask_loss(mask_logits, label, certain)
+    """Eq. 2: binary cross-entropy of the mask logits (B, h, w) against the pseudo label over the certain pixels,
+    class-balanced: the mean over the certain foreground and the mean over the certain background pixels weigh
+    equally (the certain background, which includes everything outside the box, outnumbers the foreground)."""
+    bce = F.binary_cross_entropy_with_logits(mask_logits, label.to(mask_logits.dtype), reduction="none")
+    c = certain.to(bce.dtype)
+    fg, bg = c * label, c * (1 - label)
+    terms = [(bce * m).sum() / m.sum() for m in (fg, bg) if float(m.sum()) > 0]
+    return torch.stack(terms).mean() if terms else (bce * 0).sum()
 
 
 @dataclass(slots=True)
@@ -244,9 +255,11 @@ def weak_segmentation(pose_net: torch.nn.Module, store: FrameStore, instances: S
             chunks.append(tta_probability(seg, fixed["image"][a:a + 64].to(device),
                                           fixed["obj_index"][a:a + 64].to(device), cfg.tta_scales,
                                           cfg.tta_flip).cpu())
-        prob = torch.cat(chunks)
-        if round_ == 0 and priors is not None:
-            prob = (1 - cfg.prior_weight) * prob + cfg.prior_weight * priors
+        net_prob = torch.cat(chunks)
+        if round_ == 0:
+            prob = net_prob if priors is None else (1 - cfg.prior_weight) * net_prob + cfg.prior_weight * priors
+        else:
+            prob = (1 - cfg.label_momentum) * net_prob + cfg.label_momentum * prob
         prob = prob * inside
         label, certain = pseudo_labels(prob, inside, cfg.sigma)
         log.info("weak segmentation round %d: %.0f%% certain pixels, %.0f%% foreground", round_,

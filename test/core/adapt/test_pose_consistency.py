@@ -30,12 +30,12 @@ from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.types import CameraIntrinsics, Symmetry
 
 
-def gt_context(scene, work: Path, kind: str = "keypoint") -> AdaptContext:
+def gt_context(scene, work: Path, kind: str = "keypoint", stride: int = 4) -> AdaptContext:
     """An AdaptContext on the tiny loop whose pseudo labels are the ground truth (the test plays the consensus)."""
     objects = load_objects_config(scene.objects_yaml)
     rec = Recording(scene.bag)
     spec = BundleSpec([BundleObject.from_model(m) for m in objects], str(scene.objects_yaml),
-                      PoseNetSpec(kind, 32, BackboneConfig((8, 12, 16), 4)),
+                      PoseNetSpec(kind, 32, BackboneConfig((8, 12, 16), stride)),
                       DetectorConfig(BackboneConfig((8, 12, 16), 4), 80, 60), (160, 120))
     torch.manual_seed(0)
     bundle = ModelBundle.create(spec)
