@@ -206,7 +206,7 @@ class DualScale:
             return fwd(batch)
 
         trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume)
+        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
         net.eval()
         record_provenance(ctx, self.name, cfg, last)
         certain = np.abs(labels.prob - 0.5) >= labels.sigma - 0.5

@@ -274,7 +274,7 @@ class PoseConsistency:
             return fwd(batch)
 
         trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume)
+        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
         net.eval()
         record_provenance(ctx, self.name, cfg, last)
         return StageResult(losses=last, details={"instances": len(instances), "frames": len(store.images),
