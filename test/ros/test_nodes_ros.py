@@ -48,7 +48,7 @@ def test_estimator_node_publishes_object_poses_with_image_stamps(monkeypatch):
     from sensor_msgs.msg import CameraInfo, Image
 
     from selfpose_ros import estimator_node
-    from selfpose_ros.conversions import import_message_classes
+    from selfpose_ros.conversions import PUBLISHED_TYPES, import_message_classes
     from selfpose_ros.msg import ObjectPoseArray
 
     model = FixedEstimator()
@@ -64,7 +64,7 @@ def test_estimator_node_publishes_object_poses_with_image_stamps(monkeypatch):
         ex = SingleThreadedExecutor()
         ex.add_node(node)
         ex.add_node(helper)
-        classes = import_message_classes()
+        classes = import_message_classes((*PUBLISHED_TYPES, "sensor_msgs/msg/CameraInfo"))
         stamps = [1_700_000_000_000_000_000 + k * 100_000_000 for k in range(10)]
         spin_until(ex, lambda: img_pub.get_subscription_count() > 0, 5)
         for s in stamps:
