@@ -177,3 +177,33 @@ def test_stage_runs_and_checkpoints(adapt_scene, tmp_path):
     assert {"loss", "pose", "sup_render", "percep", "sup_synthetic"} <= set(result.losses)
     assert any(not torch.equal(a, b) for a, b in zip(before, ctx.bundle.pose_net.parameters()))
     assert ctx.bundle.spec.provenance["stages"][-1]["stage"] == "pose_consistency"
+
+
+@pytest.mark.slow
+def test_self_supervised_stages_keep_ddp_replicas_identical(adapt_scene, tmp_path):
+    """torchrun with 2 gloo processes: each stage's step is one DDP forward, so the replicas stay identical."""
+    import subprocess
+    import sys
+
+    t = "{steps: 2, checkpoint_every: 1, log_every: 1, warmup_steps: 1}"
+    settings = ["stages=[multiview_consensus, pose_consistency, dual_scale, warp_align]",
+                "multiview_consensus.refine_iterations=3", "multiview_consensus.crop_size=24",
+                "multiview_consensus.refine_batch=4", f"pose_consistency.trainer={t}", "pose_consistency.batch_size=2",
+                "pose_consistency.synthetic_batch=1", f"dual_scale.trainer={t}", "dual_scale.batch_size=2",
+                "dual_scale.synthetic_batch=1",
+                "dual_scale.segmentation={iterations: 1, steps_per_round: 1, batch_size: 2, synthetic_batch: 1}",
+                f"warp_align.trainer={t}", "warp_align.batch_size=2", "warp_align.sample_frames=6",
+                "warp_align.synthetic_batch=1"]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(adapt_scene.harness), str(adapt_scene.estimates), "adapt", "--bag", str(adapt_scene.bag), "--objects",
+           str(adapt_scene.objects_yaml), "--model", str(adapt_scene.model), "--out", str(out), "--no-progress",
+           "--threads", "1"] + [a for s in settings for a in ("--set", s)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in ("pose_consistency", "dual_scale", "warp_align"):
+        ck = [torch.load(out / "work" / stage / d / "checkpoint.pt", weights_only=True)
+              for d in ("train", "train.rank1")]
+        a, b = ck[0]["modules"]["pose_net"], ck[1]["modules"]["pose_net"]
+        params = [k for k in a if "running_" not in k and "num_batches" not in k]
+        assert params and all(torch.equal(a[k], b[k]) for k in params), stage
