@@ -132,7 +132,6 @@ def build_msg(classes: MsgClasses | None, name: str, **fields: Any) -> Any:
     return typestore().types[name](**fields)
 
 
-_msg = build_msg  # the earlier private name, imported by selfpose_core/estimate/publishing.py
 
 
 def _is_rosbags(classes: MsgClasses | None, name: str) -> bool:
