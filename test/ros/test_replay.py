@@ -141,8 +141,8 @@ def test_replay_through_the_node_classes_publishes_the_poses_with_image_stamps(s
         for e in ests:
             e.box = tuple(3 * v + 1 for v in e.box)
         drawn = draw_overlay(big, frame.K.scaled(3.0), ests, builder.config.object_boxes)
-        (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(REPO / "docs" / "images" / "ros_overlay.png"), drawn[..., ::-1])
+        (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(REPO / "docs" / "img" / "ros_overlay.png"), drawn[..., ::-1])
 
 
 def test_slow_model_on_a_replayed_stream_drops_old_frames(sim_bag):
