@@ -150,7 +150,12 @@ class PoseEstimator:
                                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                            borderMode=cv2.BORDER_CONSTANT).astype(bool)
             if self.config.refine_depth and frame.depth is not None and full_mask is not None:
-                T, _ = self.refiners[k].refine(T, frame.depth, frame.K.K, full_mask)
+                # ICP on the crop window only (the mask is empty elsewhere); K shifted to the window's origin
+                x0, y0, x1, y1 = np.clip(np.round(crop_boxes[j]).astype(int), 0, [W, H, W, H])
+                K_win = frame.K.K.copy()
+                K_win[0, 2] -= x0
+                K_win[1, 2] -= y0
+                T, _ = self.refiners[k].refine(T, frame.depth[y0:y1, x0:x1], K_win, full_mask[y0:y1, x0:x1])
             o = self.spec.objects[k]
             results.append(PoseEstimate(o.name, T, float(scores[k]) * quality * mask_conf, o.obj_id,
                                         tuple(float(v) for v in boxes[k]),

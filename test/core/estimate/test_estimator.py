@@ -132,6 +132,10 @@ def test_estimate_recovers_the_pose_at_any_frame_size(objects, objects_dir):
         assert 0 < out[0].score <= 1 and out[0].inliers > 10
         results.append(out[0].T_cam_obj)
     assert _errors(results[0], results[1])[1] < 0.006
+    # with depth (rendered, exact) the ICP refinement keeps or improves the pose
+    refined = _oracle_estimator(path, refine_depth=True).estimate(_render_frame(objects[0], geom, T, K))
+    re_deg, te_m = _errors(refined[0].T_cam_obj, T)
+    assert re_deg < 2.0 and te_m < 0.003
 
 
 def test_empty_image_gives_no_estimates(objects, objects_dir):
