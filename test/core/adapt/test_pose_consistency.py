@@ -207,3 +207,13 @@ def test_self_supervised_stages_keep_ddp_replicas_identical(adapt_scene, tmp_pat
         a, b = ck[0]["modules"]["pose_net"], ck[1]["modules"]["pose_net"]
         params = [k for k in a if "running_" not in k and "num_batches" not in k]
         assert params and all(torch.equal(a[k], b[k]) for k in params), stage
+
+
+def test_without_pseudo_labels_the_detector_is_asked_and_nothing_found_is_an_error(adapt_scene, tmp_path):
+    from selfpose_core.errors import DatasetError
+
+    ctx = gt_context(adapt_scene, tmp_path)
+    ctx.pseudo = None
+    with pytest.raises(DatasetError, match="recording"):
+        recording_instances(ctx, min_score=1.01, max_frames=2)  # no score reaches 1.01
+    assert ctx.bundle.pose_net.training  # modes restored after detecting
