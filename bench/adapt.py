@@ -5,11 +5,17 @@ training loop's ground-truth poses mixed in), plus the consensus pose error per 
     selfpose simulate --out SIM
     selfpose pretrain --objects SIM/objects.yaml --bag SIM/recording --out M_pre
     selfpose bench adapt --sim SIM --model M_pre [--upper M_up] [--config config/adapt.yaml] [--set KEY=VALUE]
+    selfpose bench adapt --sim SIM --model M_pre --consensus-noise 0.01,3,0.2   # the consensus alone
 
 Without ``--upper`` the upper bound is trained here with the pre-training config recorded in M_pre's provenance
 (same steps), ``real_fraction`` 0.5 of real crops at the ground-truth poses of split ``train_loop``. Figures: the
 recall per row, the share of the lower-to-upper gap each row closes (goal: all stages >= 70 %, absolute >= 80 %)
 and the consensus error (goal <= 1 cm / 2 deg per object).
+
+``--consensus-noise M,DEG,OUTLIERS`` studies multiview consensus alone, independent of how good M_pre is: the
+per-frame estimates are the training loop's true poses with Gaussian noise (M metres, DEG degrees per axis) and a
+share OUTLIERS of gross errors, seen through the recording's drifting odometry; it prints the consensus error with
+the drift correction (``drift: correct``) and without it (``drift: weight``).
 """
 from __future__ import annotations
 
@@ -21,11 +27,16 @@ from typing import Any
 
 import torch
 
-from selfpose_core.adapt.config import load_adapt_config
+import numpy as np
+
+from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
+from selfpose_core.adapt.consensus import FrameEstimates, MultiviewConsensus
+from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pipeline import STAGES, run_pipeline
-from selfpose_core.cli.adapt import DEFAULT_CONFIG, make_evaluator, parse_overrides
+from selfpose_core.cli.adapt import DEFAULT_CONFIG, consensus_errors, make_evaluator, parse_overrides
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
+from selfpose_core.geometry.se3 import make_T, so3_exp
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.bundle import ModelBundle
 from selfpose_core.models.pretrain import PretrainConfig, _convert, pretrain
@@ -60,6 +71,62 @@ def train_upper_bound(sim: Path, model: Path, out: Path, steps: int | None) -> P
     return out
 
 
+def noisy_estimates(bop: Path, noise_m: float, noise_deg: float, outliers: float, seed: int = 0) -> FrameEstimates:
+    """True poses of split ``train_loop`` scene 1 (instances at least 30 % visible) with Gaussian noise and a share
+    ``outliers`` of gross errors (random rotation, 10 cm translation noise); boxes and masks are the true visible
+    ones."""
+    rng = np.random.default_rng(seed)
+    ds = BopDataset(bop, "train_loop")
+    ids = [m.obj_id for m in ds.objects]
+    rows = []
+    for s in ds.samples(1, load_depth=False, load_masks=True):
+        for g in s.gt:
+            if g.obj_id not in ids or g.visib_fract < 0.3:
+                continue
+            T = g.T_cam_obj.copy()
+            T[:3, :3] = T[:3, :3] @ so3_exp(rng.normal(0, np.radians(noise_deg), 3))
+            T[:3, 3] += rng.normal(0, noise_m, 3)
+            if rng.random() < outliers:
+                T = make_T(so3_exp(rng.normal(0, 2.0, 3)), T[:3, 3] + rng.normal(0, 0.1, 3))
+            x, y, w, h = g.bbox_visib
+            rows.append((s.im_id, ids.index(g.obj_id), T, np.array([x, y, x + w, y + h], float), g.mask_visib))
+    return FrameEstimates(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]),
+                          np.full(len(rows), 0.9), np.stack([r[3] for r in rows]), [r[4] for r in rows])
+
+
+def consensus_study(sim: Path, model: Path, out: Path, config: AdaptConfig, noise: str) -> int:
+    """Print the consensus error on noisy true estimates, with and without the drift correction."""
+    try:
+        noise_m, noise_deg, outliers = (float(v) for v in noise.split(","))
+    except ValueError:
+        print(f"--consensus-noise must be M,DEG,OUTLIERS (e.g. 0.01,3,0.2), got {noise!r}")
+        return 2
+    est = noisy_estimates(sim / "bop", noise_m, noise_deg, outliers, config.seed)
+    objects_yaml = sim / "objects.yaml"
+    objects = load_objects_config(objects_yaml)
+    train = BopDataset(sim / "bop", "train_loop")
+    print(f"consensus from {len(est)} noisy true estimates ({100 * noise_m:.1f} cm, {noise_deg:.1f} deg, "
+          f"{100 * outliers:.0f}% outliers) through the drifting odometry of {sim}/recording")
+    print(f"{'drift':8s} {'object':14s} {'world t[cm]':>11s} {'world r[deg]':>12s} {'frame t[cm]':>12s} "
+          f"{'frame r[deg]':>12s}")
+    for drift in ("correct", "weight"):
+        cfg = config.sections["multiview_consensus"]
+        cfg.drift = drift
+        with Recording(sim / "recording") as rec:
+            ctx = AdaptContext(objects=objects, recording=rec, bundle=ModelBundle.load(model),
+                               work_dir=out / f"consensus_{drift}", objects_config=objects_yaml, seed=config.seed,
+                               progress=False)
+            MultiviewConsensus(est).run(ctx, cfg)
+            errors = consensus_errors(ctx.pseudo, objects, train)
+        for name, e in errors.items():
+            print(f"{drift:8s} {name:14s} {e.get('world_t_cm', np.nan):11.2f} {e.get('world_r_deg', np.nan):12.2f} "
+                  f"{e.get('frame_t_cm_median', np.nan):12.2f} {e.get('frame_r_deg_median', np.nan):12.2f}")
+        t = max(e.get("world_t_cm", np.inf) for e in errors.values())
+        r = max(e.get("world_r_deg", np.inf) for e in errors.values())
+        print(f"{drift:8s} worst object: {t:.2f} cm, {r:.2f} deg (goal <= 1 cm / 2 deg)")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="selfpose bench adapt", description=__doc__.split("\n\n")[0])
     p.add_argument("--sim", type=Path, required=True, help="output of selfpose simulate")
@@ -70,6 +137,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-images", type=int, default=None, help="held-out images per evaluation (0 = all)")
+    p.add_argument("--consensus-noise", default=None, metavar="M,DEG,OUTLIERS",
+                   help="study the consensus alone on noisy true estimates (see the module docstring)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -80,6 +149,8 @@ def main(argv: list[str]) -> int:
     if args.max_images is not None:
         overrides["eval.max_images"] = args.max_images
     config = load_adapt_config(args.config, STAGES, overrides)
+    if args.consensus_noise:
+        return consensus_study(args.sim, args.model, out, config, args.consensus_noise)
     objects_yaml = args.sim / "objects.yaml"
     evaluator = make_evaluator(args.sim / "bop", objects_yaml, config, progress=not args.no_progress)
     with Recording(args.sim / "recording") as rec:

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 class ConsensusConfig:
     """``multiview_consensus`` section of config/adapt.yaml."""
 
+    detection_threshold: float = 0.2  # detector score for the per-frame estimates (low: RANSAC rejects outliers)
     min_score: float = 0.05  # per-frame estimates below this score are not candidates
     inlier_translation: float = 0.15  # fraction of the diameter
     inlier_rotation_deg: float = 20.0
@@ -77,6 +78,8 @@ class ConsensusConfig:
     max_frames: int = 0  # estimate on at most this many frames, evenly spread (0 = all)
 
     def validate(self, where: str = "multiview_consensus") -> None:
+        if not 0 < self.detection_threshold < 1:
+            raise ConfigError(f"{where}.detection_threshold must be in (0, 1), got {self.detection_threshold}")
         if self.drift not in ("correct", "weight"):
             raise ConfigError(f"{where}.drift must be 'correct' or 'weight', got {self.drift!r}")
         for key in ("inlier_translation", "inlier_rotation_deg", "refine_lr", "residual_tau", "depth_truncation",
@@ -104,6 +107,11 @@ class FrameEstimates:
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def subset(self, keep: np.ndarray) -> FrameEstimates:
+        """The estimates where the (P,) bool ``keep`` is set."""
+        return FrameEstimates(self.frame[keep], self.obj_index[keep], self.T_cam_obj[keep], self.score[keep],
+                              self.box[keep], [m for m, k in zip(self.masks, keep) if k])
 
     def save(self, path: Path) -> None:
         has = np.array([m is not None for m in self.masks], bool)
@@ -335,8 +343,7 @@ def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: Cons
     last: dict[str, float] = {}
     for it in range(cfg.refine_iterations if P else 0):
         opt.zero_grad(set_to_none=True)
-        all_idx = torch.arange(P)
-        pred = cam_obj(all_idx)
+        pred = cam_obj(torch.arange(P))
         r = _keypoint_residual(pred, T_obs, kp[po]) / diam[po]
         c = 0.05
         l_kp = (pw * c ** 2 * torch.log1p((r / c) ** 2)).sum() / pw.sum().clamp_min(1e-9) / c ** 2
@@ -344,22 +351,30 @@ def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: Cons
         scal = {"keypoint": float(l_kp.detach())}
         use_depth = tdepth is not None and cfg.depth_weight > 0
         if cfg.silhouette_weight > 0 or use_depth:
-            b = min(cfg.refine_batch, P)
-            sel = torch.randperm(P, generator=generator)[:b]
-            ps = pred[sel]
-            out = render([meshes[int(k)] for k in po[sel]], ps[:, :3, :3].float(), ps[:, :3, 3].float(), Kc[sel],
-                         (S, S), coords=False, attributes=False, visibility=False)
-            valid = ~ign[sel]
-            l_sil = (((out.silhouette - tmask[sel]) ** 2) * valid).sum() / valid.sum().clamp_min(1)
+            sel = torch.randperm(P, generator=generator)[:min(cfg.refine_batch, P)]
+            sums = torch.zeros(4, dtype=torch.float32)  # silhouette error, its pixels, depth error, its pixels
+            for k in po[sel].unique().tolist():  # one render call per object: no padding to the largest mesh
+                idx = sel[po[sel] == k]
+                ps = pred[idx]
+                out = render(meshes[k], ps[:, :3, :3].float(), ps[:, :3, 3].float(), Kc[idx], (S, S), coords=False,
+                             attributes=False, visibility=False)
+                valid = ~ign[idx]
+                part = [(((out.silhouette - tmask[idx]) ** 2) * valid).sum(), valid.sum().float()]
+                if use_depth:
+                    d_obs = tdepth[idx]
+                    m = out.mask & (d_obs > 0) & (tmask[idx] > 0.5)
+                    err = (out.depth - d_obs).abs().clamp(max=cfg.depth_truncation) / cfg.depth_truncation
+                    part += [(err * m).sum(), m.sum().float()]
+                else:
+                    part += [torch.zeros(()), torch.zeros(())]
+                sums = sums + torch.stack(part)
+            l_sil = sums[0] / sums[1].clamp_min(1)
             loss = loss + cfg.silhouette_weight * l_sil.to(dt)
             scal["silhouette"] = float(l_sil.detach())
-        if use_depth:
-            d_obs = tdepth[sel]
-            m = out.mask & (d_obs > 0) & (tmask[sel] > 0.5)
-            err = (out.depth - d_obs).abs().clamp(max=cfg.depth_truncation) / cfg.depth_truncation
-            l_depth = (err * m).sum() / m.sum().clamp_min(1)
-            loss = loss + cfg.depth_weight * l_depth.to(dt)
-            scal["depth"] = float(l_depth.detach())
+            if use_depth:
+                l_depth = sums[2] / sums[3].clamp_min(1)
+                loss = loss + cfg.depth_weight * l_depth.to(dt)
+                scal["depth"] = float(l_depth.detach())
         if n_free > 0:
             steps = torch.diff(knots(), dim=0)
             l_smooth = (steps ** 2).sum()
@@ -468,6 +483,11 @@ class MultiviewConsensus:
     name: ClassVar[str] = "multiview_consensus"
     Config: ClassVar[type] = ConsensusConfig
 
+    def __init__(self, estimates: FrameEstimates | None = None) -> None:
+        """``estimates``: per-frame estimates to use instead of running the bundle's estimator (to study the
+        consensus alone, e.g. ``selfpose bench adapt --consensus-noise``); the pipeline never passes any."""
+        self.estimates = estimates
+
     def run(self, ctx: AdaptContext, cfg: ConsensusConfig) -> StageResult:
         cfg.validate()
         d = ctx.stage_dir(self.name)
@@ -477,9 +497,12 @@ class MultiviewConsensus:
             np.unique(np.linspace(0, n - 1, cfg.max_frames).round().astype(np.int64))
         mine = frames[ctx.dist.rank::ctx.dist.world_size]
         part = d / f"estimates.rank{ctx.dist.rank}of{ctx.dist.world_size}.npz"
-        if not (ctx.resume and part.is_file()):
+        if self.estimates is not None:
+            self.estimates.subset(np.isin(self.estimates.frame, mine)).save(part)
+        elif not (ctx.resume and part.is_file()):
             estimator = PoseEstimator(ctx.bundle.path or d, ctx.device, objects_config=ctx.objects_config,
-                                      config=EstimatorConfig(return_masks=True), bundle=ctx.bundle)
+                                      config=EstimatorConfig(score_threshold=cfg.detection_threshold,
+                                                             return_masks=True), bundle=ctx.bundle)
             estimate_frames(ctx, mine, estimator, cfg.min_score, ctx.progress and ctx.dist.is_main).save(part)
         ctx.dist.barrier()
         out_path = d / "pseudo_labels.npz"
