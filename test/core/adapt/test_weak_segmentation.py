@@ -147,3 +147,17 @@ def test_rounds_improve_iou_over_the_box_on_simulated_frames(adapt_scene, tmp_pa
     # re-cutting the labels into their own crops gives them back
     lab, cer = labels.in_crops([0, 1], labels.crop_boxes[:2], 16, 32)
     assert torch.equal(lab, torch.as_tensor(labels.prob[:2] >= 0.5).float())
+
+
+def test_labels_follow_the_image_into_other_crops():
+    from selfpose_core.adapt.weak_segmentation import SegmentationLabels
+
+    prob = np.zeros((1, 8, 8), np.float32)
+    prob[0, 3, 4] = 1.0
+    labels = SegmentationLabels(np.array([[100.0, 50.0, 180.0, 130.0]]), prob, 0.7)  # a cell = 10 image pixels
+    shifted = np.array([[110.0, 30.0, 190.0, 110.0]])  # 1 cell right, 2 cells up
+    lab, cer = labels.in_crops([0], shifted, 8, 32)
+    assert lab[0].nonzero().tolist() == [[5, 3]]
+    zoomed = np.array([[100.0, 50.0, 260.0, 210.0]])  # twice the side: the cell lands at half the index
+    lab, _ = labels.in_crops([0], zoomed, 16, 32)
+    assert lab[0].nonzero().tolist() == [[3, 4]]
