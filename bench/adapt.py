@@ -90,8 +90,9 @@ def noisy_estimates(bop: Path, noise_m: float, noise_deg: float, outliers: float
                 T = make_T(so3_exp(rng.normal(0, 2.0, 3)), T[:3, 3] + rng.normal(0, 0.1, 3))
             x, y, w, h = g.bbox_visib
             rows.append((s.im_id, ids.index(g.obj_id), T, np.array([x, y, x + w, y + h], float), g.mask_visib))
-    return FrameEstimates(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]),
-                          np.full(len(rows), 0.9), np.stack([r[3] for r in rows]), [r[4] for r in rows])
+    return FrameEstimates(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                          np.stack([r[2] for r in rows]), np.full(len(rows), 0.9), np.stack([r[3] for r in rows]),
+                          [r[4] for r in rows])
 
 
 def consensus_study(sim: Path, model: Path, out: Path, config: AdaptConfig, noise: str) -> int:

@@ -40,7 +40,7 @@ from selfpose_core.adapt.stage import StageResult
 from selfpose_core.data.crops import amodal_box, crop_affine, square_box
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
-from selfpose_core.geometry.se3 import average_rotations_robust, invert, rotation_angle, se3_exp, so3_log
+from selfpose_core.geometry.se3 import average_rotations_robust, invert, rotation_angle, se3_exp
 from selfpose_core.geometry.shapes import check_shape
 from selfpose_core.geometry.symmetry import closest_symmetric_pose
 from selfpose_core.render.mesh import RenderMesh

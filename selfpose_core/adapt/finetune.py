@@ -154,7 +154,8 @@ class PseudoLabelFinetune:
         n_crops, n_scenes = steps * cfg.crop_batch, steps * cfg.scene_batch
         syn_crops = SyntheticCrops(geoms, camera, n_crops, seed, crop, stride, cfg.synthetic)
         syn_scenes = SyntheticScenes(geoms, camera, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
-        real_crops = RealCrops(real, instances, geoms, n_crops, seed, crop, stride, cfg.synthetic, n_sym=syn_crops.n_sym)
+        real_crops = RealCrops(real, instances, geoms, n_crops, seed, crop, stride, cfg.synthetic,
+                               n_sym=syn_crops.n_sym)
         real_scenes = RealScenes(real, obj_ids, geoms, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
         data = StepBatches(syn_crops, syn_scenes, cfg.crop_batch, cfg.scene_batch, steps, seed, real_crops,
                            real_scenes, cfg.real_fraction)

@@ -77,7 +77,8 @@ class PseudoLabels:
         np.savez_compressed(
             tmp, object_names=np.array(self.object_names, dtype=str), T_world_obj=self.T_world_obj,
             object_confidence=self.object_confidence, T_world_cam=self.T_world_cam, frame_weight=self.frame_weight,
-            frame=np.array([p.frame for p in inst], np.int64), obj_index=np.array([p.obj_index for p in inst], np.int64),
+            frame=np.array([p.frame for p in inst], np.int64),
+            obj_index=np.array([p.obj_index for p in inst], np.int64),
             T_cam_obj=np.array([p.T_cam_obj for p in inst], np.float64).reshape(-1, 4, 4),
             box=np.array([p.box for p in inst], np.float64).reshape(-1, 4),
             confidence=np.array([p.confidence for p in inst], np.float64),

@@ -1,6 +1,7 @@
 """The interface every adaptation stage implements, and what a stage returns.
 
-A stage is a class with a ``name`` (its key in ``config/adapt.yaml`` and in :data:`selfpose_core.adapt.pipeline.STAGES`),
+A stage is a class with a ``name`` (its key in ``config/adapt.yaml`` and in
+:data:`selfpose_core.adapt.pipeline.STAGES`),
 a ``Config`` dataclass (its YAML section, defaults = the values of the paper it implements) and ``run(ctx, cfg)``.
 ``run`` reads the recording and the current networks from the :class:`~selfpose_core.adapt.context.AdaptContext`,
 trains (through :class:`selfpose_core.models.trainer.Trainer`, checkpointing into ``ctx.stage_dir(name)`` and

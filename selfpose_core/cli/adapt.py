@@ -29,7 +29,7 @@ from selfpose_core.data.recording import Recording
 from selfpose_core.errors import ConfigError, DatasetError
 from selfpose_core.estimate.estimator import PoseEstimator
 from selfpose_core.eval.evaluate import evaluate_model
-from selfpose_core.geometry.se3 import invert, rotation_angle
+from selfpose_core.geometry.se3 import rotation_angle
 from selfpose_core.geometry.symmetry import closest_symmetric_pose
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.bundle import ModelBundle

@@ -9,7 +9,7 @@ import trimesh
 
 from selfpose_core.adapt.consensus import (ConsensusConfig, RefineInputs, drift_corrections, planar_transforms,
                                            refine_consensus, render_pseudo_labels, robust_world_pose)
-from selfpose_core.data.crops import amodal_box, crop_affine, render_targets, square_box, ObjectGeometry
+from selfpose_core.data.crops import ObjectGeometry, amodal_box, render_targets, square_box
 from selfpose_core.data.sim.odometry import OdometryNoise, drift_poses
 from selfpose_core.geometry.se3 import invert, make_T, rotation_angle, se3_exp
 from selfpose_core.mesh.loading import object_model_from_arrays

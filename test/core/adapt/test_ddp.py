@@ -18,9 +18,9 @@ SETTINGS = ["--set", "stages=[multiview_consensus, pseudo_label_finetune]",
 
 def test_two_process_gloo(adapt_scene, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(adapt_scene.harness),
-           str(adapt_scene.estimates), "adapt", "--bag", str(adapt_scene.bag), "--objects", str(adapt_scene.objects_yaml),
-           "--model", str(adapt_scene.model), "--out", str(out), *SETTINGS]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(adapt_scene.harness), str(adapt_scene.estimates), "adapt", "--bag", str(adapt_scene.bag),
+           "--objects", str(adapt_scene.objects_yaml), "--model", str(adapt_scene.model), "--out", str(out), *SETTINGS]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     work = out / "work"
