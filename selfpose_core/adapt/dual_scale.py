@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.network_pose import network_correspondences, network_pose, project
+from selfpose_core.adapt.network_pose import network_correspondences, network_pose, plausible, project
 from selfpose_core.adapt.pose_consistency import (ObjectTensors, StepModule, collate, record_provenance,
                                                   synthetic_source)
 from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
@@ -74,6 +74,8 @@ class DualScaleConfig:
     scale_jitter: tuple[float, float] = (0.85, 1.15)
     colour_jitter: float = 0.2
     dice_eps: float = 1.0
+    plausible_offset: float = 0.5  # poses whose object centre projects this x crop size outside the crop, or
+    plausible_size: tuple[float, float] = (0.15, 3.0)  # whose projected diameter is outside this x crop: skipped
     min_confidence: float = 0.3
     max_frames: int = 0
     symmetry_samples: int = 36
@@ -96,6 +98,9 @@ class DualScaleConfig:
             raise ConfigError(f"{where}.normalized_padding must be >= 1, got {self.normalized_padding}")
         if not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
             raise ConfigError(f"{where}.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter}")
+        if not (self.plausible_offset >= 0 and 0 <= self.plausible_size[0] < self.plausible_size[1]):
+            raise ConfigError(f"{where}: plausible_offset must be >= 0 and plausible_size [min, max] with "
+                              f"0 <= min < max, got {self.plausible_offset}, {self.plausible_size}")
         self.trainer.validate(f"{where}.trainer")
 
 
@@ -258,7 +263,9 @@ def dual_scale_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectT
     with torch.no_grad():  # k_bar of Eq. 11 from the clean views
         out_c = net(torch.cat([batch["u"]["image"], batch["n"]["image"]]).to(device), torch.cat([oi, oi]))
         K_c = torch.cat([batch["u"]["K"], batch["n"]["K"]]).to(device)
-        kp_c, _, _, v_c = view_keypoints(net, out_c, torch.cat([oi, oi]), K_c, objects)
+        kp_c, R_c, t_c, v_c = view_keypoints(net, out_c, torch.cat([oi, oi]), K_c, objects)
+        pl = dict(max_offset=cfg.plausible_offset, size_range=tuple(cfg.plausible_size))
+        v_c = v_c & plausible(R_c, t_c, K_c, size, objs.diameters[torch.cat([oi, oi]).cpu()].to(device), **pl)
         boxes_c = torch.cat([batch["u"]["crop_box"], batch["n"]["crop_box"]]).to(device)
         kp_img = crop_to_image(kp_c.double(), boxes_c, size)
         k_bar = average_reprojection(kp_img[:B], kp_img[B:], pts3d, K_img).float()
@@ -268,6 +275,7 @@ def dual_scale_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectT
     oi2 = torch.cat([oi, oi])
     out = net(images, oi2)
     kp_a, R, t, v_a = view_keypoints(net, out, oi2, K_a, objects)
+    v_a = v_a & plausible(R, t, K_a, size, objs.diameters[oi2.cpu()].to(device), **pl)
     boxes_a = torch.cat([batch["ua"]["crop_box"], batch["na"]["crop_box"]]).to(device)
     kp_a_img = crop_to_image(kp_a, boxes_a, size)  # A^-1 (N^-1) of Eq. 10
     box = batch["box"].to(device)

@@ -81,6 +81,22 @@ def network_pose(net: torch.nn.Module, out: dict[str, torch.Tensor], obj_index: 
     return R, t, valid
 
 
+def plausible(R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, size: int, diameters: torch.Tensor, *,
+              max_offset: float = 0.5, size_range: tuple[float, float] = (0.15, 3.0)) -> torch.Tensor:
+    """(B,) bool: the poses (B, 3, 3), (B, 3) put the object where a crop of ``size`` pixels with camera ``K``
+    (B, 3, 3) could show it -- centre projected at most ``max_offset`` x size outside the crop, projected diameter
+    within ``size_range`` x size. The self-supervised losses skip implausible poses (an untrained network's PnP
+    can land anywhere, and losses at such poses are meaningless and huge)."""
+    z = t[:, 2].clamp_min(1e-6)
+    uv = (t[:, None] @ K.to(t.dtype).transpose(-1, -2))[:, 0]
+    u, v = uv[:, 0] / z, uv[:, 1] / z
+    lo, hi = -max_offset * size, (1 + max_offset) * size
+    apparent = K[:, 0, 0].to(t.dtype) * diameters.to(t.dtype) / z
+    ok = (u > lo) & (u < hi) & (v > lo) & (v < hi) & (t[:, 2] > 0)
+    ok &= (apparent > size_range[0] * size) & (apparent < size_range[1] * size)
+    return ok.detach()
+
+
 def vertex_consistency(R_a: torch.Tensor, t_a: torch.Tensor, R_b: torch.Tensor, t_b: torch.Tensor,
                        points: torch.Tensor, symmetries: Sequence[torch.Tensor],
                        diameters: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.network_pose import network_pose, vertex_consistency
+from selfpose_core.adapt.network_pose import network_pose, plausible, vertex_consistency
 from selfpose_core.adapt.occlusion_patches import fill_noise, random_patches
 from selfpose_core.adapt.perceptual import perceptual_loss
 from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
@@ -75,6 +75,8 @@ class PoseConsistencyConfig:
     vertex_samples: int = 256
     ambient: float = 0.3  # shading of the rendering
     keypoint_sigma: float = 0.1
+    plausible_offset: float = 0.5  # poses whose object centre projects this x crop size outside the crop, or
+    plausible_size: tuple[float, float] = (0.15, 3.0)  # whose projected diameter is outside this x crop: skipped
     min_confidence: float = 0.3  # pseudo-label confidence / detector score of the real crops
     max_frames: int = 0  # without pseudo labels: detect on at most this many frames (0 = all)
     symmetry_samples: int = 36
@@ -100,6 +102,9 @@ class PoseConsistencyConfig:
         for key in ("occlusion_prob", "blur_prob", "ambient", "min_confidence"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
+        if not (self.plausible_offset >= 0 and 0 <= self.plausible_size[0] < self.plausible_size[1]):
+            raise ConfigError(f"{where}: plausible_offset must be >= 0 and plausible_size [min, max] with "
+                              f"0 <= min < max, got {self.plausible_offset}, {self.plausible_size}")
         self.trainer.validate(f"{where}.trainer")
 
     def jitter(self) -> CropJitter:
@@ -288,7 +293,8 @@ def pose_consistency_losses(net: torch.nn.Module, real: dict[str, torch.Tensor],
     """One step's losses (Eq. 1-3) on a batch of real crops (``crop_batch`` keys) and synthetic crops (or None).
 
     Returns ``loss`` and the terms ``pose``, ``sup_render``, ``sup_synthetic``, ``percep`` and ``valid``
-    (fraction of crops with a pose).
+    (fraction of crops whose three poses are :func:`~selfpose_core.adapt.network_pose.plausible`; the others do
+    not count).
     """
     image = real["image"].to(device)
     K = real["K"].to(device)
@@ -311,10 +317,14 @@ def pose_consistency_losses(net: torch.nn.Module, real: dict[str, torch.Tensor],
     out3 = {k: v[B:] for k, v in out23.items()}
     R2, t2, v2 = network_pose(net, out2, oi, K, objects)
     R3, t3, v3 = network_pose(net, out3, oi, K, objects)
+    diam = objs.diameters[oi.cpu()].to(device)
     valid = v1 & v2 & v3 & (r["mask"].flatten(1).sum(-1) > 0)
+    pl = dict(max_offset=cfg.plausible_offset, size_range=tuple(cfg.plausible_size))
+    valid = valid & plausible(R1, t1, K, size, diam, **pl) & plausible(R2, t2, K, size, diam, **pl) \
+        & plausible(R3, t3, K, size, diam, **pl)
     pts = objs.points[oi.cpu()].to(device)
     syms = [objs.symmetries[int(k)].to(device) for k in oi.cpu()]
-    l_pose = vertex_consistency(R2, t2, R3, t3, pts, syms, objs.diameters[oi.cpu()].to(device))
+    l_pose = vertex_consistency(R2, t2, R3, t3, pts, syms, diam)
     T1 = np.tile(np.eye(4), (B, 1, 1))
     T1[:, :3, :3] = R1.detach().cpu().double().numpy()
     T1[:, :3, 3] = t1.detach().cpu().double().numpy()

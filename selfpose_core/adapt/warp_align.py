@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.network_pose import network_pose, vertex_consistency
+from selfpose_core.adapt.network_pose import network_pose, plausible, vertex_consistency
 from selfpose_core.adapt.perceptual import ms_ssim_loss
 from selfpose_core.adapt.pose_consistency import (ObjectTensors, StepModule, collate, record_provenance,
                                                   synthetic_source, weighted_mean)
@@ -62,6 +62,8 @@ class WarpAlignConfig:
     shift_std_px: float = 3.0
     scale_jitter: tuple[float, float] = (0.9, 1.1)
     keypoint_sigma: float = 0.1
+    plausible_offset: float = 0.5  # poses whose object centre projects this x crop size outside the crop, or
+    plausible_size: tuple[float, float] = (0.15, 3.0)  # whose projected diameter is outside this x crop: skipped
     min_confidence: float = 0.3
     max_frames: int = 0
     symmetry_samples: int = 36
@@ -83,6 +85,9 @@ class WarpAlignConfig:
                 raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
             raise ConfigError(f"{where}.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter}")
+        if not (self.plausible_offset >= 0 and 0 <= self.plausible_size[0] < self.plausible_size[1]):
+            raise ConfigError(f"{where}: plausible_offset must be >= 0 and plausible_size [min, max] with "
+                              f"0 <= min < max, got {self.plausible_offset}, {self.plausible_size}")
         self.trainer.validate(f"{where}.trainer")
 
     def jitter(self) -> CropJitter:
@@ -218,6 +223,8 @@ def warp_align_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectT
     K = torch.cat([src["K"], tgt["K"]]).to(device)
     out = net(images, torch.cat([oi, oi]))
     R, t, v = network_pose(net, out, torch.cat([oi, oi]), K, objects)
+    v = v & plausible(R, t, K, images.shape[-1], objs.diameters[torch.cat([oi, oi]).cpu()].to(device),
+                      max_offset=cfg.plausible_offset, size_range=tuple(cfg.plausible_size))
     R_s, t_s, R_t, t_t = R[:B], t[:B], R[B:], t[B:]
     meshes = objs.meshes_of(oi.cpu())
     photo, _, valid_px = warp_photometric_loss(src["image"].cpu(), tgt["image"].cpu(), src["K"], tgt["K"], R_s.cpu(),

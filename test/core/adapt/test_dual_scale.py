@@ -69,7 +69,7 @@ def test_step_losses_finite_with_gradients(adapt_scene, tmp_path, kind):
     ctx = gt_context(adapt_scene, tmp_path, kind)
     instances = recording_instances(ctx)[:4]
     store = FrameStore(ctx, [i.frame for i in instances])
-    cfg = DualScaleConfig(batch_size=4, synthetic_batch=0)
+    cfg = DualScaleConfig(batch_size=4, synthetic_batch=0, plausible_offset=1e9, plausible_size=(0.0, 1e9))
     labels = weak_segmentation(ctx.bundle.pose_net, store, instances,
                                WeakSegmentationConfig(iterations=0, tta_scales=(1.0,)))
     batch = dual_scale_batch(store, instances, np.arange(4), labels, 32, cfg, np.random.default_rng(0))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.network_pose import network_pose, vertex_consistency
+from selfpose_core.adapt.network_pose import network_pose, plausible, vertex_consistency
 from selfpose_core.adapt.occlusion_patches import fill_noise, random_patches
 from selfpose_core.adapt.pose_consistency import (ObjectTensors, PoseConsistency, PoseConsistencyConfig,
                                                   pose_consistency_losses, render_labels, shaded_render,
@@ -113,6 +113,13 @@ def test_network_pose_recovers_the_pose_of_oracle_outputs(kind):
     assert np.allclose(R[0].numpy(), T[:3, :3], atol=2e-2 if kind == "correspondence" else 1e-3)
 
 
+def test_plausible_poses():
+    K = torch.tensor([[[100.0, 0, 31.5], [0, 100.0, 31.5], [0, 0, 1]]]).expand(4, 3, 3)
+    t = torch.tensor([[0.0, 0.0, 0.5], [0.0, 0.0, 5.0], [1.0, 0.0, 0.5], [0.0, 0.0, -0.5]])
+    ok = plausible(torch.eye(3).expand(4, 3, 3), t, K, 64, torch.full((4,), 0.2))
+    assert ok.tolist() == [True, False, False, False]  # 40 px wide at the centre; 4 px; off the crop; behind
+
+
 def test_occlusion_patches():
     g = torch.Generator().manual_seed(0)
     p = random_patches(64, 32, 32, g, probability=0.5, max_patches=2, size=(0.1, 0.3))
@@ -151,7 +158,8 @@ def test_render_labels_are_minimal_for_the_oracle():
 @pytest.mark.parametrize("kind", ["keypoint", "correspondence"])
 def test_step_losses_finite_with_gradients(adapt_scene, tmp_path, kind):
     ctx = gt_context(adapt_scene, tmp_path, kind)
-    cfg = PoseConsistencyConfig(batch_size=3, vertex_samples=32)
+    # an untrained network's poses are rarely plausible: accept every pose so that all terms carry gradients
+    cfg = PoseConsistencyConfig(batch_size=3, vertex_samples=32, plausible_offset=1e9, plausible_size=(0.0, 1e9))
     instances = recording_instances(ctx)
     store = FrameStore(ctx, [i.frame for i in instances[:3]])
     objs = ObjectTensors(ctx.geometries(4), 32, 0)
