@@ -129,7 +129,10 @@ class PoseEstimator:
             out = self.pose_net(x, idx)
             mask_prob = torch.sigmoid(out["mask_logits"])
             fg = mask_prob > self.config.mask_threshold
-            kps = KeypointNet.keypoints(out, fg.float()).cpu().numpy() if isinstance(self.pose_net, KeypointNet) else None
+            # Eq. 3 over the predicted foreground; a crop whose mask is empty falls back to the soft mask
+            empty = (fg.flatten(1).sum(1) == 0).view(-1, 1, 1)
+            weights = torch.where(empty, mask_prob, fg.to(mask_prob.dtype))
+            kps = KeypointNet.keypoints(out, weights).cpu().numpy() if isinstance(self.pose_net, KeypointNet) else None
         mask_prob_np = mask_prob.cpu().numpy()
         results = []
         for j, k in enumerate(keep):

@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class LossWeights:
+    """Weights of the loss terms. Eq. 4-5 sum 18 normalised coordinates each and would drown the mask loss in the
+    shared layers (the mask then stays unlearned and Eq. 3 averages over the wrong pixels), hence 0.1."""
+
     mask: float = 1.0
-    keypoint: float = 1.0
-    offset: float = 1.0
+    keypoint: float = 0.1
+    offset: float = 0.1
     coords: float = 3.0
     error: float = 1.0
     heatmap: float = 1.0
