@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from selfpose_core.adapt.consensus import FrameEstimates
 from selfpose_core.data.bop import BopDataset
@@ -39,6 +40,15 @@ def estimate_frames(ctx, frames, estimator, min_score, progress=False):
 consensus.estimate_frames = estimate_frames
 sys.exit(main(sys.argv[2:]))
 """
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @dataclass
