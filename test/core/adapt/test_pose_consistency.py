@@ -176,7 +176,7 @@ def test_step_losses_finite_with_gradients(adapt_scene, tmp_path, kind):
 
 def test_stage_runs_and_checkpoints(adapt_scene, tmp_path):
     ctx = gt_context(adapt_scene, tmp_path)
-    cfg = PoseConsistencyConfig(batch_size=2, synthetic_batch=1, vertex_samples=32, symmetry_samples=4,
+    cfg = PoseConsistencyConfig(batch_size=2, synthetic_batch=1, vertex_samples=32, symmetry_samples=4, max_frames=3,
                                 trainer=TrainerConfig(steps=2, lr=1e-4, warmup_steps=1, log_every=1,
                                                       checkpoint_every=1, progress=False))
     before = [p.detach().clone() for p in ctx.bundle.pose_net.parameters()]
