@@ -1,7 +1,7 @@
 """Pose estimator benchmark: end-to-end speed on 640x480 frames, and accuracy of trained bundles on held-out frames.
 
-    selfpose bench estimator                       # speed: both pose networks, 1 and 3 visible objects, 2 threads
-    selfpose bench estimator --threads 2 --frames 200
+    selfpose bench estimator                       # speed: both pose networks, 1 and 3 visible objects, 1 thread
+    selfpose bench estimator --threads 2 --depth --frames 200
     selfpose bench estimator --accuracy DIR/bop --models lower_kp=M1,lower_corr=M2,upper_kp=M3 [--gt-boxes]
 
 Speed uses bundles with random weights and a detection threshold of 0, so that exactly N objects are detected and
@@ -142,7 +142,8 @@ def accuracy(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="selfpose bench estimator", description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads (default 2, the target machine)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch/OpenCV threads (default 1: faster than 2 for these small networks on 2 cores)")
     p.add_argument("--frames", type=int, default=100, help="timed frames per configuration (default 100)")
     p.add_argument("--depth", action="store_true", help="include depth refinement (ICP) in the timing")
     p.add_argument("--accuracy", type=Path, help="BOP dataset root (DIR/bop of `selfpose simulate`): evaluate --models")
