@@ -140,8 +140,10 @@ class PseudoLabelFinetune:
         real = PseudoLabelledFrames(ctx.recording, ctx.pseudo, obj_ids, cfg.min_confidence, cfg.frame_cache)
         instances = real.instances()
         if not instances:
-            raise ConfigError(f"pseudo_label_finetune: no pseudo label has confidence >= {cfg.min_confidence} "
-                              "(lower pseudo_label_finetune.min_confidence or check the consensus report)")
+            reason = (f"no pseudo label has confidence >= {cfg.min_confidence}: the consensus found no object "
+                      "(see its report section) or min_confidence is too high; the networks are unchanged")
+            log.warning("pseudo_label_finetune: %s", reason)
+            return StageResult(details={"skipped": reason, "instances": 0})
         tcfg = ctx.trainer_config(self.name, cfg.trainer)
         geoms = ctx.geometries(cfg.symmetry_samples)
         camera = ctx.camera
