@@ -134,3 +134,15 @@ def test_ground_truth_is_unreadable_inside_stages(adapt_scene, monkeypatch, tmp_
     out = adapt_scene.root.parent / "peek_out"
     with pytest.raises(DatasetError, match="stage 'peek' tried to read ground truth"):
         _run(adapt_scene, out, ["peek"])
+
+
+def test_no_consensus_leaves_the_model_unchanged(adapt_scene, monkeypatch, tmp_path):
+    empty = consensus.FrameEstimates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4, 4)), np.zeros(0),
+                                     np.zeros((0, 4)), [])
+    monkeypatch.setattr(consensus, "estimate_frames", lambda *a, **k: empty)
+    res = _run(adapt_scene, tmp_path / "o", ["multiview_consensus", "pseudo_label_finetune"])
+    assert res.results["multiview_consensus"].details["pseudo_instances"] == 0
+    assert "no pseudo label" in res.results["pseudo_label_finetune"].details["skipped"]
+    before, after = ModelBundle.load(adapt_scene.model), ModelBundle.load(tmp_path / "o")
+    assert all(np.array_equal(v.numpy(), after.pose_net.state_dict()[k].numpy())
+               for k, v in before.pose_net.state_dict().items())
