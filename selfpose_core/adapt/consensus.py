@@ -55,7 +55,8 @@ class ConsensusConfig:
     """``multiview_consensus`` section of config/adapt.yaml."""
 
     detection_threshold: float = 0.2  # detector score for the per-frame estimates (low: RANSAC rejects outliers)
-    min_score: float = 0.05  # per-frame estimates below this score are not candidates
+    min_score: float = 0.0  # per-frame estimates below this score are not candidates
+    score_floor: float = 0.1  # candidate weight = score_floor + score (estimators may score 0)
     inlier_translation: float = 0.15  # fraction of the diameter
     inlier_rotation_deg: float = 20.0
     min_inliers: int = 3  # fewer agreeing frames -> the object gets no world pose
@@ -89,8 +90,8 @@ class ConsensusConfig:
         for key in ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
-        if self.refine_iterations < 0 or self.max_frames < 0:
-            raise ConfigError(f"{where}.refine_iterations and max_frames must be >= 0")
+        if self.refine_iterations < 0 or self.max_frames < 0 or self.score_floor < 0 or self.min_score < 0:
+            raise ConfigError(f"{where}.refine_iterations, max_frames, score_floor and min_score must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------- per-frame estimates
@@ -532,6 +533,7 @@ class MultiviewConsensus:
         times = (stamps - stamps.min()) / max(1.0, stamps.max() - stamps.min())
         O = len(objects)
         cand = T_rec[est.frame] @ est.T_cam_obj if len(est) else np.zeros((0, 4, 4))
+        weights = cfg.score_floor + est.score
         T_world = np.full((O, 4, 4), np.nan)
         conf = np.zeros(O)
         aligned = est.T_cam_obj.copy()
@@ -539,7 +541,7 @@ class MultiviewConsensus:
         details: dict[str, Any] = {"frames_estimated": int(len(frames)), "estimates": int(len(est)), "objects": {}}
         for k, m in enumerate(objects):
             idx = np.nonzero(est.obj_index == k)[0]
-            fit = robust_world_pose(cand[idx], est.score[idx], m.symmetry, m.diameter, cfg.inlier_translation,
+            fit = robust_world_pose(cand[idx], weights[idx], m.symmetry, m.diameter, cfg.inlier_translation,
                                     cfg.inlier_rotation_deg, cfg.min_inliers, cfg.refit_iterations)
             details["objects"][m.name] = {"estimates": int(len(idx)), "inliers": int(fit.inliers.sum())}
             if not fit.success:
@@ -563,7 +565,7 @@ class MultiviewConsensus:
         Kc, tm, ign, tdep = _crop_targets(est, sel, T_pred0, objects, rec.intrinsics,
                                           lambda i: frame(i).depth, cfg.crop_size)
         inputs = RefineInputs(T_world, T_rec, times, est.frame[sel], est.obj_index[sel], aligned[sel],
-                              est.score[sel], Kc, tm, ign, tdep)
+                              weights[sel], Kc, tm, ign, tdep)
         slog = ctx.scalar_log(self.name)
         try:
             ref = refine_consensus(objects, inputs, cfg, ctx.generator(self.name),
