@@ -60,6 +60,7 @@ class ConsensusConfig:
     inlier_translation: float = 0.15  # fraction of the diameter
     inlier_rotation_deg: float = 20.0
     min_inliers: int = 3  # fewer agreeing frames -> the object gets no world pose
+    min_inlier_fraction: float = 0.2  # ... or fewer than this share of the frames that estimated it
     refit_iterations: int = 3
     drift: str = "correct"  # correct: estimate a planar per-frame camera correction; weight: only down-weight
     drift_knots: int = 6
@@ -79,6 +80,8 @@ class ConsensusConfig:
     max_frames: int = 0  # estimate on at most this many frames, evenly spread (0 = all)
 
     def validate(self, where: str = "multiview_consensus") -> None:
+        if not 0 <= self.min_inlier_fraction <= 1:
+            raise ConfigError(f"{where}.min_inlier_fraction must be in [0, 1], got {self.min_inlier_fraction}")
         if not 0 < self.detection_threshold < 1:
             raise ConfigError(f"{where}.detection_threshold must be in (0, 1), got {self.detection_threshold}")
         if self.drift not in ("correct", "weight"):
@@ -544,8 +547,9 @@ class MultiviewConsensus:
             fit = robust_world_pose(cand[idx], weights[idx], m.symmetry, m.diameter, cfg.inlier_translation,
                                     cfg.inlier_rotation_deg, cfg.min_inliers, cfg.refit_iterations)
             details["objects"][m.name] = {"estimates": int(len(idx)), "inliers": int(fit.inliers.sum())}
-            if not fit.success:
-                log.warning("multiview_consensus: no consensus for %s (%d estimates)", m.name, len(idx))
+            if not fit.success or fit.inliers.sum() < cfg.min_inlier_fraction * len(idx):
+                log.warning("multiview_consensus: no consensus for %s (%d of %d estimates agree)", m.name,
+                            int(fit.inliers.sum()), len(idx))
                 continue
             T_world[k] = fit.T_world_obj
             conf[k] = float(fit.inliers.sum() / max(1, len(idx)))
