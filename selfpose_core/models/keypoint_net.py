@@ -59,19 +59,23 @@ class KeypointNet(nn.Module):
         self.config = config or KeypointNetConfig()
         self.num_objects = int(num_objects)
         self.backbone = UNetBackbone(3, self.config.backbone)
-        self.per_object = 1 + 3 * self.config.num_keypoints
+        self.per_object = 3 * self.config.num_keypoints
+        # the mask has its own head: sharing one with the (large, crop-pixel) offsets left it unlearned
+        self.mask_head = head(self.backbone.out_channels, self.num_objects)
         self.head = head(self.backbone.out_channels, self.num_objects * self.per_object)
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, obj_index: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = select_object_channels(self.head(self.backbone((image - self.mean) * 4.0)), obj_index, self.per_object)
+        feat = self.backbone((image - self.mean) * 4.0)
+        mask = select_object_channels(self.mask_head(feat), obj_index, 1)[:, 0]
+        out = select_object_channels(self.head(feat), obj_index, self.per_object)
         b, _, h, w = out.shape
         n = self.config.num_keypoints
         stride = self.config.backbone.out_stride
         centres = pixel_centres(h, w, stride, image.device, out.dtype).permute(2, 0, 1)  # (2, h, w)
         # Offsets are predicted in units of the crop size so that the head's outputs stay O(1).
-        offsets = out[:, 1:1 + 2 * n].reshape(b, n, 2, h, w) * float(self.config.crop_size)
-        return {"mask_logits": out[:, 0], "votes": centres + offsets, "attention": out[:, 1 + 2 * n:]}
+        offsets = out[:, :2 * n].reshape(b, n, 2, h, w) * float(self.config.crop_size)
+        return {"mask_logits": mask, "votes": centres + offsets, "attention": out[:, 2 * n:]}
 
     @staticmethod
     def keypoints(outputs: dict[str, torch.Tensor], foreground: torch.Tensor | None = None,
