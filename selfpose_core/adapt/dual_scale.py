@@ -36,11 +36,10 @@ import torch.nn.functional as F
 
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.network_pose import network_correspondences, network_pose, plausible, project
-from selfpose_core.adapt.pose_consistency import (ObjectTensors, StepModule, collate, record_provenance,
-                                                  synthetic_source)
 from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
-                                                 crop_to_image, cut_crop, recording_instances)
+                                                 crop_to_image, cut_crop)
 from selfpose_core.adapt.stage import StageResult
+from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
 from selfpose_core.adapt.weak_segmentation import SegmentationLabels, WeakSegmentationConfig, weak_segmentation
 from selfpose_core.data.crops import crop_affine, square_box
 from selfpose_core.errors import ConfigError
@@ -163,63 +162,43 @@ class DualScale:
     Config: ClassVar[type] = DualScaleConfig
 
     def run(self, ctx: AdaptContext, cfg: DualScaleConfig) -> StageResult:
-        cfg.validate()
-        instances = recording_instances(ctx, min_confidence=cfg.min_confidence, min_score=cfg.min_confidence,
-                                        max_frames=cfg.max_frames)
-        store = FrameStore(ctx, [i.frame for i in instances])
-        geoms = ctx.geometries(cfg.symmetry_samples)
-        objs = ObjectTensors(geoms, 64, ctx.stage_seed(self.name))
-        tcfg = ctx.trainer_config(self.name, cfg.trainer)
-        net = ctx.bundle.pose_net.to(ctx.device)
-        spec = ctx.bundle.spec
-        size = spec.pose_net.crop_size
-        seed = ctx.data_seed(self.name)
-        n_batches = tcfg.steps * tcfg.grad_accum
         seg_cfg = cfg.segmentation
         n_seg = seg_cfg.iterations * seg_cfg.steps_per_round
-        syn = synthetic_source(ctx, geoms, (n_batches * cfg.synthetic_batch) + n_seg * seg_cfg.synthetic_batch, seed)
+        setup = prepare_stage(ctx, self.name, cfg, extra_synthetic=n_seg * seg_cfg.synthetic_batch)
+        spec = ctx.bundle.spec
+        size = spec.pose_net.crop_size
         labels_path = ctx.stage_dir(self.name) / "segmentation.npz"
         if ctx.resume and labels_path.is_file():
             labels = SegmentationLabels.load(labels_path)
         else:
-            base = n_batches * cfg.synthetic_batch
+            base, n = setup.n_batches * cfg.synthetic_batch, seg_cfg.synthetic_batch  # after the training crops
             slog = ctx.scalar_log(self.name)
             try:
                 labels = weak_segmentation(
-                    net, store, instances, seg_cfg, seed=seed, device=ctx.device,
-                    synthetic=lambda i: collate([syn[base + i * seg_cfg.synthetic_batch + j]
-                                                 for j in range(seg_cfg.synthetic_batch)]),
-                    log_scalars=lambda s, d: slog.add(s, {f"{self.name}/{k}": v for k, v in d.items()}))
+                    setup.net, setup.store, setup.instances, seg_cfg, seed=setup.seed, device=ctx.device,
+                    synthetic=lambda i: setup.synthetic_crops(base + i * n, n),
+                    log_scalars=lambda step, d: slog.add(step, {f"{self.name}/{k}": v for k, v in d.items()}))
             finally:
                 slog.close()
             labels.save(labels_path)
-        pcfg = PretrainConfig(keypoint_sigma=cfg.keypoint_sigma, offset_warmup_steps=0)
 
         def batches(start_step: int) -> Iterator[dict[str, Any]]:
-            for b in range(start_step * tcfg.grad_accum, n_batches):
-                rng = np.random.default_rng([seed, b])
-                idx = rng.integers(0, len(instances), cfg.batch_size)
-                out = dual_scale_batch(store, [instances[i] for i in idx], idx, labels, size, cfg, rng)
-                if cfg.synthetic_batch:
-                    out["syn"] = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
+            for b in range(start_step * setup.trainer.grad_accum, setup.n_batches):
+                rng = np.random.default_rng([setup.seed, b])
+                idx = rng.integers(0, len(setup.instances), cfg.batch_size)
+                out = dual_scale_batch(setup.store, [setup.instances[i] for i in idx], idx, labels, size, cfg, rng)
+                syn = setup.synthetic_batch(b)
+                if syn is not None:
+                    out["syn"] = syn
                 yield out
 
-        fwd = ctx.wrap(StepModule(net, lambda model, batch: dual_scale_losses(model, batch, objs, spec.objects, cfg,
-                                                                              pcfg, ctx.device)))
-
-        def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-            return fwd(batch)
-
-        trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
-        net.eval()
-        record_provenance(ctx, self.name, cfg, last)
+        result = train_stage(ctx, self.name, cfg, setup, batches, lambda model, batch: dual_scale_losses(
+            model, batch, setup.objs, spec.objects, cfg, setup.pretrain, ctx.device))
         certain = np.abs(labels.prob - 0.5) >= labels.sigma - 0.5
-        return StageResult(losses=last, details={
-            "instances": len(instances), "checkpoint": str(trainer.checkpoint_path),
-            "segmentation": {"certain_fraction": round(float(certain.mean()), 4),
-                             "foreground_fraction": round(float((labels.prob >= 0.5).mean()), 4)}},
-            artefacts={"segmentation_labels": labels_path})
+        result.details["segmentation"] = {"certain_fraction": round(float(certain.mean()), 4),
+                                          "foreground_fraction": round(float((labels.prob >= 0.5).mean()), 4)}
+        result.artefacts["segmentation_labels"] = labels_path
+        return result
 
 
 def dual_scale_batch(store: FrameStore, instances: Sequence[RecordingInstance], index: np.ndarray,

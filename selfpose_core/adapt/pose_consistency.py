@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,17 +35,15 @@ from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.network_pose import network_pose, plausible, vertex_consistency
 from selfpose_core.adapt.occlusion_patches import fill_noise, random_patches
 from selfpose_core.adapt.perceptual import perceptual_loss
-from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
-                                                 recording_instances)
+from selfpose_core.adapt.recording_crops import CropJitter, RecordingInstance, crop_batch
 from selfpose_core.adapt.stage import StageResult
-from selfpose_core.data.crops import ObjectGeometry, pose_targets
-from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops
+from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
+from selfpose_core.data.crops import pose_targets
 from selfpose_core.errors import ConfigError
 from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.models.losses import coordinate_losses, keypoint_losses, mask_loss
-from selfpose_core.models.pretrain import PretrainConfig, _plain, pose_losses
+from selfpose_core.models.pretrain import PretrainConfig, pose_losses
 from selfpose_core.models.trainer import TrainerConfig
-from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.render.renderer import render
 from selfpose_core.types import CameraIntrinsics
 
@@ -110,24 +108,6 @@ class PoseConsistencyConfig:
     def jitter(self) -> CropJitter:
         return CropJitter(self.crop_padding, self.shift_std_px, tuple(self.scale_jitter), self.colour_jitter,
                           self.blur_prob, self.noise_std)
-
-
-class ObjectTensors:
-    """Per-object tensors the stages need: render meshes (vertex normals as attributes), vertex samples,
-    symmetry transforms, diameters."""
-
-    def __init__(self, geometries: list[ObjectGeometry], vertex_samples: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.geometries = geometries
-        self.meshes = [RenderMesh(g.vertices, g.faces, g.normals) for g in geometries]
-        self.points = torch.stack([g.vertices[torch.as_tensor(rng.integers(0, len(g.vertices), vertex_samples))]
-                                   for g in geometries])  # (O, P, 3)
-        self.symmetries = [torch.as_tensor(g.symmetries, dtype=torch.float32) for g in geometries]
-        self.diameters = torch.tensor([g.diameter for g in geometries], dtype=torch.float32)
-        self.n_sym = max(len(g.symmetries) for g in geometries)
-
-    def meshes_of(self, obj_index: torch.Tensor) -> list[RenderMesh]:
-        return [self.meshes[int(k)] for k in obj_index]
 
 
 def shaded_render(objs: ObjectTensors, obj_index: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
@@ -206,38 +186,6 @@ def sample_instances(instances: list[RecordingInstance], n: int, rng: np.random.
     return [instances[int(i)] for i in rng.integers(0, len(instances), n)]
 
 
-def synthetic_source(ctx: AdaptContext, geometries: list[ObjectGeometry], length: int, seed: int) -> SyntheticCrops:
-    """The synthetic crops of pre-training (same renderer and randomisation) for the joint synthetic + real batches."""
-    spec = ctx.bundle.spec.pose_net
-    return SyntheticCrops(geometries, ctx.camera, length, seed, spec.crop_size, spec.backbone.out_stride,
-                          SyntheticConfig())
-
-
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-class StepModule(torch.nn.Module):
-    """The pose network plus one step's loss function as one module, so that a step is a single forward pass:
-    wrapped by :meth:`AdaptContext.wrap` it gets DistributedDataParallel's gradient averaging under torchrun even
-    though the loss runs the network several times."""
-
-    def __init__(self, net: torch.nn.Module, loss_fn: Any) -> None:
-        super().__init__()
-        self.net = net
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.loss_fn(self.net, batch)
-
-
-def record_provenance(ctx: AdaptContext, name: str, cfg: Any, losses: dict[str, float]) -> None:
-    """Append the stage, its config and its final losses to the bundle's provenance."""
-    ctx.bundle.spec.provenance.setdefault("stages", []).append(
-        {"stage": name, "steps": int(cfg.trainer.steps), "config": _plain(asdict(cfg)),
-         "final_losses": {k: round(float(v), 6) for k, v in losses.items()}})
-
-
 class PoseConsistency:
     """Stage ``pose_consistency`` (module docstring)."""
 
@@ -245,45 +193,24 @@ class PoseConsistency:
     Config: ClassVar[type] = PoseConsistencyConfig
 
     def run(self, ctx: AdaptContext, cfg: PoseConsistencyConfig) -> StageResult:
-        cfg.validate()
-        instances = recording_instances(ctx, min_confidence=cfg.min_confidence, min_score=cfg.min_confidence,
-                                        max_frames=cfg.max_frames)
-        store = FrameStore(ctx, [i.frame for i in instances])
-        geoms = ctx.geometries(cfg.symmetry_samples)
-        objs = ObjectTensors(geoms, cfg.vertex_samples, ctx.stage_seed(self.name))
-        tcfg = ctx.trainer_config(self.name, cfg.trainer)
-        net = ctx.bundle.pose_net.to(ctx.device)
+        setup = prepare_stage(ctx, self.name, cfg, vertex_samples=cfg.vertex_samples)
         spec = ctx.bundle.spec
         size, stride = spec.pose_net.crop_size, spec.pose_net.backbone.out_stride
-        seed = ctx.data_seed(self.name)
-        n_batches = tcfg.steps * tcfg.grad_accum
-        syn = synthetic_source(ctx, geoms, n_batches * cfg.synthetic_batch, seed)
-        pcfg = PretrainConfig(keypoint_sigma=cfg.keypoint_sigma, offset_warmup_steps=0)
         jitter = cfg.jitter()
 
         def batches(start_step: int) -> Iterator[dict[str, Any]]:
-            for b in range(start_step * tcfg.grad_accum, n_batches):
-                rng = np.random.default_rng([seed, b])
-                real = crop_batch(store, sample_instances(instances, cfg.batch_size, rng), size, rng, jitter)
-                synth = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
-                yield {"real": real, "syn": synth, "index": b}
+            for b in range(start_step * setup.trainer.grad_accum, setup.n_batches):
+                rng = np.random.default_rng([setup.seed, b])
+                chosen = sample_instances(setup.instances, cfg.batch_size, rng)
+                real = crop_batch(setup.store, chosen, size, rng, jitter)
+                yield {"real": real, "syn": setup.synthetic_batch(b), "index": b}
 
         def losses(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            gen = torch.Generator().manual_seed(seed * 7 + int(batch["index"]))
-            return pose_consistency_losses(model, batch["real"], batch["syn"], objs, spec.objects, cfg, pcfg,
-                                           gen, size, stride, ctx.device)
+            gen = torch.Generator().manual_seed(setup.seed * 7 + int(batch["index"]))
+            return pose_consistency_losses(model, batch["real"], batch["syn"], setup.objs, spec.objects, cfg,
+                                           setup.pretrain, gen, size, stride, ctx.device)
 
-        fwd = ctx.wrap(StepModule(net, losses))
-
-        def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-            return fwd(batch)
-
-        trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
-        net.eval()
-        record_provenance(ctx, self.name, cfg, last)
-        return StageResult(losses=last, details={"instances": len(instances), "frames": len(store.images),
-                                                 "checkpoint": str(trainer.checkpoint_path)})
+        return train_stage(ctx, self.name, cfg, setup, batches, losses, details={"frames": len(setup.store.images)})
 
 
 def pose_consistency_losses(net: torch.nn.Module, real: dict[str, torch.Tensor],

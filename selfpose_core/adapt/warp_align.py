@@ -29,11 +29,10 @@ import torch
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.network_pose import network_pose, plausible, vertex_consistency
 from selfpose_core.adapt.perceptual import ms_ssim_loss
-from selfpose_core.adapt.pose_consistency import (ObjectTensors, StepModule, collate, record_provenance,
-                                                  synthetic_source, weighted_mean)
-from selfpose_core.adapt.recording_crops import CropJitter, FrameStore, RecordingInstance, crop_batch, \
-    recording_instances
+from selfpose_core.adapt.pose_consistency import weighted_mean
+from selfpose_core.adapt.recording_crops import CropJitter, RecordingInstance, crop_batch
 from selfpose_core.adapt.stage import StageResult
+from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
 from selfpose_core.errors import ConfigError, DatasetError
 from selfpose_core.geometry.se3 import invert, rotation_angle
 from selfpose_core.models.pretrain import PretrainConfig, pose_losses
@@ -155,22 +154,12 @@ class WarpAlign:
     Config: ClassVar[type] = WarpAlignConfig
 
     def run(self, ctx: AdaptContext, cfg: WarpAlignConfig) -> StageResult:
-        cfg.validate()
-        instances = recording_instances(ctx, min_confidence=cfg.min_confidence, min_score=cfg.min_confidence,
-                                        max_frames=cfg.max_frames)
-        store = FrameStore(ctx, [i.frame for i in instances])
+        setup = prepare_stage(ctx, self.name, cfg, synthetic=cfg.sup_weight > 0)
+        instances, store = setup.instances, setup.store
         if not np.isfinite(store.T_world_cam[[i.frame for i in instances]]).all():
-            instances = [i for i in instances if np.isfinite(store.T_world_cam[i.frame]).all()]
-        geoms = ctx.geometries(cfg.symmetry_samples)
-        objs = ObjectTensors(geoms, 64, ctx.stage_seed(self.name))
-        tcfg = ctx.trainer_config(self.name, cfg.trainer)
-        net = ctx.bundle.pose_net.to(ctx.device)
+            instances = setup.instances = [i for i in instances if np.isfinite(store.T_world_cam[i.frame]).all()]
         spec = ctx.bundle.spec
         size = spec.pose_net.crop_size
-        seed = ctx.data_seed(self.name)
-        n_batches = tcfg.steps * tcfg.grad_accum
-        syn = synthetic_source(ctx, geoms, n_batches * cfg.synthetic_batch, seed) if cfg.sup_weight > 0 else None
-        pcfg = PretrainConfig(keypoint_sigma=cfg.keypoint_sigma, offset_warmup_steps=0)
         jitter = cfg.jitter()
         max_a, min_a = np.radians(cfg.max_angle_deg), np.radians(cfg.min_angle_deg)
         probe = closest_pairs(instances, store.T_world_cam, np.arange(len(instances)), 1, max_a, min_a,
@@ -180,8 +169,8 @@ class WarpAlign:
                                f"{cfg.min_angle_deg} and {cfg.max_angle_deg} deg apart; warp_align needs pairs")
 
         def batches(start_step: int) -> Iterator[dict[str, Any]]:
-            for b in range(start_step * tcfg.grad_accum, n_batches):
-                rng = np.random.default_rng([seed, b])
+            for b in range(start_step * setup.trainer.grad_accum, setup.n_batches):
+                rng = np.random.default_rng([setup.seed, b])
                 pairs: list[tuple[int, int]] = []
                 while not pairs:
                     cand = rng.choice(len(instances), min(cfg.sample_frames, len(instances)), replace=False)
@@ -193,22 +182,13 @@ class WarpAlign:
                 out = {"src": crop_batch(store, src, size, rng, jitter),
                        "tgt": crop_batch(store, tgt, size, rng, jitter),
                        "T_tgt_src": torch.as_tensor(T_odo, dtype=torch.float32)}
+                syn = setup.synthetic_batch(b)
                 if syn is not None:
-                    out["syn"] = collate([syn[b * cfg.synthetic_batch + j] for j in range(cfg.synthetic_batch)])
+                    out["syn"] = syn
                 yield out
 
-        fwd = ctx.wrap(StepModule(net, lambda model, batch: warp_align_losses(model, batch, objs, spec.objects, cfg,
-                                                                              pcfg, ctx.device)))
-
-        def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-            return fwd(batch)
-
-        trainer = ctx.trainer(self.name, {"pose_net": net}, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
-        net.eval()
-        record_provenance(ctx, self.name, cfg, last)
-        return StageResult(losses=last, details={"instances": len(instances),
-                                                 "checkpoint": str(trainer.checkpoint_path)})
+        return train_stage(ctx, self.name, cfg, setup, batches, lambda model, batch: warp_align_losses(
+            model, batch, setup.objs, spec.objects, cfg, setup.pretrain, ctx.device))
 
 
 def warp_align_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectTensors, objects: list,

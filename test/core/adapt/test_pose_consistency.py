@@ -11,11 +11,11 @@ import torch
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.network_pose import network_pose, plausible, vertex_consistency
 from selfpose_core.adapt.occlusion_patches import fill_noise, random_patches
-from selfpose_core.adapt.pose_consistency import (ObjectTensors, PoseConsistency, PoseConsistencyConfig,
-                                                  pose_consistency_losses, render_labels, shaded_render,
-                                                  supervised_terms)
+from selfpose_core.adapt.pose_consistency import (PoseConsistency, PoseConsistencyConfig, pose_consistency_losses,
+                                                  render_labels, shaded_render, supervised_terms)
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
 from selfpose_core.adapt.recording_crops import FrameStore, crop_batch, recording_instances
+from selfpose_core.adapt.stage_training import ObjectTensors
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, square_box
 from selfpose_core.data.recording import Recording
