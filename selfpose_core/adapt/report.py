@@ -13,7 +13,9 @@ import yaml
 
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.data.crops import project_points
+from selfpose_core.errors import SelfposeError
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
+from selfpose_core.models.bundle import ModelBundle
 from selfpose_core.types import ObjectModel
 
 if TYPE_CHECKING:
@@ -45,13 +47,13 @@ def draw_poses(rgb: np.ndarray, K: np.ndarray, objects: list[ObjectModel],
     return img
 
 
-def _overlays(ctx: AdaptContext, stage: str, folder: Path, n: int = 3) -> list[Path]:
-    """Estimates of the current bundle on ``n`` recording frames spread over the loop, beside the pseudo labels of
-    the same frames when there are any."""
+def _overlays(ctx: AdaptContext, stage: str, bundle: ModelBundle, folder: Path, n: int = 3) -> list[Path]:
+    """Estimates of ``bundle`` on ``n`` recording frames spread over the loop, beside the pseudo labels of the same
+    frames when there are any."""
     rec = ctx.recording
     idx = np.linspace(0, len(rec) - 1, n + 2).round().astype(int)[1:-1]
-    est = PoseEstimator(ctx.bundle.path or folder, ctx.device, objects_config=ctx.objects_config,
-                        config=EstimatorConfig(return_masks=False), bundle=ctx.bundle)
+    est = PoseEstimator(bundle.path or folder, ctx.device, objects_config=ctx.objects_config,
+                        config=EstimatorConfig(return_masks=False), bundle=bundle)
     names = {m.name: k for k, m in enumerate(ctx.objects)}
     paths = []
     for i in idx:
@@ -116,20 +118,19 @@ def write_adapt_report(path: Path, config: AdaptConfig, results: dict[str, Stage
         if per_obj:
             parts.append(_table(per_obj, "held-out accuracy per object"))
         parts.append(f"<pre>{html.escape(yaml.safe_dump(r.details, sort_keys=False, width=120))}</pre>")
+        stage_bundle = ctx.work_dir / name / "bundle"
+        if (stage_bundle / "bundle.yaml").is_file():
+            try:
+                imgs = _overlays(ctx, name, ModelBundle.load(stage_bundle, device=ctx.device), folder)
+                parts.append("<p>pose overlays after this stage (left: estimates, right: pseudo labels)</p>")
+                parts += [f"<img src='report_files/{p.name}' width='32%'>" for p in imgs]
+            except (OSError, ValueError, RuntimeError, SelfposeError) as exc:
+                log.warning("adapt report: no overlays for %s (%s)", name, exc)
         for key, p in r.artefacts.items():
             if Path(p).suffix.lower() in (".png", ".jpg") and Path(p).is_file():
                 rel = Path(p).resolve().relative_to(path.parent.resolve()) if \
                     Path(p).resolve().is_relative_to(path.parent.resolve()) else Path(p).resolve()
                 parts.append(f"<p>{html.escape(key)}</p><img src='{html.escape(str(rel))}'>")
-    try:
-        final = config.stages[-1] if config.stages else "pretrained"
-        imgs = _overlays(ctx, final, folder)
-        parts.append("<h2>Pose overlays of the adapted model on recording frames</h2>")
-        if ctx.pseudo is not None:
-            parts.append("<p>left: estimates of the adapted model, right: pseudo labels of multiview consensus</p>")
-        parts += [f"<img src='report_files/{p.name}'>" for p in imgs]
-    except (OSError, ValueError, RuntimeError) as exc:
-        log.warning("adapt report: no overlays (%s)", exc)
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     log.info("wrote %s", path)
