@@ -19,7 +19,8 @@
    pseudo labels.
 4. Pseudo labels: every object rendered in every frame at the consensus pose through the corrected camera: pose,
    amodal box, visible mask (front-most among the objects and, with depth, where the measured depth agrees),
-   confidence = object confidence x frame weight.
+   confidence = object confidence (``1 - exp(-inliers / confidence_inliers)``: an average over more agreeing
+   frames is better) x frame weight.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class ConsensusConfig:
     inlier_rotation_deg: float = 20.0
     min_inliers: int = 3  # fewer agreeing frames -> the object gets no world pose
     min_inlier_fraction: float = 0.2  # ... or fewer than this share of the frames that estimated it
+    confidence_inliers: float = 5.0  # object confidence = 1 - exp(-inliers / confidence_inliers)
     refit_iterations: int = 3
     drift: str = "correct"  # correct: estimate a planar per-frame camera correction; weight: only down-weight
     drift_knots: int = 6
@@ -87,7 +89,7 @@ class ConsensusConfig:
         if self.drift not in ("correct", "weight"):
             raise ConfigError(f"{where}.drift must be 'correct' or 'weight', got {self.drift!r}")
         for key in ("inlier_translation", "inlier_rotation_deg", "refine_lr", "residual_tau", "depth_truncation",
-                    "mask_depth_tolerance"):
+                    "mask_depth_tolerance", "confidence_inliers"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
         for key in ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"):
@@ -552,7 +554,7 @@ class MultiviewConsensus:
                             int(fit.inliers.sum()), len(idx))
                 continue
             T_world[k] = fit.T_world_obj
-            conf[k] = float(fit.inliers.sum() / max(1, len(idx)))
+            conf[k] = float(1.0 - np.exp(-fit.inliers.sum() / cfg.confidence_inliers))
             inlier[idx] = fit.inliers
             aligned[idx] = invert(T_rec[est.frame[idx]]) @ fit.aligned
         frames_cache: dict[int, Any] = {}
