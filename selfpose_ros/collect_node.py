@@ -12,20 +12,18 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_ros import Buffer, TransformException, TransformListener
 
 from selfpose_core.data.keyframes import KeyframeConfig, SequenceCollector
 from selfpose_core.data.tf_buffer import transform_msg_to_matrix
 from selfpose_core.errors import SelfposeError
+from selfpose_ros.camera_subscription import subscribe_camera
 from selfpose_ros.conversions import FrameAssembler
 from selfpose_ros.parameters import COLLECT_NODE, COLLECT_PARAMETERS
 
@@ -55,15 +53,7 @@ class CollectSequenceNode(Node):
                                        p["depth_topic"] if p["use_depth"] else None)
         self._last_tf_error = ""
 
-        compressed = p["image_transport"] == "compressed"
-        color_type, color_topic = (CompressedImage, p["color_topic"] + "/compressed") if compressed else \
-            (Image, p["color_topic"])
-        subs = [Subscriber(self, color_type, color_topic, qos_profile=qos_profile_sensor_data),
-                Subscriber(self, CameraInfo, p["camera_info_topic"], qos_profile=qos_profile_sensor_data)]
-        if p["use_depth"]:
-            subs.append(Subscriber(self, Image, p["depth_topic"], qos_profile=qos_profile_sensor_data))
-        self.sync = ApproximateTimeSynchronizer(subs, int(p["sync_queue_size"]), float(p["sync_slop"]))
-        self.sync.registerCallback(self._on_frame)
+        self.sync, color_topic = subscribe_camera(self, p, self._on_frame)
         self.create_timer(float(p["progress_period"]), self._report)
         self.get_logger().info(f"recording keyframes to {p['output']} from {color_topic} with poses "
                                f"{self.world_frame} <- {self.camera_frame or '<image frame_id>'}")

@@ -13,13 +13,12 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import Image
 from tf2_ros import TransformBroadcaster
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
@@ -28,6 +27,7 @@ from selfpose_core.data.image_codec import array_to_image_msg
 from selfpose_core.errors import SelfposeError
 from selfpose_core.estimate.publishing import PoseMessageBuilder, publish_config_for_bundle
 from selfpose_core.estimate.stream import NewestFrameWorker, load_estimator, select_estimates
+from selfpose_ros.camera_subscription import subscribe_camera
 from selfpose_ros.conversions import FrameAssembler, diagnostic_status, import_message_classes
 from selfpose_ros.msg import ObjectPoseArray
 from selfpose_ros.parameters import ESTIMATOR_NODE, ESTIMATOR_PARAMETERS
@@ -69,15 +69,7 @@ class EstimatorNode(Node):
             self._estimate, self._publish, max_rate_hz=float(p["max_rate"]),
             age_clock_ns=lambda: self.get_clock().now().nanoseconds)
 
-        compressed = p["image_transport"] == "compressed"
-        color_type, color_topic = (CompressedImage, p["color_topic"] + "/compressed") if compressed else \
-            (Image, p["color_topic"])
-        subs = [Subscriber(self, color_type, color_topic, qos_profile=qos_profile_sensor_data),
-                Subscriber(self, CameraInfo, p["camera_info_topic"], qos_profile=qos_profile_sensor_data)]
-        if p["use_depth"]:
-            subs.append(Subscriber(self, Image, p["depth_topic"], qos_profile=qos_profile_sensor_data))
-        self.sync = ApproximateTimeSynchronizer(subs, int(p["sync_queue_size"]), float(p["sync_slop"]))
-        self.sync.registerCallback(self._on_frame)
+        self.sync, color_topic = subscribe_camera(self, p, self._on_frame)
         self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
         self.get_logger().info(f"estimating with {p['model']} on {color_topic} + {p['camera_info_topic']}"
                                + (f" + {p['depth_topic']}" if p["use_depth"] else ""))
