@@ -260,7 +260,8 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
     entries = []
     for model in cad:
         path = save_mesh(model, out / "models" / f"{model.name}.ply")
-        entries.append({"name": model.name, "mesh": str(path), "units": "m", "symmetry": model.symmetry,
+        entries.append({"name": model.name, "mesh": path.relative_to(out).as_posix(), "units": "m",
+                        "symmetry": model.symmetry,
                         "category": model.category, "obj_id": model.obj_id})
     write_objects_config(out / "objects.yaml", entries)
     bop_train = BopWriter(out / "bop", "train_loop")

@@ -153,3 +153,14 @@ def test_jpeg_recording_without_depth(tmp_path):
     assert sample.frame.depth is None
     # JPEG in the bag is lossy with respect to the (lossless PNG) BOP copy, but close
     assert np.abs(frames[0].rgb.astype(int) - sample.frame.rgb.astype(int)).mean() < 8
+
+
+def test_relative_output_directory_gives_a_loadable_objects_config(tmp_path, monkeypatch):
+    from selfpose_core.mesh.objects_config import load_objects_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = SimConfig(seed=3, objects=["mug"], width=80, height=60, fx=71.25, fy=71.25, frames=1, test_frames=0)
+    simulate("runs/sim", cfg, progress=False)
+    assert yaml.safe_load((tmp_path / "runs/sim/objects.yaml").read_text())["objects"][0]["mesh"] == "models/mug.ply"
+    monkeypatch.chdir(tmp_path / "runs")  # the config is read relative to its own folder, from anywhere
+    assert [m.name for m in load_objects_config("sim/objects.yaml")] == ["mug"]
