@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.finetune import supervised_pose_losses
 from selfpose_core.adapt.stage import StageResult
-from selfpose_core.data.backgrounds import add_occluders, photometric_augment, random_background
-from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_image, pose_targets, square_box
+from selfpose_core.data.backgrounds import occlude_object, photometric_augment, random_background
+from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_image, crop_sample, square_box
 from selfpose_core.data.nol_training_set import look_at_rotation
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
 from selfpose_core.errors import ConfigError, DatasetError, ShapeError
@@ -622,24 +622,10 @@ class NolCrops(Dataset):
         img[m] = obj_img[m]
         visible = m.copy()
         if rng.random() < c.occlusion_prob:
-            ys, xs = np.nonzero(visible)
-            if len(xs):
-                radius = 0.5 * max(xs.max() - xs.min(), ys.max() - ys.min(), 2)
-                visible &= ~add_occluders(img, rng, (xs.mean(), ys.mean(), radius),
-                                          int(rng.integers(1, c.max_occluders + 1)))
+            visible = occlude_object(img, visible, rng, c.max_occluders)
         img = photometric_augment(img, rng, jitter=c.jitter, blur_prob=c.blur_prob, noise_std=c.noise_std)
         Kc = CameraIntrinsics(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), s, s)
-        t = pose_targets(obj, Kc, T, s, self.stride, visible)
-        coords, kp = t["coords"], t["keypoints"]
-        if len(coords) < self.n_sym:
-            pad = self.n_sym - len(coords)
-            coords = np.concatenate([coords, np.repeat(coords[:1], pad, 0)])
-            kp = np.concatenate([kp, np.repeat(kp[:1], pad, 0)])
-        return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
-                "obj_index": torch.tensor(k), "silhouette": torch.from_numpy(t["silhouette"]),
-                "visible": torch.from_numpy(t["visible"]), "coords": torch.from_numpy(coords),
-                "keypoints": torch.from_numpy(kp), "scale": torch.tensor(t["scale"]),
-                "K": torch.as_tensor(K, dtype=torch.float32), "T": torch.as_tensor(T, dtype=torch.float32)}
+        return crop_sample(obj, img, Kc, T, k, self.stride, self.n_sym, visible)
 
 
 class NolScenes(Dataset):
@@ -675,7 +661,6 @@ class NolScenes(Dataset):
         poses = np.tile(np.eye(4), (n_obj, 1, 1))
         boxes = np.zeros((n_obj, 4), np.float32)
         label = np.full((h, w), -1, np.int64)
-        S = self.bank.images.shape[1]
         f_det = self.K.fx
         for k in chosen:
             j = int(rng.choice(self.by_object[int(k)]))

@@ -113,3 +113,14 @@ def photometric_augment(img: np.ndarray, rng: np.random.Generator, *, jitter: fl
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.5))
     img = img + rng.normal(0, rng.uniform(0, noise_std), img.shape).astype(np.float32)
     return img.clip(0, 1)
+
+
+def occlude_object(img: np.ndarray, visible: np.ndarray, rng: np.random.Generator, max_occluders: int) -> np.ndarray:
+    """Paste 1..``max_occluders`` random shapes around the visible object (``visible`` (h, w) bool) into ``img``
+    in place; returns the visible mask without the occluded pixels."""
+    ys, xs = np.nonzero(visible)
+    if not len(xs):
+        return visible
+    radius = 0.5 * max(xs.max() - xs.min(), ys.max() - ys.min(), 2)
+    occ = add_occluders(img, rng, (xs.mean(), ys.mean(), radius), int(rng.integers(1, max_occluders + 1)))
+    return visible & ~occ

@@ -155,3 +155,26 @@ def pose_targets(obj: ObjectGeometry, K_crop: CameraIntrinsics, T_cam_obj: np.nd
     return {"silhouette": (sil > 0.5).astype(np.float32), "visible": (vis > 0.5).astype(np.float32),
             "coords": c_norm.astype(np.float32), "keypoints": kp.astype(np.float32),
             "scale": np.float32(max(box[2] - box[0], box[3] - box[1]))}
+
+
+def crop_sample(obj: ObjectGeometry, image: np.ndarray, K_crop: CameraIntrinsics, T_cam_obj: np.ndarray,
+                obj_index: int, stride: int, n_sym: int, visible: np.ndarray | None = None,
+                render: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """One pose-network training sample: the (s, s, 3) float crop ``image`` in [0, 1] with its targets
+    (:func:`pose_targets`), symmetry entries padded to ``n_sym`` so samples of different objects collate.
+
+    Keys: image (3, s, s), obj_index, silhouette, visible, coords (n_sym, 3, h, h), keypoints (n_sym, 9, 2), scale,
+    K (3, 3) of the crop, T (4, 4) ``T_cam_obj``.
+    """
+    s = image.shape[0]
+    t = pose_targets(obj, K_crop, T_cam_obj, s, stride, visible, render=render)
+    coords, kp = t["coords"], t["keypoints"]
+    if len(coords) < n_sym:
+        pad = n_sym - len(coords)
+        coords = np.concatenate([coords, np.repeat(coords[:1], pad, 0)])
+        kp = np.concatenate([kp, np.repeat(kp[:1], pad, 0)])
+    return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "obj_index": torch.tensor(obj_index), "silhouette": torch.from_numpy(t["silhouette"]),
+            "visible": torch.from_numpy(t["visible"]), "coords": torch.from_numpy(coords),
+            "keypoints": torch.from_numpy(kp), "scale": torch.tensor(t["scale"]),
+            "K": torch.as_tensor(K_crop.K, dtype=torch.float32), "T": torch.as_tensor(T_cam_obj, dtype=torch.float32)}

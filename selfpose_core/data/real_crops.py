@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from selfpose_core.data.backgrounds import photometric_augment
 from selfpose_core.data.bop import BopDataset, BopSample
-from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_affine, pose_targets, render_targets, square_box
+from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_affine, crop_sample, render_targets, square_box
 from selfpose_core.data.synthetic import SyntheticConfig
 from selfpose_core.errors import DatasetError
 
@@ -105,17 +105,7 @@ class RealCrops(Dataset):
             visible = cv2.warpAffine(gt.mask_visib.astype(np.uint8), A, (s, s), flags=cv2.INTER_NEAREST) > 0
         img = photometric_augment(img, rng, jitter=c.jitter * 0.5, blur_prob=c.blur_prob * 0.5,
                                   noise_std=c.noise_std * 0.5)
-        t = pose_targets(obj, K_crop, T, s, self.stride, visible, render=r)
-        coords, kp = t["coords"], t["keypoints"]
-        if len(coords) < self.n_sym:
-            pad = self.n_sym - len(coords)
-            coords = np.concatenate([coords, np.repeat(coords[:1], pad, 0)])
-            kp = np.concatenate([kp, np.repeat(kp[:1], pad, 0)])
-        return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
-                "obj_index": torch.tensor(inst.obj_index), "silhouette": torch.from_numpy(t["silhouette"]),
-                "visible": torch.from_numpy(t["visible"]), "coords": torch.from_numpy(coords),
-                "keypoints": torch.from_numpy(kp), "scale": torch.tensor(t["scale"]),
-                "K": torch.as_tensor(K_crop.K, dtype=torch.float32), "T": torch.as_tensor(T, dtype=torch.float32)}
+        return crop_sample(obj, img, K_crop, T, inst.obj_index, self.stride, self.n_sym, visible, render=r)
 
 
 class RealScenes(Dataset):

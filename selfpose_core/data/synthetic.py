@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from selfpose_core.data.backgrounds import add_occluders, photometric_augment, random_background, random_colour
-from selfpose_core.data.crops import ObjectGeometry, amodal_box, pose_targets, render_targets, square_box
+from selfpose_core.data.backgrounds import (add_occluders, occlude_object, photometric_augment, random_background,
+                                             random_colour)
+from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_sample, render_targets, square_box
 from selfpose_core.render.rasterizer import rasterize
 from selfpose_core.types import CameraIntrinsics
 
@@ -152,23 +153,9 @@ class SyntheticCrops(Dataset):
         img = img * (1 - m) + obj_img * m
         visible = r["mask"] > 0
         if rng.random() < c.occlusion_prob:
-            ys, xs = np.nonzero(visible)
-            if len(xs):
-                radius = 0.5 * max(xs.max() - xs.min(), ys.max() - ys.min(), 2)
-                occ = add_occluders(img, rng, (xs.mean(), ys.mean(), radius), int(rng.integers(1, c.max_occluders + 1)))
-                visible &= ~occ
+            visible = occlude_object(img, visible, rng, c.max_occluders)
         img = photometric_augment(img, rng, jitter=c.jitter, blur_prob=c.blur_prob, noise_std=c.noise_std)
-        t = pose_targets(obj, K_crop, T, s, self.stride, visible, render=r)
-        coords, kp = t["coords"], t["keypoints"]
-        if len(coords) < self.n_sym:
-            pad = self.n_sym - len(coords)
-            coords = np.concatenate([coords, np.repeat(coords[:1], pad, 0)])
-            kp = np.concatenate([kp, np.repeat(kp[:1], pad, 0)])
-        return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
-                "obj_index": torch.tensor(k), "silhouette": torch.from_numpy(t["silhouette"]),
-                "visible": torch.from_numpy(t["visible"]), "coords": torch.from_numpy(coords),
-                "keypoints": torch.from_numpy(kp), "scale": torch.tensor(t["scale"]),
-                "K": torch.as_tensor(K_crop.K, dtype=torch.float32), "T": torch.as_tensor(T, dtype=torch.float32)}
+        return crop_sample(obj, img, K_crop, T, k, self.stride, self.n_sym, visible, render=r)
 
 
 class SyntheticScenes(Dataset):
