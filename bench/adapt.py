@@ -39,7 +39,8 @@ from selfpose_core.data.recording import Recording
 from selfpose_core.geometry.se3 import make_T, so3_exp
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.bundle import ModelBundle
-from selfpose_core.models.pretrain import PretrainConfig, _convert, pretrain
+from selfpose_core.config_io import dataclass_from_mapping
+from selfpose_core.models.pretrain import PretrainConfig, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def train_upper_bound(sim: Path, model: Path, out: Path, steps: int | None) -> P
     stage = next((s for s in pre.spec.provenance.get("stages", []) if str(s.get("stage", "")).startswith("pretrain")),
                  None)
     raw = dict(stage["config"]) if stage and "config" in stage else {}
-    cfg = _convert(PretrainConfig(), raw, f"{model}/bundle.yaml provenance")
+    cfg = dataclass_from_mapping(PretrainConfig(), raw, f"{model}/bundle.yaml provenance")
     cfg.real_fraction = 0.5
     if steps:
         cfg.trainer.steps = steps

@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from selfpose_core.config_io import dataclass_from_mapping, read_yaml_mapping, set_dotted, yaml_safe
 from selfpose_core.errors import ConfigError
-from selfpose_core.models.pretrain import _convert, _plain
 from selfpose_core.models.trainer import TrainerConfig
 
 TOP_LEVEL = ("stages", "seed", "device", "trainer", "eval")
@@ -47,21 +46,10 @@ class AdaptConfig:
     def to_yaml(self) -> dict[str, Any]:
         """YAML-safe dict that :func:`load_adapt_config` reads back to the same config."""
         out: dict[str, Any] = {"stages": list(self.stages), "seed": self.seed, "device": self.device,
-                               "trainer": _plain(asdict(self.trainer)), "eval": _plain(asdict(self.eval))}
+                               "trainer": yaml_safe(asdict(self.trainer)), "eval": yaml_safe(asdict(self.eval))}
         for name, cfg in self.sections.items():
-            out[name] = _plain(asdict(cfg))
+            out[name] = yaml_safe(asdict(cfg))
         return out
-
-
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
-    *parents, last = dotted.split(".")
-    for p in parents:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {dotted}: {p} is not a section")
-        node = nxt
-    node[last] = value
 
 
 def load_adapt_config(path: str | Path | None, registry: Mapping[str, type],
@@ -72,19 +60,11 @@ def load_adapt_config(path: str | Path | None, registry: Mapping[str, type],
     raw: dict[str, Any] = {}
     where = "adapt config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"adapt config {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: must be a mapping of sections, got {type(loaded).__name__}")
+        loaded = read_yaml_mapping(path, "adapt config")
         raw = loaded
         where = str(path)
     for dotted, v in (overrides or {}).items():
-        _set_dotted(raw, dotted, v)
+        set_dotted(raw, dotted, v)
     for key in raw:
         if key not in TOP_LEVEL and key not in registry:
             raise ConfigError(f"{where}: unknown key {key!r} (top-level keys: {', '.join(TOP_LEVEL)}; stages: "
@@ -98,7 +78,7 @@ def load_adapt_config(path: str | Path | None, registry: Mapping[str, type],
     if len(set(stages)) != len(stages):
         raise ConfigError(f"{where}: stages lists a stage twice: {stages}")
     trainer_raw = raw.get("trainer") or {}
-    trainer = _convert(TrainerConfig(), trainer_raw, f"{where}: trainer")
+    trainer = dataclass_from_mapping(TrainerConfig(), trainer_raw, f"{where}: trainer")
     trainer.validate(f"{where}: trainer")
     sections: dict[str, Any] = {}
     for name, cls in registry.items():
@@ -113,11 +93,11 @@ def load_adapt_config(path: str | Path | None, registry: Mapping[str, type],
             if not isinstance(own, dict):
                 raise ConfigError(f"{where}: {name}.trainer must be a mapping")
             section["trainer"] = {**trainer_raw, **own}
-        cfg = _convert(default, section, f"{where}: {name}")
+        cfg = dataclass_from_mapping(default, section, f"{where}: {name}")
         if name in stages and hasattr(cfg, "validate"):  # sections of stages that do not run are only parsed
             cfg.validate(f"{where}: {name}")
         sections[name] = cfg
-    ev = _convert(EvalConfig(), raw.get("eval") or {}, f"{where}: eval")
+    ev = dataclass_from_mapping(EvalConfig(), raw.get("eval") or {}, f"{where}: eval")
     if ev.max_images < 0:
         raise ConfigError(f"{where}: eval.max_images must be >= 0, got {ev.max_images}")
     try:

@@ -312,7 +312,7 @@ def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: Cons
     """Jointly refine world object poses and (``cfg.drift == "correct"``) the planar drift knots; see the module
     docstring for the terms. ``log_fn(step, scalars)`` receives the losses of each iteration."""
     dt = torch.float64
-    O, N, P = len(objects), len(inputs.T_world_cam), len(inputs.pair_frame)
+    O, P = len(objects), len(inputs.pair_frame)
     W0 = torch.as_tensor(np.nan_to_num(inputs.T_world_obj), dtype=dt)
     rec = torch.as_tensor(inputs.T_world_cam, dtype=dt)
     times = torch.as_tensor(inputs.times, dtype=dt)

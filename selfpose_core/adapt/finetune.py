@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from selfpose_core.config_io import yaml_safe
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.adapt.stage import StageResult
@@ -29,7 +30,7 @@ from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, Synthe
 from selfpose_core.errors import ConfigError
 from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.models.losses import coordinate_losses, detector_losses, keypoint_losses, mask_loss
-from selfpose_core.models.pretrain import LossWeights, StepBatches, _plain
+from selfpose_core.models.pretrain import LossWeights, StepBatches
 from selfpose_core.models.trainer import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class PseudoLabelFinetune:
         det.eval()
         net.eval()
         spec.provenance.setdefault("stages", []).append(
-            {"stage": self.name, "steps": tcfg.steps, "instances": len(instances), "config": _plain(asdict(cfg))})
+            {"stage": self.name, "steps": tcfg.steps, "instances": len(instances), "config": yaml_safe(asdict(cfg))})
         return StageResult(losses={k: round(v, 6) for k, v in last.items()},
                            details={"instances": len(instances), "frames": len(real.image_ids(1)),
                                     "real_fraction": cfg.real_fraction})

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from selfpose_core.config_io import yaml_safe
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.recording_crops import FrameStore, RecordingInstance, recording_instances
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops
-from selfpose_core.models.pretrain import PretrainConfig, _plain
+from selfpose_core.models.pretrain import PretrainConfig
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.render.mesh import RenderMesh
 
@@ -126,7 +127,7 @@ def train_stage(ctx: AdaptContext, name: str, cfg: Any, setup: StageSetup,
     last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
     setup.net.eval()
     ctx.bundle.spec.provenance.setdefault("stages", []).append(
-        {"stage": name, "steps": int(cfg.trainer.steps), "config": _plain(asdict(cfg)),
+        {"stage": name, "steps": int(cfg.trainer.steps), "config": yaml_safe(asdict(cfg)),
          "final_losses": {k: round(float(v), 6) for k, v in last.items()}})
     return StageResult(losses=last, details={"instances": len(setup.instances), **(details or {}),
                                              "checkpoint": str(trainer.checkpoint_path)})

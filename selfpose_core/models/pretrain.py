@@ -7,19 +7,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.real_crops import RealCrops, RealScenes, index_bop
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
+from selfpose_core.config_io import dataclass_from_mapping, read_yaml_mapping, set_dotted, yaml_safe
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.symmetry import symmetry_transforms
 from selfpose_core.models.backbones import BackboneConfig
@@ -92,58 +92,17 @@ class PretrainConfig:
         self.trainer.validate(f"{where}.trainer")
 
 
-def _convert(default: Any, value: Any, where: str) -> Any:
-    """Copy of dataclass instance ``default`` with the values of mapping ``value`` (recursively into nested
-    dataclasses); unknown keys and wrongly typed values raise ConfigError naming them."""
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
-    kwargs = {}
-    names = {f.name for f in fields(default)}
-    for key, v in value.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
-        current = getattr(default, key)
-        if is_dataclass(current):
-            kwargs[key] = _convert(current, v, f"{where}.{key}")
-        elif isinstance(current, tuple):
-            if not isinstance(v, (list, tuple)):
-                raise ConfigError(f"{where}.{key} must be a list, got {v!r}")
-            kwargs[key] = tuple(type(current[0])(x) if current else x for x in v)
-        elif isinstance(current, bool):
-            if not isinstance(v, bool):
-                raise ConfigError(f"{where}.{key} must be true or false, got {v!r}")
-            kwargs[key] = v
-        elif isinstance(current, (int, float, str)) and current is not None:
-            try:
-                kwargs[key] = type(current)(v)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}.{key} must be a {type(current).__name__}, got {v!r}") from exc
-        else:
-            kwargs[key] = v
-    return replace(default, **kwargs)
-
-
 def load_pretrain_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PretrainConfig:
     """Read a pretrain YAML (its top-level ``pretrain:`` section or the whole file) and apply ``overrides``."""
     raw: dict[str, Any] = {}
     where = "pretrain"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        raw = loaded.get("pretrain", loaded) if isinstance(loaded, dict) else loaded
+        loaded = read_yaml_mapping(path, "config file")
+        raw = loaded.get("pretrain", loaded)
         where = f"{path}: pretrain"
     for dotted, v in (overrides or {}).items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    cfg = _convert(PretrainConfig(), raw, where)
+        set_dotted(raw, dotted, v)
+    cfg = dataclass_from_mapping(PretrainConfig(), raw, where)
     cfg.validate(where)
     return cfg
 
@@ -291,17 +250,8 @@ def pretrain(objects: Sequence[ObjectModel], camera: CameraIntrinsics, out_dir: 
     spec.provenance.setdefault("stages", []).append(
         {"stage": "pretrain_synthetic" if real_crops is None else "pretrain_supervised_real",
          "steps": config.trainer.steps, "real_fraction": config.real_fraction if real_crops is not None else 0.0,
-         "config": _plain(asdict(config))})
+         "config": yaml_safe(asdict(config))})
     det.eval()
     net.eval()
     bundle.save(out_dir)
     return bundle
-
-
-def _plain(value: Any) -> Any:
-    """YAML-safe copy (tuples -> lists)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
