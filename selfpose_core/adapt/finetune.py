@@ -29,8 +29,8 @@ from selfpose_core.data.recording import Recording
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
 from selfpose_core.errors import ConfigError
 from selfpose_core.models.keypoint_net import KeypointNet
-from selfpose_core.models.losses import coordinate_losses, detector_losses, keypoint_losses, mask_loss
-from selfpose_core.models.pretrain import LossWeights, StepBatches
+from selfpose_core.models.losses import detector_losses
+from selfpose_core.models.pretrain import LossWeights, StepBatches, supervised_pose_losses
 from selfpose_core.models.trainer import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -104,24 +104,6 @@ class PseudoLabelledFrames:
             gt.append(GtInstance(self.obj_ids[p.obj_index], p.T_cam_obj, bbox.astype(np.int64), float(p.visib_fract),
                                  p.mask if load_masks else None))
         return BopSample(scene_id, im_id, frame, gt)
-
-
-def supervised_pose_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], keypoint_net: bool,
-                           w: LossWeights, sigma: float) -> dict[str, torch.Tensor]:
-    """Pre-training's supervised losses of a pose network's output ``out`` on a crop batch (keys of SyntheticCrops);
-    ``pose_loss`` is their weighted sum."""
-    res = {"mask": mask_loss(out["mask_logits"], batch["visible"])}
-    if keypoint_net:
-        kp = KeypointNet.keypoints(out, batch["visible"])
-        l_key, l_off = keypoint_losses(kp, out["votes"], batch["keypoints"], batch["scale"], batch["visible"], sigma)
-        res.update(keypoint=l_key, offset=l_off)
-        res["pose_loss"] = w.mask * res["mask"] + w.keypoint * l_key + w.offset * l_off
-    else:
-        l_coord, l_err = coordinate_losses(out["coords"], out["error"], batch["coords"], batch["silhouette"],
-                                           batch["visible"])
-        res.update(coords=l_coord, error=l_err)
-        res["pose_loss"] = w.mask * res["mask"] + w.coords * l_coord + w.error * l_err
-    return res
 
 
 class PseudoLabelFinetune:

@@ -27,7 +27,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.finetune import supervised_pose_losses
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.data.backgrounds import occlude_object, photometric_augment, random_background
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_image, crop_sample, square_box
@@ -40,7 +39,7 @@ from selfpose_core.models.losses import detector_losses
 from selfpose_core.models.nol import (NolMesh, NolNet, TargetRaster, depth_tolerance, load_nol, project_sources,
                                       rasterize_targets, render_source_depth)
 from selfpose_core.render import render
-from selfpose_core.models.pretrain import LossWeights, StepBatches
+from selfpose_core.models.pretrain import LossWeights, StepBatches, supervised_pose_losses
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.types import CameraIntrinsics, ObjectModel
 

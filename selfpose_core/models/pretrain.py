@@ -161,25 +161,31 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def pose_losses(net: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: PretrainConfig,
-                step: int) -> dict[str, torch.Tensor]:
-    """Supervised losses of the pose network on a batch of crops (keys of SyntheticCrops)."""
-    out = net(batch["image"], batch["obj_index"])
-    w = cfg.losses
+def supervised_pose_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], keypoint_net: bool,
+                           w: LossWeights, sigma: float, keypoint_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Supervised losses of a pose network's output ``out`` on a crop batch (keys of SyntheticCrops); ``pose_loss``
+    is their weighted sum (the keypoint term scaled by ``keypoint_scale``: 0 during the offset warm-up)."""
     res = {"mask": mask_loss(out["mask_logits"], batch["visible"])}
-    if isinstance(net, KeypointNet):
+    if keypoint_net:
         kp = KeypointNet.keypoints(out, batch["visible"])
-        l_key, l_off = keypoint_losses(kp, out["votes"], batch["keypoints"], batch["scale"], batch["visible"],
-                                       cfg.keypoint_sigma)
-        key_w = w.keypoint * (0.0 if step < cfg.offset_warmup_steps else 1.0)
+        l_key, l_off = keypoint_losses(kp, out["votes"], batch["keypoints"], batch["scale"], batch["visible"], sigma)
         res.update(keypoint=l_key, offset=l_off)
-        res["pose_loss"] = w.mask * res["mask"] + key_w * l_key + w.offset * l_off
+        res["pose_loss"] = w.mask * res["mask"] + keypoint_scale * w.keypoint * l_key + w.offset * l_off
     else:
         l_coord, l_err = coordinate_losses(out["coords"], out["error"], batch["coords"], batch["silhouette"],
                                            batch["visible"])
         res.update(coords=l_coord, error=l_err)
         res["pose_loss"] = w.mask * res["mask"] + w.coords * l_coord + w.error * l_err
     return res
+
+
+def pose_losses(net: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: PretrainConfig,
+                step: int) -> dict[str, torch.Tensor]:
+    """:func:`supervised_pose_losses` of ``net`` (plain or DDP-wrapped) on a crop batch at training ``step``."""
+    out = net(batch["image"], batch["obj_index"])
+    is_kp = isinstance(getattr(net, "module", net), KeypointNet)
+    return supervised_pose_losses(out, batch, is_kp, cfg.losses, cfg.keypoint_sigma,
+                                  0.0 if step < cfg.offset_warmup_steps else 1.0)
 
 
 def pretrain(objects: Sequence[ObjectModel], camera: CameraIntrinsics, out_dir: str | Path, config: PretrainConfig,
