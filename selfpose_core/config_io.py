@@ -78,3 +78,10 @@ def yaml_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [yaml_safe(v) for v in value]
     return value
+
+
+def require_at_least(cfg: Any, keys: tuple[str, ...], minimum: float, where: str) -> None:
+    """Raise ConfigError naming ``where.key`` for the first of ``cfg``'s fields ``keys`` below ``minimum``."""
+    for key in keys:
+        if getattr(cfg, key) < minimum:
+            raise ConfigError(f"{where}.{key} must be >= {minimum}, got {getattr(cfg, key)}")

@@ -38,6 +38,7 @@ import yaml
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
 from selfpose_core.adapt.stage import StageResult
+from selfpose_core.config_io import require_at_least
 from selfpose_core.data.crops import amodal_box, crop_affine, square_box
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
@@ -92,9 +93,7 @@ class ConsensusConfig:
                     "mask_depth_tolerance", "confidence_inliers"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"), 1, where)
         if self.refine_iterations < 0 or self.max_frames < 0 or self.score_floor < 0 or self.min_score < 0:
             raise ConfigError(f"{where}.refine_iterations, max_frames, score_floor and min_score must be >= 0")
 

@@ -41,6 +41,7 @@ from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, Recordi
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
 from selfpose_core.adapt.weak_segmentation import SegmentationLabels, WeakSegmentationConfig, weak_segmentation
+from selfpose_core.config_io import require_at_least
 from selfpose_core.data.crops import crop_affine, square_box
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.pnp import solve_pnp_ransac
@@ -84,13 +85,9 @@ class DualScaleConfig:
 
     def validate(self, where: str = "dual_scale") -> None:
         self.segmentation.validate(f"{where}.segmentation")
-        for key in ("batch_size", "symmetry_samples"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("synthetic_batch", "max_error", "dual_weight", "align_weight", "mask_weight", "shift_std",
-                    "colour_jitter", "dice_eps"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
+        require_at_least(self, ("batch_size", "symmetry_samples"), 1, where)
+        require_at_least(self, ("synthetic_batch", "max_error", "dual_weight", "align_weight", "mask_weight", "shift_std",
+                    "colour_jitter", "dice_eps"), 0, where)
         if not 0 < self.context_fraction <= 2:
             raise ConfigError(f"{where}.context_fraction must be in (0, 2], got {self.context_fraction}")
         if not self.normalized_padding >= 1:

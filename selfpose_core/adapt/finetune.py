@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from selfpose_core.config_io import yaml_safe
+from selfpose_core.config_io import require_at_least, yaml_safe
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.adapt.stage import StageResult
@@ -58,9 +58,7 @@ class FinetuneConfig:
             raise ConfigError(f"{where}.real_fraction must be in (0, 1], got {self.real_fraction}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"{where}.min_confidence must be in [0, 1], got {self.min_confidence}")
-        for key in ("crop_batch", "scene_batch", "frame_cache"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("crop_batch", "scene_batch", "frame_cache"), 1, where)
         self.trainer.validate(f"{where}.trainer")
 
 

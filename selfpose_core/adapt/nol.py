@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.stage import StageResult
+from selfpose_core.config_io import require_at_least
 from selfpose_core.data.backgrounds import occlude_object, photometric_augment, random_background
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_image, crop_sample, square_box
 from selfpose_core.data.nol_training_set import look_at_rotation
@@ -723,9 +724,7 @@ class NolStageConfig:
                               "then set nol.weights: DIR/nol.pt)")
         if not 0.0 < self.nol_fraction <= 1.0:
             raise ConfigError(f"{where}.nol_fraction must be in (0, 1], got {self.nol_fraction}")
-        for key in ("render_size", "max_sources", "n_sources", "crop_batch", "scene_batch"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("render_size", "max_sources", "n_sources", "crop_batch", "scene_batch"), 1, where)
         self.trainer.validate(f"{where}.trainer")
 
 

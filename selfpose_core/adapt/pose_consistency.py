@@ -38,6 +38,7 @@ from selfpose_core.adapt.perceptual import perceptual_loss
 from selfpose_core.adapt.recording_crops import CropJitter, RecordingInstance, crop_batch
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
+from selfpose_core.config_io import require_at_least
 from selfpose_core.data.crops import pose_targets
 from selfpose_core.errors import ConfigError
 from selfpose_core.models.keypoint_net import KeypointNet
@@ -83,14 +84,10 @@ class PoseConsistencyConfig:
                                                                          warmup_steps=20, checkpoint_every=100))
 
     def validate(self, where: str = "pose_consistency") -> None:
-        for key in ("batch_size", "synthetic_batch", "vertex_samples", "ms_ssim_scales", "max_patches",
-                    "symmetry_samples"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("pose_weight", "sup_weight", "percep_weight", "gradient_weight", "shift_std_px", "noise_std",
-                    "colour_jitter"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
+        require_at_least(self, ("batch_size", "synthetic_batch", "vertex_samples", "ms_ssim_scales", "max_patches",
+                    "symmetry_samples"), 1, where)
+        require_at_least(self, ("pose_weight", "sup_weight", "percep_weight", "gradient_weight", "shift_std_px", "noise_std",
+                    "colour_jitter"), 0, where)
         if not self.crop_padding >= 1.0:
             raise ConfigError(f"{where}.crop_padding must be >= 1, got {self.crop_padding}")
         if not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:

@@ -33,6 +33,7 @@ from selfpose_core.adapt.pose_consistency import weighted_mean
 from selfpose_core.adapt.recording_crops import CropJitter, RecordingInstance, crop_batch
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
+from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError, DatasetError
 from selfpose_core.geometry.se3 import invert, rotation_angle
 from selfpose_core.models.pretrain import PretrainConfig, pose_losses
@@ -71,17 +72,13 @@ class WarpAlignConfig:
                                                                          warmup_steps=20, checkpoint_every=100))
 
     def validate(self, where: str = "warp_align") -> None:
-        for key in ("sample_frames", "batch_size", "synthetic_batch", "ms_ssim_scales", "symmetry_samples"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("sample_frames", "batch_size", "synthetic_batch", "ms_ssim_scales", "symmetry_samples"), 1, where)
         if self.sample_frames < 2:
             raise ConfigError(f"{where}.sample_frames must be >= 2, got {self.sample_frames}")
         if not 0 <= self.min_angle_deg < self.max_angle_deg <= 180:
             raise ConfigError(f"{where}: need 0 <= min_angle_deg < max_angle_deg <= 180, got "
                               f"{self.min_angle_deg}, {self.max_angle_deg}")
-        for key in ("odometry_weight", "sup_weight", "occlusion_tolerance", "shift_std_px"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
+        require_at_least(self, ("odometry_weight", "sup_weight", "occlusion_tolerance", "shift_std_px"), 0, where)
         if not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
             raise ConfigError(f"{where}.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter}")
         if not (self.plausible_offset >= 0 and 0 <= self.plausible_size[0] < self.plausible_size[1]):

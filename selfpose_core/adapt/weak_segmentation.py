@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from selfpose_core.adapt.recording_crops import FrameStore, RecordingInstance, crop_batch, CropJitter
+from selfpose_core.config_io import require_at_least
 from selfpose_core.data.crops import crop_affine
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.shapes import check_shape
@@ -56,9 +57,7 @@ class WeakSegmentationConfig:
     crop_padding: float = 1.3
 
     def validate(self, where: str = "dual_scale.segmentation") -> None:
-        for key in ("batch_size", "grabcut_iterations"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("batch_size", "grabcut_iterations"), 1, where)
         if self.iterations < 0 or self.steps_per_round < 0 or self.synthetic_batch < 0:
             raise ConfigError(f"{where}.iterations, steps_per_round and synthetic_batch must be >= 0")
         if not 0.5 <= self.sigma < 1:

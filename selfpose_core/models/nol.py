@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from selfpose_core.config_io import require_at_least
 from selfpose_core.data.nol_training_set import NolTrainingConfig, NolTrainingSets
 from selfpose_core.errors import ConfigError, ModelError, ShapeError
 from selfpose_core.geometry.shapes import check_shape
@@ -80,10 +81,8 @@ class NolConfig:
             raise ConfigError(f"{where}.crop_size must be >= 16 and a multiple of {stride}, got {self.crop_size}")
         if self.lstm_stride not in (1, 2, 4):
             raise ConfigError(f"{where}.lstm_stride must be 1, 2 or 4, got {self.lstm_stride}")
-        for key in ("lstm_channels", "weight_channels", "decoder_width", "decoder_expansion", "train_sources",
-                    "infer_sources"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("lstm_channels", "weight_channels", "decoder_width", "decoder_expansion", "train_sources",
+                    "infer_sources"), 1, where)
 
     @property
     def projected_channels(self) -> int:

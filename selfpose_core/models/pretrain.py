@@ -19,7 +19,7 @@ from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.real_crops import RealCrops, RealScenes, index_bop
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
-from selfpose_core.config_io import dataclass_from_mapping, read_yaml_mapping, set_dotted, yaml_safe
+from selfpose_core.config_io import dataclass_from_mapping, read_yaml_mapping, require_at_least, set_dotted, yaml_safe
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.symmetry import symmetry_transforms
 from selfpose_core.models.backbones import BackboneConfig
@@ -79,9 +79,7 @@ class PretrainConfig:
                               f"got {self.crop_size}")
         if not 0.0 <= self.real_fraction <= 1.0:
             raise ConfigError(f"{where}.real_fraction must be in [0, 1], got {self.real_fraction}")
-        for key in ("crop_batch", "scene_batch"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("crop_batch", "scene_batch"), 1, where)
         for key in ("crop_pool", "scene_pool"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key} must be >= 0 (0: no pool), got {getattr(self, key)}")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError, ModelError
 from selfpose_core.models.scalar_log import ScalarLog
 
@@ -44,9 +45,7 @@ class TrainerConfig:
     progress: bool = True
 
     def validate(self, where: str = "trainer") -> None:
-        for key in ("steps", "grad_accum", "log_every", "checkpoint_every"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least(self, ("steps", "grad_accum", "log_every", "checkpoint_every"), 1, where)
         if not self.lr > 0:
             raise ConfigError(f"{where}.lr must be > 0, got {self.lr}")
 
