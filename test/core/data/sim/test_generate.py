@@ -68,7 +68,7 @@ def test_objects_config_loads_untextured_closed_models(tiny_dataset):
     models = load_objects_config(out / "objects.yaml")
     assert [m.name for m in models] == ["tin_can", "mug", "bowl"] and [m.obj_id for m in models] == [1, 2, 3]
     assert all(m.texture is None and m.vertex_colors is None for m in models)
-    assert models[2].symmetry.continuous and not models[0].symmetry.is_symmetric
+    assert models[2].symmetry.continuous and not models[1].symmetry.is_symmetric
     assert 0.1 < models[0].diameter < 0.14  # metres
 
 

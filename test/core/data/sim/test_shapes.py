@@ -62,12 +62,39 @@ def test_targets_closed_centred_and_textured(name):
 def test_catalog_has_textureless_and_symmetric_objects():
     objs = catalog.make_targets(list(catalog.TARGETS), np.random.default_rng(0))
     assert any(o.textureless for o in objs)
-    sym = [o for o in objs if o.symmetry.is_symmetric]
-    assert [o.name for o in sym] == ["bowl"]
-    axis, offset = sym[0].symmetry.continuous[0]
-    assert np.allclose(axis, [0, 0, 1]) and np.allclose(offset, 0)
+    sym = {o.name: o for o in objs if o.symmetry.is_symmetric}
+    assert sorted(sym) == ["bottle", "bowl", "cereal_box", "tin_can"]
+    for name in ("bottle", "bowl", "tin_can"):
+        axis, offset = sym[name].symmetry.continuous[0]
+        assert np.allclose(axis, [0, 0, 1]) and np.allclose(offset, 0)
+    assert len(sym["cereal_box"].symmetry.discrete) == 3
     # the bowl's texture depends on v only: its appearance is invariant to rotations about z
-    assert (sym[0].texture == sym[0].texture[:, :1]).all()
+    assert (sym["bowl"].texture == sym["bowl"].texture[:, :1]).all()
+
+
+def test_declared_symmetries_map_the_cad_shape_onto_itself():
+    """Each declared symmetry moves the CAD surface onto itself (within 0.5 mm), the mug's handle breaks them."""
+    import open3d as o3d
+    import trimesh
+
+    from selfpose_core.geometry.symmetry import symmetry_transforms
+
+    objs = {o.name: o for o in catalog.make_targets(list(catalog.TARGETS), np.random.default_rng(0))}
+
+    def off_surface(cad, T):
+        pts = trimesh.sample.sample_surface(trimesh.Trimesh(cad.vertices, cad.faces, process=False), 400, seed=0)[0]
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(cad.vertices.astype(np.float32)), o3d.core.Tensor(cad.faces.astype(np.uint32)))
+        moved = (pts @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        return float(scene.compute_distance(o3d.core.Tensor(moved)).numpy().max())
+
+    for name in ("cereal_box", "tin_can", "bottle", "bowl"):
+        cad = objs[name].cad_model(1)
+        for T in symmetry_transforms(cad.symmetry, n_continuous=5)[1:]:
+            assert off_surface(cad, T) < 5e-4, name
+    mug = objs["mug"].cad_model(1)
+    turn = symmetry_transforms(objs["tin_can"].symmetry, n_continuous=4)[2]  # 180 degrees about z
+    assert off_surface(mug, turn) > 5e-3
 
 
 def test_unknown_object_name():
