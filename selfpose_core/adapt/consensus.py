@@ -2,7 +2,10 @@
 
 1. Estimate: the current bundle's :class:`~selfpose_core.estimate.estimator.PoseEstimator` on every frame (split
    over ranks under DDP); each estimate ``T_cam_obj`` becomes a world-pose candidate ``T_world_cam @ T_cam_obj``.
-2. Robust averaging (:func:`robust_world_pose`): RANSAC over frames, each candidate a hypothesis; a candidate
+2. With depth (``scene_registration``): the recording's depth fused in the world frame, the objects on the table
+   found and their CAD models registered (:mod:`selfpose_core.adapt.scene_registration`); a registered object
+   takes that pose, and the estimates agreeing with it (gates below) are its inliers. The others:
+   robust averaging (:func:`robust_world_pose`): RANSAC over frames, each candidate a hypothesis; a candidate
    agrees with a hypothesis when, after aligning it to the hypothesis with the object's closest symmetry
    transform, its translation is within ``inlier_translation * diameter`` and its rotation within
    ``inlier_rotation_deg``. The hypothesis with the largest weighted inlier set is refined (weighted mean
@@ -37,6 +40,7 @@ import yaml
 
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
+from selfpose_core.adapt.scene_registration import RegistrationConfig, fuse_depth, register_objects
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.config_io import require_at_least
 from selfpose_core.data.crops import amodal_box, crop_affine, square_box
@@ -81,6 +85,8 @@ class ConsensusConfig:
     min_visible_fraction: float = 0.15
     symmetry_samples: int = 36
     max_frames: int = 0  # estimate on at most this many frames, evenly spread (0 = all)
+    scene_registration: bool = True  # with depth: world poses from the fused depth (scene_registration.py)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
 
     def validate(self, where: str = "multiview_consensus") -> None:
         if not 0 <= self.min_inlier_fraction <= 1:
@@ -232,20 +238,23 @@ def robust_world_pose(candidates: np.ndarray, weights: np.ndarray, symmetry: Sym
         return empty
     T = _fit(aligned[h][inl[h]], weights[inl[h]] + 1e-12)
     for _ in range(refit_iterations):
-        al = closest_symmetric_pose(np.broadcast_to(T, (M, 4, 4)), candidates, symmetry)
-        dt_i = np.linalg.norm(al[:, :3, 3] - T[:3, 3], axis=-1)
-        dr_i = rotation_angle(np.broadcast_to(T[:3, :3], (M, 3, 3)), al[:, :3, :3])
-        keep = (dt_i < t_gate) & (dr_i < r_gate)
-        if keep.sum() < min_inliers:
+        fit = gate_candidates(T, candidates, symmetry, t_gate, r_gate)
+        if fit.inliers.sum() < min_inliers:
             break
-        T = _fit(al[keep], weights[keep] + 1e-12)
-    al = closest_symmetric_pose(np.broadcast_to(T, (M, 4, 4)), candidates, symmetry)
-    dt_i = np.linalg.norm(al[:, :3, 3] - T[:3, 3], axis=-1)
-    dr_i = rotation_angle(np.broadcast_to(T[:3, :3], (M, 3, 3)), al[:, :3, :3])
-    keep = (dt_i < t_gate) & (dr_i < r_gate)
-    if keep.sum() < min_inliers:
-        return empty
-    return WorldPoseFit(T, keep, al, dt_i, dr_i)
+        T = _fit(fit.aligned[fit.inliers], weights[fit.inliers] + 1e-12)
+    fit = gate_candidates(T, candidates, symmetry, t_gate, r_gate)
+    return fit if fit.inliers.sum() >= min_inliers else empty
+
+
+def gate_candidates(T_world_obj: np.ndarray, candidates: np.ndarray, symmetry: Symmetry, t_gate: float,
+                    r_gate: float) -> WorldPoseFit:
+    """The candidates (M, 4, 4) that agree with ``T_world_obj`` (4, 4) modulo ``symmetry``: translation within
+    ``t_gate`` metres and rotation within ``r_gate`` radians."""
+    M = len(candidates)
+    al = closest_symmetric_pose(np.broadcast_to(T_world_obj, (M, 4, 4)), candidates, symmetry)
+    dt = np.linalg.norm(al[:, :3, 3] - T_world_obj[:3, 3], axis=-1)
+    dr = rotation_angle(np.broadcast_to(T_world_obj[:3, :3], (M, 3, 3)), al[:, :3, :3])
+    return WorldPoseFit(T_world_obj, (dt < t_gate) & (dr < r_gate), al, dt, dr)
 
 
 # ---------------------------------------------------------------------------------------------- drift model
@@ -543,8 +552,19 @@ class MultiviewConsensus:
         aligned = est.T_cam_obj.copy()
         inlier = np.zeros(len(est), bool)
         details: dict[str, Any] = {"frames_estimated": int(len(frames)), "estimates": int(len(est)), "objects": {}}
+        registered = self._register(ctx, cfg, frames)
         for k, m in enumerate(objects):
             idx = np.nonzero(est.obj_index == k)[0]
+            if k in registered:  # the depth registration's pose; the estimates that agree with it are inliers
+                fit = gate_candidates(registered[k].T_world_obj, cand[idx], m.symmetry,
+                                      cfg.inlier_translation * m.diameter, math.radians(cfg.inlier_rotation_deg))
+                details["objects"][m.name] = {"estimates": int(len(idx)), "inliers": int(fit.inliers.sum()),
+                                              "registration_fscore": round(registered[k].fscore, 4)}
+                T_world[k] = fit.T_world_obj
+                conf[k] = registered[k].fscore
+                inlier[idx] = fit.inliers
+                aligned[idx] = invert(T_rec[est.frame[idx]]) @ fit.aligned
+                continue
             fit = robust_world_pose(cand[idx], weights[idx], m.symmetry, m.diameter, cfg.inlier_translation,
                                     cfg.inlier_rotation_deg, cfg.min_inliers, cfg.refit_iterations)
             details["objects"][m.name] = {"estimates": int(len(idx)), "inliers": int(fit.inliers.sum())}
@@ -609,6 +629,18 @@ class MultiviewConsensus:
         details["pseudo_instances"] = len(pseudo.instances)
         self._plot_drift(ctx.stage_dir(self.name) / "drift.png", times, corr_t, corr_yaw, weight)
         return pseudo, details, {k: round(v, 6) for k, v in ref.losses.items()}, {}
+
+    @staticmethod
+    def _register(ctx: AdaptContext, cfg: ConsensusConfig, frames: np.ndarray) -> dict[int, Any]:
+        """Depth-based world poses {object index: RegisteredObject} (empty without depth or when switched off)."""
+        rec = ctx.recording
+        if not cfg.scene_registration or not rec.summary().has_depth:
+            return {}
+        points = fuse_depth(lambda i: rec[i].depth, frames.tolist(), rec.poses, rec.intrinsics, cfg.registration)
+        found = register_objects(ctx.objects, points, rec.poses[frames], cfg.registration)
+        log.info("multiview_consensus: scene registration found %d of %d objects in %d fused points", len(found),
+                 len(ctx.objects), len(points))
+        return found
 
     @staticmethod
     def _plot_drift(path: Path, times: np.ndarray, corr_t: np.ndarray, corr_yaw: np.ndarray,

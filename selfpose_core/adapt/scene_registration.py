@@ -1,0 +1,297 @@
+"""World poses of the objects from the recording's depth alone: fuse, find the objects on the table, register CAD.
+
+A robot that drove around a table once has, besides images, depth and its own camera poses. Fused in the world
+frame they give the table and what stands on it, whatever the pre-trained estimator sees:
+
+1. :func:`fuse_depth`: every frame's depth (every ``stride``-th pixel) back-projected through the recorded camera
+   pose, voxel-downsampled (Open3D). Odometry drift blurs the cloud by its size (a few cm over a loop).
+2. :func:`tabletop_clusters`: the point the cameras look at (least squares over the optical axes), the dominant
+   horizontal plane near it (RANSAC, Open3D ``segment_plane``), the points above it, Euclidean clusters (DBSCAN).
+3. :func:`register_model`: each CAD model against each cluster: upright hypotheses (the model's z along the
+   table normal, yaw every 30 deg; objects.yaml meshes are z up) and, with ``upright: false``, a FPFH-RANSAC
+   global registration (any orientation), each refined by ICP (upright: over translation and yaw only,
+   :func:`upright_icp`; otherwise Open3D's point-to-plane ICP); a hypothesis scores the F-score of "cluster points within ``tau`` of the model" and
+   "model points the cameras could see (not on the table, not facing down) within ``tau`` of the cluster".
+4. :func:`register_objects`: the objects x clusters F-scores, assigned one-to-one (Hungarian); pairs below
+   ``min_fscore`` stay unassigned (clutter, objects not in view).
+
+Used by the ``multiview_consensus`` stage for objects the per-frame estimates do not agree on
+(``scene_registration`` in its config). Poses are defined up to the object's symmetries like any other.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+
+from selfpose_core.geometry.shapes import check_shape
+from selfpose_core.types import CameraIntrinsics, ObjectModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RegistrationConfig:
+    """Parameters of the depth-based registration (``multiview_consensus.registration`` in config/adapt.yaml)."""
+
+    stride: int = 4  # use every stride-th pixel of each depth image
+    max_depth: float = 2.5  # metres; farther depth is ignored
+    voxel: float = 0.004  # metres, fused cloud resolution
+    registration_voxel: float = 0.006  # metres, cluster resolution for the registration
+    table_radius: float = 0.8  # metres around the looked-at point considered for the table and objects
+    plane_distance: float = 0.008  # RANSAC inlier distance of the table plane
+    min_height: float = 0.008  # object points lie at least this far above the plane ...
+    max_height: float = 0.6  # ... and at most this far
+    cluster_eps: float = 0.01  # DBSCAN neighbourhood (metres)
+    min_cluster_points: int = 60
+    tau: float = 0.01  # metres: a point is explained within this distance
+    yaw_steps: int = 12  # upright hypotheses per cluster
+    upright: bool = True  # objects stand upright (model z along the table normal): 4-DOF hypotheses and ICP
+    icp_iterations: int = 20
+    min_fscore: float = 0.5  # weaker matches are not assigned
+
+
+@dataclass(slots=True)
+class RegisteredObject:
+    """An object found in the fused cloud: world pose, F-score of the fit and the cluster it was matched to."""
+
+    T_world_obj: np.ndarray  # (4, 4)
+    fscore: float
+    cluster: int
+    cluster_points: int
+
+
+def _o3d():
+    import open3d as o3d
+
+    return o3d
+
+
+def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[int], T_world_cam: np.ndarray,
+               intrinsics_of: Callable[[int], CameraIntrinsics], cfg: RegistrationConfig) -> np.ndarray:
+    """(N, 3) world points: the depth of ``frames`` back-projected through the poses ``T_world_cam`` (F_all, 4, 4),
+    voxel-downsampled. Invalid depth (0, NaN, beyond ``cfg.max_depth``) is skipped."""
+    o3d = _o3d()
+    chunks = []
+    for i in frames:
+        depth = depth_of(int(i))
+        if depth is None:
+            continue
+        K = intrinsics_of(int(i)).K
+        d = depth[::cfg.stride, ::cfg.stride].astype(np.float64)
+        v, u = np.mgrid[0:depth.shape[0]:cfg.stride, 0:depth.shape[1]:cfg.stride]
+        ok = np.isfinite(d) & (d > 0) & (d < cfg.max_depth)
+        z = d[ok]
+        pts = np.stack([(u[ok] - K[0, 2]) * z / K[0, 0], (v[ok] - K[1, 2]) * z / K[1, 1], z], 1)
+        T = T_world_cam[int(i)]
+        chunks.append(pts @ T[:3, :3].T + T[:3, 3])
+    if not chunks:
+        return np.zeros((0, 3))
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.concatenate(chunks)))
+    return np.asarray(pcd.voxel_down_sample(cfg.voxel).points)
+
+
+def looked_at_point(T_world_cam: np.ndarray) -> np.ndarray:
+    """(3,) the point closest (least squares) to the optical axes of the cameras ``T_world_cam`` (F, 4, 4)."""
+    check_shape(T_world_cam, ("F", 4, 4), "T_world_cam")
+    c = T_world_cam[:, :3, 3]
+    d = T_world_cam[:, :3, 2]  # optical axis (z of the camera) in the world
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projectors orthogonal to each axis
+    return np.linalg.lstsq(P.sum(0), np.einsum("fij,fj->i", P, c), rcond=None)[0]
+
+
+def tabletop_clusters(points: np.ndarray, centre: np.ndarray, cfg: RegistrationConfig, up: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The table plane (4,) = (n, d) with n . x + d = 0, n pointing up, and the clusters of points above it.
+
+    ``up``: the world's up direction (default +z, REP-103). Only points within ``cfg.table_radius`` (horizontally)
+    of ``centre`` and from 0.3 m below it to ``cfg.max_height`` above it are used. Returns ``(plane, [cluster points (N_i, 3), ...])`` largest cluster first; the plane
+    is NaN and the list empty when no horizontal plane is found.
+    """
+    o3d = _o3d()
+    o3d.utility.random.seed(0)
+    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64) / np.linalg.norm(up)
+    rel = points - centre
+    horiz = rel - np.outer(rel @ up, up)
+    rise = rel @ up
+    # the cameras look at the table top: the floor (about a table height below) is left out
+    near = points[(np.linalg.norm(horiz, axis=1) < cfg.table_radius) & (rise > -0.3) & (rise < cfg.max_height)]
+    plane = np.full(4, np.nan)
+    rest = near
+    for _ in range(3):  # the dominant plane may be a wall or the floor: take the first horizontal one
+        if len(rest) < 3 * cfg.min_cluster_points:
+            break
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(rest))
+        model, inl = pcd.segment_plane(cfg.plane_distance, 3, 500)
+        n = np.asarray(model[:3], np.float64).reshape(-1)
+        norm = np.linalg.norm(n)
+        n, d = n / norm, float(np.asarray(model).reshape(-1)[3]) / norm
+        if abs(n @ up) > 0.95:
+            plane = np.append(n, d) * (1.0 if n @ up > 0 else -1.0)
+            break
+        rest = np.delete(rest, inl, axis=0)
+    if not np.isfinite(plane).all():
+        return plane, []
+    height = near @ plane[:3] + plane[3]
+    above = near[(height > cfg.min_height) & (height < cfg.max_height)]
+    if len(above) < cfg.min_cluster_points:
+        return plane, []
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(above))
+    labels = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps, 10, print_progress=False))
+    clusters = [above[labels == k] for k in range(labels.max() + 1) if (labels == k).sum() >= cfg.min_cluster_points]
+    return plane, sorted(clusters, key=len, reverse=True)
+
+
+def _surface(model: ObjectModel, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) points and unit normals sampled uniformly on the model's surface."""
+    v, f = np.asarray(model.vertices, np.float64), np.asarray(model.faces, np.int64)
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area = np.linalg.norm(cross, axis=1)
+    rng = np.random.default_rng(seed)
+    tri = rng.choice(len(f), n, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(n))[:, None], rng.random(n)[:, None]
+    pts = (1 - r1) * a[tri] + r1 * (1 - r2) * b[tri] + r1 * r2 * c[tri]
+    return pts, cross[tri] / np.maximum(area[tri], 1e-12)[:, None]
+
+
+def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster_tree: cKDTree, cluster: np.ndarray,
+            plane: np.ndarray, tau: float) -> float:
+    """F-score of the model at pose T against the cluster (see the module docstring)."""
+    X = model_pts @ T[:3, :3].T + T[:3, 3]
+    N = model_nrm @ T[:3, :3].T
+    height = X @ plane[:3] + plane[3]
+    seen = (height > tau) & (N @ plane[:3] > -0.5)
+    below = int((height < -2 * tau).sum())  # inside the table: impossible, counted as unexplained
+    if not seen.any():
+        return 0.0
+    recall = float((cluster_tree.query(X[seen], distance_upper_bound=tau)[0] < tau).sum()) / (seen.sum() + below)
+    model_tree = cKDTree(X)
+    precision = float((model_tree.query(cluster, distance_upper_bound=tau)[0] < tau).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: np.ndarray,
+                gates: Sequence[float], iterations: int) -> np.ndarray:
+    """ICP over translation and rotation about ``up`` only (4 DOF): an upright object stays upright.
+
+    Each cluster point (N, 3) is matched to its nearest model point (M, 3) at the current pose (the model has
+    sides the cameras never saw, the cluster does not); pairs farther than the gate are dropped; the yaw and
+    translation minimising the squared distances are closed-form (2-D Procrustes in the plane orthogonal to ``up``).
+    Returns the refined (4, 4) pose.
+    """
+    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
+    x /= np.linalg.norm(x)
+    B = np.stack([x, np.cross(up, x), up], 1)  # world <- frame with z = up
+    tree = cKDTree(model_pts)  # queried in the model frame: built once
+    T = T0.copy()
+    for gate in gates:
+        for _ in range(iterations):
+            local = (cluster - T[:3, 3]) @ T[:3, :3]  # cluster in the model frame
+            d, j = tree.query(local, distance_upper_bound=gate)
+            ok = np.isfinite(d)
+            if ok.sum() < 10:
+                return T
+            a = (model_pts[j[ok]] @ T[:3, :3].T + T[:3, 3]) @ B  # matched pairs in the upright frame
+            b = cluster[ok] @ B
+            ca, cb = a.mean(0), b.mean(0)
+            a0, b0 = a[:, :2] - ca[:2], b[:, :2] - cb[:2]
+            yaw = np.arctan2((a0[:, 0] * b0[:, 1] - a0[:, 1] * b0[:, 0]).sum(), (a0 * b0).sum())
+            c, s = np.cos(yaw), np.sin(yaw)
+            Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            step = np.eye(4)
+            step[:3, :3] = B @ Rz @ B.T
+            step[:3, 3] = B @ (cb - Rz @ ca)
+            T = step @ T
+            if abs(yaw) < 1e-4 and np.linalg.norm(cb - Rz @ ca) < 1e-4:
+                break
+    return T
+
+
+def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, cfg: RegistrationConfig,
+                   seed: int = 0) -> tuple[np.ndarray, float]:
+    """Best pose (4, 4) of ``model`` on the world-frame ``cluster`` (N, 3) standing on ``plane`` and its F-score."""
+    o3d = _o3d()
+    reg = o3d.pipelines.registration
+    pts, nrm = _surface(model, 1500, seed)
+    src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    src.normals = o3d.utility.Vector3dVector(nrm)
+    tgt = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster)).voxel_down_sample(cfg.registration_voxel)
+    cluster = np.asarray(tgt.points)
+    tgt.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * cfg.cluster_eps, max_nn=30))
+    tgt.orient_normals_towards_camera_location(cluster.mean(0))  # inwards ...
+    tgt.normals = o3d.utility.Vector3dVector(-np.asarray(tgt.normals))  # ... flipped outwards, as the model's
+    # hypotheses: upright (model z along the plane normal, bottom on the plane) at every yaw, plus FPFH-RANSAC
+    up = plane[:3]
+    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
+    x /= np.linalg.norm(x)
+    R_up = np.stack([x, np.cross(up, x), up], 1)
+    centre = cluster.mean(0)
+    foot = centre - (centre @ up + plane[3]) * up  # the cluster's centre dropped onto the plane
+    z_min = float(np.asarray(model.vertices)[:, 2].min())
+    hyps = []
+    for yaw in np.arange(cfg.yaw_steps) * 2 * np.pi / cfg.yaw_steps:
+        c, s = np.cos(yaw), np.sin(yaw)
+        T = np.eye(4)
+        T[:3, :3] = R_up @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        T[:3, 3] = foot - z_min * up
+        hyps.append(T)
+    if not cfg.upright:
+        radius = 5 * cfg.registration_voxel
+        fs = reg.compute_fpfh_feature(src, o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=100))
+        ft = reg.compute_fpfh_feature(tgt, o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=100))
+        glob = reg.registration_ransac_based_on_feature_matching(
+            src, tgt, fs, ft, True, 3 * cfg.tau, reg.TransformationEstimationPointToPoint(False), 3,
+            [reg.CorrespondenceCheckerBasedOnDistance(3 * cfg.tau)], reg.RANSACConvergenceCriteria(20000, 0.999))
+        hyps.append(np.asarray(glob.transformation))
+    tree = cKDTree(cluster)
+    best, best_f = np.eye(4), -1.0
+    for T0 in hyps:
+        if cfg.upright:
+            T = upright_icp(pts, cluster, T0, up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau), cfg.icp_iterations)
+        else:
+            T = T0
+            for dist in (4 * cfg.tau, 2 * cfg.tau, cfg.tau):  # coarse-to-fine ICP gates
+                T = np.asarray(reg.registration_icp(src, tgt, dist, T, reg.TransformationEstimationPointToPlane(),
+                                                    reg.ICPConvergenceCriteria(max_iteration=cfg.icp_iterations)
+                                                    ).transformation)
+        f = _fscore(T, pts, nrm, tree, cluster, plane, cfg.tau)
+        if f > best_f:
+            best, best_f = T, f
+    return best, best_f
+
+
+def register_objects(objects: Sequence[ObjectModel], points: np.ndarray, T_world_cam: np.ndarray,
+                     cfg: RegistrationConfig) -> dict[int, RegisteredObject]:
+    """Objects found in the fused world cloud ``points`` (N, 3): {object index: RegisteredObject}."""
+    plane, clusters = tabletop_clusters(points, looked_at_point(T_world_cam), cfg)
+    if not clusters:
+        log.warning("scene registration: no table plane or no objects on it in the fused depth (%d points)",
+                    len(points))
+        return {}
+    F = np.zeros((len(objects), len(clusters)))
+    poses = np.zeros((len(objects), len(clusters), 4, 4))
+    for k, m in enumerate(objects):
+        for c, cl in enumerate(clusters):
+            ext = np.ptp(cl, axis=0).max()
+            if ext > 2.0 * m.diameter or ext < 0.2 * m.diameter:  # far too large or small for this object
+                continue
+            if cfg.upright:  # the top of an upright object is always seen: the cluster has about its height
+                h_obj = float(np.ptp(np.asarray(m.vertices)[:, 2]))
+                h_cl = float((cl @ plane[:3] + plane[3]).max())
+                if abs(h_cl - h_obj) > max(0.03, 0.3 * h_obj):
+                    continue
+            poses[k, c], F[k, c] = register_model(m, cl, plane, cfg, seed=k)
+    log.debug("scene registration F-scores (objects x clusters):\n%s", np.array2string(F, precision=2))
+    rows, cols = linear_sum_assignment(-F)
+    found = {}
+    for k, c in zip(rows, cols):
+        log.info("scene registration: %s -> cluster %d (%d points), F-score %.2f", objects[k].name, c,
+                 len(clusters[c]), F[k, c])
+        if F[k, c] >= cfg.min_fscore:
+            found[int(k)] = RegisteredObject(poses[k, c], float(F[k, c]), int(c), len(clusters[c]))
+    return found
