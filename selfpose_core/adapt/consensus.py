@@ -102,6 +102,7 @@ class ConsensusConfig:
         require_at_least(self, ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"), 1, where)
         if self.refine_iterations < 0 or self.max_frames < 0 or self.score_floor < 0 or self.min_score < 0:
             raise ConfigError(f"{where}.refine_iterations, max_frames, score_floor and min_score must be >= 0")
+        self.registration.validate(f"{where}.registration")
 
 
 # ---------------------------------------------------------------------------------------------- per-frame estimates

@@ -28,6 +28,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from selfpose_core.config_io import require_at_least
+from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.shapes import check_shape
 from selfpose_core.types import CameraIntrinsics, ObjectModel
 
@@ -53,6 +55,16 @@ class RegistrationConfig:
     upright: bool = True  # objects stand upright (model z along the table normal): 4-DOF hypotheses and ICP
     icp_iterations: int = 20
     min_fscore: float = 0.5  # weaker matches are not assigned
+
+    def validate(self, where: str = "registration") -> None:
+        require_at_least(self, ("stride", "min_cluster_points", "yaw_steps", "icp_iterations"), 1, where)
+        for key in ("max_depth", "voxel", "registration_voxel", "table_radius", "plane_distance", "max_height",
+                    "cluster_eps", "tau"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.min_height < self.max_height or not 0 <= self.min_fscore <= 1:
+            raise ConfigError(f"{where}: need 0 <= min_height < max_height and min_fscore in [0, 1], got "
+                              f"{self.min_height}, {self.max_height}, {self.min_fscore}")
 
 
 @dataclass(slots=True)
