@@ -99,7 +99,8 @@ class ConsensusConfig:
                     "mask_depth_tolerance", "confidence_inliers"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
-        require_at_least(self, ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"), 1, where)
+        require_at_least(self, ("min_inliers", "refit_iterations", "drift_knots", "refine_batch", "crop_size"), 1,
+                         where)
         if self.refine_iterations < 0 or self.max_frames < 0 or self.score_floor < 0 or self.min_score < 0:
             raise ConfigError(f"{where}.refine_iterations, max_frames, score_floor and min_score must be >= 0")
         self.registration.validate(f"{where}.registration")

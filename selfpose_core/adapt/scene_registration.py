@@ -10,8 +10,9 @@ frame they give the table and what stands on it, whatever the pre-trained estima
 3. :func:`register_model`: each CAD model against each cluster: upright hypotheses (the model's z along the
    table normal, yaw every 30 deg; objects.yaml meshes are z up) and, with ``upright: false``, a FPFH-RANSAC
    global registration (any orientation), each refined by ICP (upright: over translation and yaw only,
-   :func:`upright_icp`; otherwise Open3D's point-to-plane ICP); a hypothesis scores the F-score of "cluster points within ``tau`` of the model" and
-   "model points the cameras could see (not on the table, not facing down) within ``tau`` of the cluster".
+   :func:`upright_icp`; otherwise Open3D's point-to-plane ICP); a hypothesis scores the F-score of "cluster points
+   within ``tau`` of the model" and "model points the cameras could see (not on the table, not facing down) within
+   ``tau`` of the cluster", where model points inside the table count as unexplained.
 4. :func:`register_objects`: the objects x clusters F-scores, assigned one-to-one (Hungarian); pairs below
    ``min_fscore`` stay unassigned (clutter, objects not in view).
 
@@ -121,8 +122,9 @@ def tabletop_clusters(points: np.ndarray, centre: np.ndarray, cfg: RegistrationC
     """The table plane (4,) = (n, d) with n . x + d = 0, n pointing up, and the clusters of points above it.
 
     ``up``: the world's up direction (default +z, REP-103). Only points within ``cfg.table_radius`` (horizontally)
-    of ``centre`` and from 0.3 m below it to ``cfg.max_height`` above it are used. Returns ``(plane, [cluster points (N_i, 3), ...])`` largest cluster first; the plane
-    is NaN and the list empty when no horizontal plane is found.
+    of ``centre`` and from 0.3 m below it to ``cfg.max_height`` above it are used. Returns
+    ``(plane, [cluster points (N_i, 3), ...])``, largest cluster first; the plane is NaN and the list empty when no
+    horizontal plane is found.
     """
     o3d = _o3d()
     o3d.utility.random.seed(0)

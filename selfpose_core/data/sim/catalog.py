@@ -115,8 +115,9 @@ def cereal_box(rng: np.random.Generator) -> SimObject:
     for lid in ("top", "bottom"):
         lx0, ly0, lx1, ly1 = _rect(cells[lid], w, h)
         img[ly0:ly1, lx0:lx1] = accent
-    flips = np.stack([np.diag([1.0, -1.0, -1.0, 1.0]), np.diag([-1.0, 1.0, -1.0, 1.0]), np.diag([-1.0, -1.0, 1.0, 1.0])])
-    return SimObject("cereal_box", _centred(box(size)), tx.printed(rng, img), Symmetry(discrete=flips), "box", 0.08, 15.0)
+    flips = np.stack([np.diag(d) for d in ([1.0, -1.0, -1.0, 1.0], [-1.0, 1.0, -1.0, 1.0], [-1.0, -1.0, 1.0, 1.0])])
+    return SimObject("cereal_box", _centred(box(size)), tx.printed(rng, img), Symmetry(discrete=flips), "box", 0.08,
+                     15.0)
 
 
 def tin_can(rng: np.random.Generator) -> SimObject:

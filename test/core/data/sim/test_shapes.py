@@ -84,7 +84,8 @@ def test_declared_symmetries_map_the_cad_shape_onto_itself():
     def off_surface(cad, T):
         pts = trimesh.sample.sample_surface(trimesh.Trimesh(cad.vertices, cad.faces, process=False), 400, seed=0)[0]
         scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(o3d.core.Tensor(cad.vertices.astype(np.float32)), o3d.core.Tensor(cad.faces.astype(np.uint32)))
+        scene.add_triangles(o3d.core.Tensor(cad.vertices.astype(np.float32)),
+                            o3d.core.Tensor(cad.faces.astype(np.uint32)))
         moved = (pts @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
         return float(scene.compute_distance(o3d.core.Tensor(moved)).numpy().max())
 
