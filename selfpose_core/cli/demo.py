@@ -31,7 +31,7 @@ from selfpose_core.models.pretrain import load_pretrain_config, pretrain
 
 log = logging.getLogger(__name__)
 
-DEMO_PRETRAIN_STEPS = 900  # ~8 minutes on 2 CPU cores
+DEMO_PRETRAIN_STEPS = 1500  # ~10 minutes on 2 idle CPU cores
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "(one command, ~30 min on 2 CPU cores)")
     p.add_argument("--out", type=Path, required=True, help="output directory (re-running continues where it stopped)")
     p.add_argument("--seed", type=int, default=0, help="scene and training seed (default 0)")
-    p.add_argument("--pose-net", choices=("keypoint", "correspondence"), default="keypoint",
-                   help="pose network (default keypoint)")
+    p.add_argument("--pose-net", choices=("keypoint", "correspondence"), default="correspondence",
+                   help="pose network (default correspondence: the better upper bound, docs/estimator.md)")
     p.add_argument("--frames", type=int, default=96, help="frames of the training loop (default 96)")
     p.add_argument("--test-frames", type=int, default=20, help="frames per held-out trajectory (default 20)")
     p.add_argument("--pretrain-steps", type=int, default=DEMO_PRETRAIN_STEPS,
