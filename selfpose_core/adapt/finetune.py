@@ -42,15 +42,17 @@ class FinetuneConfig:
 
     min_confidence: float = 0.3
     real_fraction: float = 0.5  # share of real (pseudo-labelled) samples per batch; the rest synthetic
-    crop_batch: int = 16
-    scene_batch: int = 4
+    crop_batch: int = 32
+    scene_batch: int = 8
+    crop_pool: int = 2048  # synthetic samples rendered once and reused, as in pre-training (0: render every one)
+    scene_pool: int = 512
     train_detector: bool = True
     keypoint_sigma: float = 0.1
     symmetry_samples: int = 36
     frame_cache: int = 256  # decoded frames kept in memory
     losses: LossWeights = field(default_factory=LossWeights)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=300, lr=5e-4, warmup_steps=20,
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-3, warmup_steps=20,
                                                                          checkpoint_every=50, log_every=10))
 
     def validate(self, where: str = "pseudo_label_finetune") -> None:
@@ -59,6 +61,8 @@ class FinetuneConfig:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"{where}.min_confidence must be in [0, 1], got {self.min_confidence}")
         require_at_least(self, ("crop_batch", "scene_batch", "frame_cache"), 1, where)
+        if self.crop_pool < 0 or self.scene_pool < 0:
+            raise ConfigError(f"{where}.crop_pool and scene_pool must be >= 0, got {self.crop_pool}, {self.scene_pool}")
         self.trainer.validate(f"{where}.trainer")
 
 
@@ -141,7 +145,7 @@ class PseudoLabelFinetune:
                                n_sym=syn_crops.n_sym)
         real_scenes = RealScenes(real, obj_ids, geoms, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
         data = StepBatches(syn_crops, syn_scenes, cfg.crop_batch, cfg.scene_batch, steps, seed, real_crops,
-                           real_scenes, cfg.real_fraction)
+                           real_scenes, cfg.real_fraction, cfg.crop_pool, cfg.scene_pool)
         log.info("pseudo_label_finetune: %d pseudo-labelled instances in %d frames, %.0f%% real samples",
                  len(instances), len(real.image_ids(1)), 100 * cfg.real_fraction)
 

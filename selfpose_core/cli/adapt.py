@@ -39,8 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "adapt.yaml"
 # `selfpose demo`'s reduced configuration (about 10 minutes on 2 CPU cores for the embedded scene)
-DEMO_OVERRIDES: dict[str, Any] = {"stages": ["multiview_consensus", "pseudo_label_finetune"],
-                                  "pseudo_label_finetune.trainer.steps": 1000}
+DEMO_OVERRIDES: dict[str, Any] = {"stages": ["multiview_consensus", "pseudo_label_finetune"]}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
