@@ -80,7 +80,7 @@ class DualScaleConfig:
     max_frames: int = 0
     symmetry_samples: int = 36
     # DSC: Adam, 1e-3 decayed to 1e-5 (x0.85 every 5 epochs, 120 epochs) (here: cosine to lr * final_lr_ratio)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-3, final_lr_ratio=0.01,
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-4, final_lr_ratio=0.01,
                                                                          warmup_steps=20, checkpoint_every=100))
 
     def validate(self, where: str = "dual_scale") -> None:
