@@ -226,20 +226,40 @@ def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: 
     return T
 
 
+def _any_orientation(pts: np.ndarray, nrm: np.ndarray, cluster: np.ndarray, hyps: list[np.ndarray],
+                     cfg: RegistrationConfig) -> list[np.ndarray]:
+    """``hyps`` plus a FPFH-RANSAC global registration, each refined by Open3D point-to-plane ICP (any orientation)."""
+    o3d = _o3d()
+    reg = o3d.pipelines.registration
+    src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    src.normals = o3d.utility.Vector3dVector(nrm)
+    tgt = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster))
+    tgt.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * cfg.cluster_eps, max_nn=30))
+    tgt.orient_normals_towards_camera_location(cluster.mean(0))  # inwards ...
+    tgt.normals = o3d.utility.Vector3dVector(-np.asarray(tgt.normals))  # ... flipped outwards, as the model's
+    search = o3d.geometry.KDTreeSearchParamHybrid(radius=5 * cfg.registration_voxel, max_nn=100)
+    glob = reg.registration_ransac_based_on_feature_matching(
+        src, tgt, reg.compute_fpfh_feature(src, search), reg.compute_fpfh_feature(tgt, search), True, 3 * cfg.tau,
+        reg.TransformationEstimationPointToPoint(False), 3, [reg.CorrespondenceCheckerBasedOnDistance(3 * cfg.tau)],
+        reg.RANSACConvergenceCriteria(20000, 0.999))
+    out = []
+    for T in hyps + [np.asarray(glob.transformation)]:
+        for dist in (4 * cfg.tau, 2 * cfg.tau, cfg.tau):  # coarse-to-fine ICP gates
+            T = np.asarray(reg.registration_icp(src, tgt, dist, T, reg.TransformationEstimationPointToPlane(),
+                                                reg.ICPConvergenceCriteria(max_iteration=cfg.icp_iterations)
+                                                ).transformation)
+        out.append(T)
+    return out
+
+
 def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, cfg: RegistrationConfig,
                    seed: int = 0) -> tuple[np.ndarray, float]:
     """Best pose (4, 4) of ``model`` on the world-frame ``cluster`` (N, 3) standing on ``plane`` and its F-score."""
     o3d = _o3d()
-    reg = o3d.pipelines.registration
     pts, nrm = _surface(model, 1500, seed)
-    src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
-    src.normals = o3d.utility.Vector3dVector(nrm)
-    tgt = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster)).voxel_down_sample(cfg.registration_voxel)
-    cluster = np.asarray(tgt.points)
-    tgt.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * cfg.cluster_eps, max_nn=30))
-    tgt.orient_normals_towards_camera_location(cluster.mean(0))  # inwards ...
-    tgt.normals = o3d.utility.Vector3dVector(-np.asarray(tgt.normals))  # ... flipped outwards, as the model's
-    # hypotheses: upright (model z along the plane normal, bottom on the plane) at every yaw, plus FPFH-RANSAC
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster))
+    cluster = np.asarray(pcd.voxel_down_sample(cfg.registration_voxel).points)
+    # upright hypotheses: model z along the plane normal, bottom on the plane, every yaw
     up = plane[:3]
     x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
     x /= np.linalg.norm(x)
@@ -254,29 +274,15 @@ def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, c
         T[:3, :3] = R_up @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
         T[:3, 3] = foot - z_min * up
         hyps.append(T)
-    if not cfg.upright:
-        radius = 5 * cfg.registration_voxel
-        fs = reg.compute_fpfh_feature(src, o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=100))
-        ft = reg.compute_fpfh_feature(tgt, o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=100))
-        glob = reg.registration_ransac_based_on_feature_matching(
-            src, tgt, fs, ft, True, 3 * cfg.tau, reg.TransformationEstimationPointToPoint(False), 3,
-            [reg.CorrespondenceCheckerBasedOnDistance(3 * cfg.tau)], reg.RANSACConvergenceCriteria(20000, 0.999))
-        hyps.append(np.asarray(glob.transformation))
+    if cfg.upright:
+        gates = (4 * cfg.tau, 2 * cfg.tau, cfg.tau)
+        poses = [upright_icp(pts, cluster, T0, up, gates, cfg.icp_iterations) for T0 in hyps]
+    else:
+        poses = _any_orientation(pts, nrm, cluster, hyps, cfg)
     tree = cKDTree(cluster)
-    best, best_f = np.eye(4), -1.0
-    for T0 in hyps:
-        if cfg.upright:
-            T = upright_icp(pts, cluster, T0, up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau), cfg.icp_iterations)
-        else:
-            T = T0
-            for dist in (4 * cfg.tau, 2 * cfg.tau, cfg.tau):  # coarse-to-fine ICP gates
-                T = np.asarray(reg.registration_icp(src, tgt, dist, T, reg.TransformationEstimationPointToPlane(),
-                                                    reg.ICPConvergenceCriteria(max_iteration=cfg.icp_iterations)
-                                                    ).transformation)
-        f = _fscore(T, pts, nrm, tree, cluster, plane, cfg.tau)
-        if f > best_f:
-            best, best_f = T, f
-    return best, best_f
+    scores = [_fscore(T, pts, nrm, tree, cluster, plane, cfg.tau) for T in poses]
+    k = int(np.argmax(scores))
+    return poses[k], float(scores[k])
 
 
 def register_objects(objects: Sequence[ObjectModel], points: np.ndarray, T_world_cam: np.ndarray,

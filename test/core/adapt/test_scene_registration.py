@@ -129,3 +129,17 @@ def test_bad_registration_config_names_the_key():
 
     with pytest.raises(ConfigError, match="registration.tau"):
         RegistrationConfig(tau=0.0).validate()
+
+
+def test_any_orientation_registration_finds_the_upright_box_too(scene):
+    """``upright: false`` (FPFH-RANSAC + point-to-plane ICP) on the same table: the box within 1 cm / 5 deg."""
+    models, truth, cloud = scene
+    plane, clusters = tabletop_clusters(cloud, np.array([0.0, 0.0, TABLE_Z + 0.1]), RegistrationConfig())
+    from selfpose_core.adapt.scene_registration import register_model
+
+    box = min(clusters, key=lambda c: np.linalg.norm(c.mean(0)[:2] - truth[0][:2, 3]))  # the nearest cluster
+    T, f = register_model(models[0], box, plane, RegistrationConfig(upright=False))
+    T = closest_symmetric_pose(truth[0], T, models[0].symmetry)
+    assert f > 0.8
+    assert np.linalg.norm(T[:3, 3] - truth[0][:3, 3]) < 0.01
+    assert np.degrees(rotation_angle(T[:3, :3], truth[0][:3, :3])) < 5.0
