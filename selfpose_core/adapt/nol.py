@@ -35,6 +35,7 @@ from selfpose_core.data.nol_training_set import look_at_rotation
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
 from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
+from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.models.losses import detector_losses
 from selfpose_core.models.nol import (NolMesh, NolNet, TargetRaster, depth_tolerance, load_nol, project_sources,
@@ -169,18 +170,6 @@ def prepare_sources(model: ObjectModel, images: Sequence[np.ndarray], T_cam_obj:
                         np.stack(Ks) if Ks else np.zeros((0, 3, 3)), T_cam_obj[keep], [ids[i] for i in keep], dropped)
 
 
-def surface_samples(model: ObjectModel, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 3) points uniformly distributed over the mesh surface (area-weighted)."""
-    v = np.asarray(model.vertices, np.float64)
-    f = np.asarray(model.faces, np.int64)
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    face = rng.choice(len(f), n, p=area / area.sum())
-    r1, r2 = rng.random(n), rng.random(n)
-    s = np.sqrt(r1)
-    return (1 - s)[:, None] * a[face] + (s * (1 - r2))[:, None] * b[face] + (s * r2)[:, None] * c[face]
-
-
 def point_visibility(points: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray, depth: torch.Tensor,
                      masks: torch.Tensor | None, depth_tol: float) -> np.ndarray:
     """(N, P) bool: object ``points`` (P, 3) seen in view n (pose ``T_cam_obj`` (N, 4, 4), intrinsics ``K``
@@ -237,7 +226,7 @@ def choose_sources(model: ObjectModel, sources: NolSourceSet, *, max_sources: in
     mesh = NolMesh.from_object_model(model)
     R, t, K = _tensors(sources)
     depth = render_source_depth(mesh, R, t, K, tuple(sources.images.shape[-2:]))
-    vis = point_visibility(surface_samples(model, n_points, np.random.default_rng(seed)), sources.T_cam_obj,
+    vis = point_visibility(sample_surface(model.vertices, model.faces, n_points, np.random.default_rng(seed))[0], sources.T_cam_obj,
                            sources.K, depth, sources.masks, depth_tolerance(model.diameter))
     chosen = select_by_new_points(vis, max_sources=max_sources)
     log.info("NOL: %s: %d of %d source frames chosen (SMOT rule), seeing %.0f%% of the surface", model.name,
@@ -433,7 +422,7 @@ class NolRenderer:
         with torch.no_grad():
             self._features = net.encode(sources.images)
             self._depth = render_source_depth(self.mesh, R, t, K, S)
-        self._points = surface_samples(model, n_points, np.random.default_rng(seed))
+        self._points = sample_surface(model.vertices, model.faces, n_points, np.random.default_rng(seed))[0]
         self._visible = point_visibility(self._points, sources.T_cam_obj, sources.K, self._depth, sources.masks,
                                          self.tol)
 

@@ -5,7 +5,7 @@ frame they give the table and what stands on it, whatever the pre-trained estima
 
 1. :func:`fuse_depth`: every frame's depth (every ``stride``-th pixel) back-projected through the recorded camera
    pose, voxel-downsampled (Open3D). Odometry drift blurs the cloud by its size (a few cm over a loop).
-2. :func:`tabletop_clusters`: the point the cameras look at (least squares over the optical axes), the dominant
+2. :func:`tabletop_clusters`: the point the cameras look at (``optical_axes_center``), the dominant
    horizontal plane near it (RANSAC, Open3D ``segment_plane``), the points above it, Euclidean clusters (DBSCAN).
 3. :func:`register_model`: each CAD model against each cluster: upright hypotheses (the model's z along the
    table normal, yaw every 30 deg; objects.yaml meshes are z up) and, with ``upright: false``, a FPFH-RANSAC
@@ -31,7 +31,8 @@ from scipy.spatial import cKDTree
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
-from selfpose_core.geometry.shapes import check_shape
+from selfpose_core.geometry.projection import optical_axes_center
+from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.types import CameraIntrinsics, ObjectModel
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,6 @@ def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[in
     return np.asarray(pcd.voxel_down_sample(cfg.voxel).points)
 
 
-def looked_at_point(T_world_cam: np.ndarray) -> np.ndarray:
-    """(3,) the point closest (least squares) to the optical axes of the cameras ``T_world_cam`` (F, 4, 4)."""
-    check_shape(T_world_cam, ("F", 4, 4), "T_world_cam")
-    c = T_world_cam[:, :3, 3]
-    d = T_world_cam[:, :3, 2]  # optical axis (z of the camera) in the world
-    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projectors orthogonal to each axis
-    return np.linalg.lstsq(P.sum(0), np.einsum("fij,fj->i", P, c), rcond=None)[0]
-
-
 def tabletop_clusters(points: np.ndarray, centre: np.ndarray, cfg: RegistrationConfig, up: np.ndarray | None = None
                       ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The table plane (4,) = (n, d) with n . x + d = 0, n pointing up, and the clusters of points above it.
@@ -160,19 +152,6 @@ def tabletop_clusters(points: np.ndarray, centre: np.ndarray, cfg: RegistrationC
     return plane, sorted(clusters, key=len, reverse=True)
 
 
-def _surface(model: ObjectModel, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 3) points and unit normals sampled uniformly on the model's surface."""
-    v, f = np.asarray(model.vertices, np.float64), np.asarray(model.faces, np.int64)
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    cross = np.cross(b - a, c - a)
-    area = np.linalg.norm(cross, axis=1)
-    rng = np.random.default_rng(seed)
-    tri = rng.choice(len(f), n, p=area / area.sum())
-    r1, r2 = np.sqrt(rng.random(n))[:, None], rng.random(n)[:, None]
-    pts = (1 - r1) * a[tri] + r1 * (1 - r2) * b[tri] + r1 * r2 * c[tri]
-    return pts, cross[tri] / np.maximum(area[tri], 1e-12)[:, None]
-
-
 def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster_tree: cKDTree, cluster: np.ndarray,
             plane: np.ndarray, tau: float) -> float:
     """F-score of the model at pose T against the cluster (see the module docstring)."""
@@ -189,6 +168,13 @@ def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
+def _upright_basis(up: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation world <- a frame whose z axis is the unit vector ``up``."""
+    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(up, x), up], 1)
+
+
 def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: np.ndarray,
                 gates: Sequence[float], iterations: int) -> np.ndarray:
     """ICP over translation and rotation about ``up`` only (4 DOF): an upright object stays upright.
@@ -198,9 +184,7 @@ def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: 
     translation minimising the squared distances are closed-form (2-D Procrustes in the plane orthogonal to ``up``).
     Returns the refined (4, 4) pose.
     """
-    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
-    x /= np.linalg.norm(x)
-    B = np.stack([x, np.cross(up, x), up], 1)  # world <- frame with z = up
+    B = _upright_basis(up)
     tree = cKDTree(model_pts)  # queried in the model frame: built once
     T = T0.copy()
     for gate in gates:
@@ -256,14 +240,12 @@ def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, c
                    seed: int = 0) -> tuple[np.ndarray, float]:
     """Best pose (4, 4) of ``model`` on the world-frame ``cluster`` (N, 3) standing on ``plane`` and its F-score."""
     o3d = _o3d()
-    pts, nrm = _surface(model, 1500, seed)
+    pts, nrm = sample_surface(model.vertices, model.faces, 1500, np.random.default_rng(seed))
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster))
     cluster = np.asarray(pcd.voxel_down_sample(cfg.registration_voxel).points)
     # upright hypotheses: model z along the plane normal, bottom on the plane, every yaw
     up = plane[:3]
-    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
-    x /= np.linalg.norm(x)
-    R_up = np.stack([x, np.cross(up, x), up], 1)
+    R_up = _upright_basis(up)
     centre = cluster.mean(0)
     foot = centre - (centre @ up + plane[3]) * up  # the cluster's centre dropped onto the plane
     z_min = float(np.asarray(model.vertices)[:, 2].min())
@@ -288,7 +270,7 @@ def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, c
 def register_objects(objects: Sequence[ObjectModel], points: np.ndarray, T_world_cam: np.ndarray,
                      cfg: RegistrationConfig) -> dict[int, RegisteredObject]:
     """Objects found in the fused world cloud ``points`` (N, 3): {object index: RegisteredObject}."""
-    plane, clusters = tabletop_clusters(points, looked_at_point(T_world_cam), cfg)
+    plane, clusters = tabletop_clusters(points, optical_axes_center(T_world_cam), cfg)
     if not clusters:
         log.warning("scene registration: no table plane or no objects on it in the fused depth (%d points)",
                     len(points))

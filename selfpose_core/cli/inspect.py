@@ -15,24 +15,8 @@ import numpy as np
 
 from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
 from selfpose_core.data.recording import Recording
-from selfpose_core.errors import ConfigError, ShapeError
-
-
-def optical_axes_center(T_world_cam: np.ndarray) -> np.ndarray:
-    """The point (3,) closest to all optical axes (camera z axes) of ``T_world_cam`` (N, 4, 4), least squares.
-
-    Minimises sum_i ||(I - d_i d_i^T)(p - c_i)||^2 over p (c_i camera centre, d_i viewing direction); for
-    (nearly) parallel axes the minimum-norm solution of the normal equations is returned.
-    """
-    T = np.asarray(T_world_cam, dtype=np.float64)
-    if T.ndim != 3 or T.shape[1:] != (4, 4) or T.shape[0] == 0:
-        raise ShapeError(f"T_world_cam must be (N, 4, 4) with N >= 1, got {T.shape}")
-    c, d = T[:, :3, 3], T[:, :3, 2]
-    d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # (N, 3, 3) projectors orthogonal to each axis
-    A = P.sum(axis=0)
-    b = np.einsum("nij,nj->i", P, c)
-    return np.linalg.lstsq(A, b, rcond=1e-9)[0]
+from selfpose_core.geometry.projection import optical_axes_center
+from selfpose_core.errors import ConfigError
 
 
 def view_angles(T_world_cam: np.ndarray, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from selfpose_core.geometry.umeyama import umeyama
+from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.types import ObjectModel
 
 
@@ -25,24 +26,13 @@ class DepthRefineConfig:
     min_fitness: float = 0.3  # fraction of scene points within end_gate at the end, else keep the RGB pose
 
 
-def sample_surface(model: ObjectModel, n: int = 4000, seed: int = 0) -> np.ndarray:
-    """(n, 3) points uniformly distributed on the mesh surface (area-weighted, fixed seed)."""
-    rng = np.random.default_rng(seed)
-    v, f = np.asarray(model.vertices, np.float64), np.asarray(model.faces, np.int64)
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    face = rng.choice(len(f), size=n, p=area / area.sum())
-    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
-    return (1 - r1)[:, None] * a[face] + (r1 * (1 - r2))[:, None] * b[face] + (r1 * r2)[:, None] * c[face]
-
-
 class DepthRefiner:
     """Refine T_cam_obj of one object with a depth image; built once per object (KD-tree of its surface)."""
 
     def __init__(self, model: ObjectModel, config: DepthRefineConfig | None = None) -> None:
         self.config = config or DepthRefineConfig()
         self.diameter = float(model.diameter)
-        self.tree = cKDTree(sample_surface(model))
+        self.tree = cKDTree(sample_surface(model.vertices, model.faces, 4000, np.random.default_rng(0))[0])
         self._rng = np.random.default_rng(0)
 
     def refine(self, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray,

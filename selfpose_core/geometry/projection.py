@@ -12,6 +12,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from selfpose_core.errors import ShapeError
 from selfpose_core.geometry.shapes import Array, check_shape, is_torch, namespace
 from selfpose_core.types import CameraIntrinsics
 
@@ -85,3 +86,21 @@ def project_box(K: KLike, X_cam: Array, *, image_size: tuple[int, int] | None = 
         lim = torch.as_tensor(lim, dtype=box.dtype, device=box.device) if is_torch(box) else lim.astype(box.dtype)
         box = xp.minimum(xp.maximum(box, 0.0 * lim), lim)
     return box
+
+
+def optical_axes_center(T_world_cam: np.ndarray) -> np.ndarray:
+    """The point (3,) closest to all optical axes (camera z axes) of ``T_world_cam`` (N, 4, 4), least squares.
+
+    Minimises sum_i ||(I - d_i d_i^T)(p - c_i)||^2 over p (c_i camera centre, d_i viewing direction); for
+    (nearly) parallel axes the minimum-norm solution of the normal equations is returned.
+    """
+    T = np.asarray(T_world_cam, dtype=np.float64)
+    check_shape(T, ("N", 4, 4), "T_world_cam")
+    if T.shape[0] == 0:
+        raise ShapeError("T_world_cam must hold at least one pose")
+    c, d = T[:, :3, 3], T[:, :3, 2]
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # (N, 3, 3) projectors orthogonal to each axis
+    A = P.sum(axis=0)
+    b = np.einsum("nij,nj->i", P, c)
+    return np.linalg.lstsq(A, b, rcond=1e-9)[0]

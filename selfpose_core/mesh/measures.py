@@ -91,3 +91,23 @@ def bbox_diagonal(vertices: np.ndarray) -> float:
     """Length of the diagonal of the axis-aligned bounding box of ``vertices`` (N, 3)."""
     v = np.asarray(vertices, dtype=np.float64)
     return float(np.linalg.norm(v.max(axis=0) - v.min(axis=0)))
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points uniformly distributed over a triangle mesh (area-weighted) and the unit normals of their faces.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3) int; rng: the generator (its draws: faces, then two uniforms per point).
+
+    Returns:
+        points (n, 3) and face normals (n, 3), float64.
+    """
+    v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area = np.linalg.norm(cross, axis=1)
+    face = rng.choice(len(f), n, p=area / area.sum())
+    s, r2 = np.sqrt(rng.random(n)), rng.random(n)
+    points = (1 - s)[:, None] * a[face] + (s * (1 - r2))[:, None] * b[face] + (s * r2)[:, None] * c[face]
+    return points, cross[face] / np.maximum(area[face], 1e-12)[:, None]

@@ -1,10 +1,10 @@
-"""Depth-based scene registration: fusion, the looked-at point, table + clusters, upright CAD registration."""
+"""Depth-based scene registration: fusion, table + clusters, upright 4-DOF ICP, CAD registration and assignment."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from selfpose_core.adapt.scene_registration import (RegistrationConfig, fuse_depth, looked_at_point,
+from selfpose_core.adapt.scene_registration import (RegistrationConfig, fuse_depth,
                                                      register_objects, tabletop_clusters, upright_icp)
 from selfpose_core.data.sim import catalog
 from selfpose_core.geometry.se3 import rotation_angle
@@ -63,10 +63,6 @@ def scene():
     ball = ball[ball[:, 2] > TABLE_Z + 0.01]
     cloud = np.concatenate([table, ball] + [_surface_points(m, T, 6000, rng) for m, T in zip(models, truth)])
     return models, truth, cloud
-
-
-def test_looked_at_point_is_where_the_optical_axes_meet():
-    assert np.allclose(looked_at_point(_ring()), [0, 0, TABLE_Z], atol=1e-9)
 
 
 def test_fuse_depth_puts_a_flat_table_back_in_the_world():

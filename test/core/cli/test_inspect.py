@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfpose_core.cli.inspect import optical_axes_center, view_angles
+from selfpose_core.cli.inspect import view_angles
+from selfpose_core.geometry.projection import optical_axes_center
 from selfpose_core.cli.main import main
 from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.types import CameraIntrinsics, Frame
