@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ import torch
 import yaml
 
 from selfpose_core.adapt.context import AdaptContext
+from selfpose_core.adapt.depth_odometry import DepthOdometryConfig, track_depth
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
 from selfpose_core.adapt.scene_registration import RegistrationConfig, fuse_depth, register_objects
 from selfpose_core.adapt.stage import StageResult
@@ -69,7 +70,9 @@ class ConsensusConfig:
     min_inlier_fraction: float = 0.2  # ... or fewer than this share of the frames that estimated it
     confidence_inliers: float = 5.0  # object confidence = 1 - exp(-inliers / confidence_inliers)
     refit_iterations: int = 3
-    drift: str = "correct"  # correct: estimate a planar per-frame camera correction; weight: only down-weight
+    drift: str = "depth"  # depth: pose graph of the depth (depth_odometry.py), else correct; correct: planar
+    # per-frame camera correction in the refinement; weight: only down-weight frames
+    depth_odometry: DepthOdometryConfig = field(default_factory=DepthOdometryConfig)
     drift_knots: int = 6
     drift_smoothness: float = 1.0  # weight of the random-walk prior on the knots (per metre / radian squared)
     refine_iterations: int = 80
@@ -93,8 +96,8 @@ class ConsensusConfig:
             raise ConfigError(f"{where}.min_inlier_fraction must be in [0, 1], got {self.min_inlier_fraction}")
         if not 0 < self.detection_threshold < 1:
             raise ConfigError(f"{where}.detection_threshold must be in (0, 1), got {self.detection_threshold}")
-        if self.drift not in ("correct", "weight"):
-            raise ConfigError(f"{where}.drift must be 'correct' or 'weight', got {self.drift!r}")
+        if self.drift not in ("depth", "correct", "weight"):
+            raise ConfigError(f"{where}.drift must be 'depth', 'correct' or 'weight', got {self.drift!r}")
         for key in ("inlier_translation", "inlier_rotation_deg", "refine_lr", "residual_tau", "depth_truncation",
                     "mask_depth_tolerance", "confidence_inliers"):
             if not getattr(self, key) > 0:
@@ -104,6 +107,7 @@ class ConsensusConfig:
         if self.refine_iterations < 0 or self.max_frames < 0 or self.score_floor < 0 or self.min_score < 0:
             raise ConfigError(f"{where}.refine_iterations, max_frames, score_floor and min_score must be >= 0")
         self.registration.validate(f"{where}.registration")
+        self.depth_odometry.validate(f"{where}.depth_odometry")
 
 
 # ---------------------------------------------------------------------------------------------- per-frame estimates
@@ -299,6 +303,7 @@ class RefineInputs:
     target_mask: np.ndarray  # (P, S, S) float segmenter mask in the crop
     ignore: np.ndarray  # (P, S, S) bool: other objects' masks
     target_depth: np.ndarray | None  # (P, S, S) measured depth in the crop (0 invalid) or None
+    fixed: np.ndarray | None = None  # (O,) bool: objects whose world pose is held (registered to the depth)
 
 
 @dataclass(slots=True)
@@ -319,8 +324,9 @@ def _keypoint_residual(T_pred: torch.Tensor, T_obs: torch.Tensor, pts: torch.Ten
 
 def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: ConsensusConfig,
                      generator: torch.Generator, log_fn: Any = None) -> RefineOutput:
-    """Jointly refine world object poses and (``cfg.drift == "correct"``) the planar drift knots; see the module
-    docstring for the terms. ``log_fn(step, scalars)`` receives the losses of each iteration."""
+    """Jointly refine the world poses of the objects not ``inputs.fixed`` and (``cfg.drift == "correct"``) the
+    planar drift knots; see the module docstring for the terms. ``log_fn(step, scalars)`` receives the losses of
+    each iteration. Nothing to refine: no iteration runs."""
     dt = torch.float64
     O, P = len(objects), len(inputs.pair_frame)
     W0 = torch.as_tensor(np.nan_to_num(inputs.T_world_obj), dtype=dt)
@@ -328,6 +334,11 @@ def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: Cons
     times = torch.as_tensor(inputs.times, dtype=dt)
     xi = torch.zeros(O, 6, dtype=dt, requires_grad=True)
     n_free = cfg.drift_knots - 1 if cfg.drift == "correct" else 0
+    movable = np.isfinite(inputs.T_world_obj).all(axis=(1, 2))
+    if inputs.fixed is not None:
+        movable &= ~inputs.fixed
+    move = torch.as_tensor(movable, dtype=dt)[:, None]
+    iterations = cfg.refine_iterations if P and (n_free > 0 or movable.any()) else 0
     free = torch.zeros(max(n_free, 0), 3, dtype=dt, requires_grad=True)
     params = [xi] + ([free] if n_free > 0 else [])
     opt = torch.optim.Adam(params, lr=cfg.refine_lr)
@@ -350,14 +361,14 @@ def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: Cons
         return torch.cat([zero, free]) if n_free > 0 else zero
 
     def cam_obj(idx: torch.Tensor) -> torch.Tensor:
-        W = W0 @ se3_exp(xi)  # (O, 4, 4), perturbation in the object frame
+        W = W0 @ se3_exp(xi * move)  # (O, 4, 4), perturbation in the object frame
         C = drift_corrections(knots(), times[pf[idx]])
         T_wc = C @ rec[pf[idx]]
         return torch.linalg.inv(T_wc) @ W[po[idx]]
 
     history: list[dict[str, float]] = []
     last: dict[str, float] = {}
-    for it in range(cfg.refine_iterations if P else 0):
+    for it in range(iterations):
         opt.zero_grad(set_to_none=True)
         pred = cam_obj(torch.arange(P))
         r = _keypoint_residual(pred, T_obs, kp[po]) / diam[po]
@@ -405,7 +416,7 @@ def refine_consensus(objects: list[ObjectModel], inputs: RefineInputs, cfg: Cons
             log_fn(it + 1, scal)
         last = scal
     with torch.no_grad():
-        W = (W0 @ se3_exp(xi)).numpy()
+        W = (W0 @ se3_exp(xi * move)).numpy()
         corr = drift_corrections(knots(), times).numpy()
         kn = knots().numpy()
     W[~np.isfinite(inputs.T_world_obj).all(axis=(1, 2))] = np.nan
@@ -542,8 +553,9 @@ class MultiviewConsensus:
         rec = ctx.recording
         objects = ctx.objects
         names = [m.name for m in objects]
-        T_rec = rec.poses
         n = len(rec)
+        details: dict[str, Any] = {}
+        T_rec, cfg = self._depth_odometry(ctx, cfg, frames, details)
         stamps = rec.stamps_ns.astype(np.float64)
         times = (stamps - stamps.min()) / max(1.0, stamps.max() - stamps.min())
         O = len(objects)
@@ -553,8 +565,8 @@ class MultiviewConsensus:
         conf = np.zeros(O)
         aligned = est.T_cam_obj.copy()
         inlier = np.zeros(len(est), bool)
-        details: dict[str, Any] = {"frames_estimated": int(len(frames)), "estimates": int(len(est)), "objects": {}}
-        registered = self._register(ctx, cfg, frames)
+        details |= {"frames_estimated": int(len(frames)), "estimates": int(len(est)), "objects": {}}
+        registered = self._register(ctx, cfg, frames, T_rec)
         for k, m in enumerate(objects):
             idx = np.nonzero(est.obj_index == k)[0]
             if k in registered:  # the depth registration's pose; the estimates that agree with it are inliers
@@ -592,7 +604,7 @@ class MultiviewConsensus:
         Kc, tm, ign, tdep = _crop_targets(est, sel, T_pred0, objects, rec.intrinsics,
                                           lambda i: frame(i).depth, cfg.crop_size)
         inputs = RefineInputs(T_world, T_rec, times, est.frame[sel], est.obj_index[sel], aligned[sel],
-                              weights[sel], Kc, tm, ign, tdep)
+                              weights[sel], Kc, tm, ign, tdep, fixed=np.isin(np.arange(O), list(registered)))
         slog = ctx.scalar_log(self.name)
         try:
             ref = refine_consensus(objects, inputs, cfg, ctx.generator(self.name),
@@ -620,8 +632,9 @@ class MultiviewConsensus:
             details["objects"][m.name]["confidence"] = round(float(conf[k]), 4)
             if np.isfinite(ref.T_world_obj[k]).all():
                 details["objects"][m.name]["T_world_obj"] = np.round(ref.T_world_obj[k], 6).tolist()
-        corr_t = ref.corrections[:, :2, 3]
-        corr_yaw = np.arctan2(ref.corrections[:, 1, 0], ref.corrections[:, 0, 0])
+        total = T_wc @ invert(rec.poses)  # depth odometry and refinement together
+        corr_t = total[:, :2, 3]
+        corr_yaw = np.arctan2(total[:, 1, 0], total[:, 0, 0])
         details["drift_correction"] = {"max_translation_m": round(float(np.linalg.norm(corr_t, axis=1).max()), 5),
                                        "max_yaw_deg": round(float(np.degrees(np.abs(corr_yaw)).max()), 4),
                                        "knots": np.round(ref.knots, 6).tolist()}
@@ -633,13 +646,57 @@ class MultiviewConsensus:
         return pseudo, details, {k: round(v, 6) for k, v in ref.losses.items()}, {}
 
     @staticmethod
-    def _register(ctx: AdaptContext, cfg: ConsensusConfig, frames: np.ndarray) -> dict[int, Any]:
+    def _depth_odometry(ctx: AdaptContext, cfg: ConsensusConfig, frames: np.ndarray, details: dict[str, Any]
+                        ) -> tuple[np.ndarray, ConsensusConfig]:
+        """The camera poses to use (recorded, or corrected by the depth pose graph with ``drift: depth``) and the
+        config to go on with (``drift: depth`` without depth falls back to ``correct``)."""
+        rec = ctx.recording
+        if cfg.drift != "depth":
+            return rec.poses, cfg
+        if not rec.summary().has_depth:
+            log.warning("multiview_consensus: drift: depth needs depth images; the recording has none, so the drift "
+                        "is estimated in the refinement (drift: correct)")
+            return rec.poses, replace(cfg, drift="correct")
+        bar = None
+        if ctx.progress and ctx.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="depth odometry (frame pairs)", unit="pair")
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        try:
+            odo = track_depth(lambda i: rec[i].depth, frames.tolist(), rec.poses, rec.intrinsics, cfg.depth_odometry,
+                              progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        corrected = odo.corrections @ rec.poses
+        shift = np.linalg.norm(corrected[:, :3, 3] - rec.poses[:, :3, 3], axis=1)
+        details["depth_odometry"] = {"edges": odo.edges, "weak_pairs": odo.weak_pairs, "failed": odo.failed,
+                                     "max_camera_shift_m": round(float(shift.max()), 5)}
+        if odo.failed or odo.edges == 0:
+            if odo.edges == 0:
+                log.warning("multiview_consensus: no two frames of the recording overlap enough for the depth "
+                            "odometry (depth_odometry.max_angle_deg, max_baseline); the drift is estimated in the "
+                            "refinement (drift: correct)")
+            return rec.poses, replace(cfg, drift="correct")
+        log.info("multiview_consensus: depth odometry from %d frame pairs moved the cameras by up to %.1f cm",
+                 odo.edges, 100 * shift.max())
+        return corrected, cfg
+
+    @staticmethod
+    def _register(ctx: AdaptContext, cfg: ConsensusConfig, frames: np.ndarray, T_world_cam: np.ndarray
+                  ) -> dict[int, Any]:
         """Depth-based world poses {object index: RegisteredObject} (empty without depth or when switched off)."""
         rec = ctx.recording
         if not cfg.scene_registration or not rec.summary().has_depth:
             return {}
-        points = fuse_depth(lambda i: rec[i].depth, frames.tolist(), rec.poses, rec.intrinsics, cfg.registration)
-        found = register_objects(ctx.objects, points, rec.poses[frames], cfg.registration)
+        points = fuse_depth(lambda i: rec[i].depth, frames.tolist(), T_world_cam, rec.intrinsics, cfg.registration)
+        found = register_objects(ctx.objects, points, T_world_cam[frames], cfg.registration)
         log.info("multiview_consensus: scene registration found %d of %d objects in %d fused points", len(found),
                  len(ctx.objects), len(points))
         return found

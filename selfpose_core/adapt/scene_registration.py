@@ -85,6 +85,16 @@ def _o3d():
     return o3d
 
 
+def depth_points(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float) -> np.ndarray:
+    """(N, 3) camera-frame points of every ``stride``-th pixel of ``depth`` (metres) through ``K``; invalid depth
+    (0, NaN, beyond ``max_depth``) is skipped."""
+    d = depth[::stride, ::stride].astype(np.float64)
+    v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
+    ok = np.isfinite(d) & (d > 0) & (d < max_depth)
+    z = d[ok]
+    return np.stack([(u[ok] - K[0, 2]) * z / K[0, 0], (v[ok] - K[1, 2]) * z / K[1, 1], z], 1)
+
+
 def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[int], T_world_cam: np.ndarray,
                intrinsics_of: Callable[[int], CameraIntrinsics], cfg: RegistrationConfig) -> np.ndarray:
     """(N, 3) world points: the depth of ``frames`` back-projected through the poses ``T_world_cam`` (F_all, 4, 4),
@@ -95,12 +105,7 @@ def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[in
         depth = depth_of(int(i))
         if depth is None:
             continue
-        K = intrinsics_of(int(i)).K
-        d = depth[::cfg.stride, ::cfg.stride].astype(np.float64)
-        v, u = np.mgrid[0:depth.shape[0]:cfg.stride, 0:depth.shape[1]:cfg.stride]
-        ok = np.isfinite(d) & (d > 0) & (d < cfg.max_depth)
-        z = d[ok]
-        pts = np.stack([(u[ok] - K[0, 2]) * z / K[0, 0], (v[ok] - K[1, 2]) * z / K[1, 1], z], 1)
+        pts = depth_points(depth, intrinsics_of(int(i)).K, cfg.stride, cfg.max_depth)
         T = T_world_cam[int(i)]
         chunks.append(pts @ T[:3, :3].T + T[:3, 3])
     if not chunks:

@@ -118,8 +118,8 @@ def test_refinement_corrects_odometry_drift():
         Kc.append(Kcrop.K)
         masks.append(render_targets(geoms[k], Kcrop.K, T, (S, S))["mask"])
         ign.append(np.zeros((S, S), bool))
-    cfg = ConsensusConfig(drift_knots=5, refine_iterations=150, refine_lr=3e-3, refine_batch=16, crop_size=S,
-                          silhouette_weight=0.0)
+    cfg = ConsensusConfig(drift="correct", drift_knots=5, refine_iterations=150, refine_lr=3e-3, refine_batch=16,
+                          crop_size=S, silhouette_weight=0.0)
     inputs = RefineInputs(W0, T_rec, np.linspace(0, 1, n), np.array([p[0] for p in pairs]),
                           np.array([p[1] for p in pairs]), T_obs, np.ones(len(pairs)), np.stack(Kc),
                           np.stack(masks), np.stack(ign), None)
