@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 import numpy as np
 
@@ -50,6 +51,27 @@ KEY = "ad_di_recall"  # ADD for asymmetric, ADD-S for symmetric objects, at 0.1 
 def _recall(metrics: dict[str, Any]) -> float:
     v = (metrics.get("mean") or {}).get(KEY)
     return float("nan") if v is None else float(v)
+
+
+def _print_by_trajectory(sim: Path, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """ADD(-S)@0.1d per held-out trajectory (one BOP test scene each; names from SIM/scene.yaml)."""
+    names, loop = {}, ""
+    scene_yaml = sim / "scene.yaml"
+    for t in yaml.safe_load(scene_yaml.read_text()).get("trajectories", []) if scene_yaml.is_file() else []:
+        elevation = f"{t['elevation_deg'][0]:.0f}-{t['elevation_deg'][1]:.0f} deg"
+        if t.get("bop", {}).get("split") == "test":
+            names[int(t["bop"]["scene_id"])] = f"{t['name']} ({elevation})"
+        else:
+            loop = f"; the recording saw {elevation}"
+    scenes = sorted({int(k) for _, m in rows for k in (m.get("ad_di_recall_by_scene") or {})})
+    if not scenes:
+        return
+    head = [names.get(sc, f"scene {sc}") for sc in scenes]
+    print(f"\nper held-out trajectory (camera elevation above the table{loop})")
+    print(f"{'model':34s}" + "".join(f"{h:>22s}" for h in head))
+    for name, m in rows:
+        by = {int(k): v for k, v in (m.get("ad_di_recall_by_scene") or {}).items()}
+        print(f"{name:34s}" + "".join(f"{100 * by[sc]:21.1f}%" if sc in by else f"{'-':>22s}" for sc in scenes))
 
 
 def train_upper_bound(sim: Path, model: Path, out: Path, steps: int | None) -> Path:
@@ -172,6 +194,9 @@ def main(argv: list[str]) -> int:
     for name, v in rows:
         gap = (v - lower) / (up - lower) if math.isfinite(up - lower) and up - lower > 1e-9 else float("nan")
         print(f"{name:34s} {100 * v:7.1f}% {100 * gap:10.1f}%")
+    _print_by_trajectory(args.sim, [("lower bound", result.results["pretrained"].metrics)]
+                         + [(f"+ {name}", result.results[name].metrics) for name in config.stages]
+                         + [("upper bound", upper)])
     final = rows[-2][1]
     gap = (final - lower) / (up - lower) if up - lower > 1e-9 else float("nan")
     print(f"all stages: gap closed {100 * gap:.1f}% (goal >= 70%), absolute {100 * final:.1f}% (goal >= 80%)")

@@ -27,11 +27,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from selfpose_core.adapt.context import AdaptContext
+from selfpose_core.adapt.finetune import PseudoLabelledFrames
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.config_io import require_at_least
 from selfpose_core.data.backgrounds import occlude_object, photometric_augment, random_background
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_image, crop_sample, square_box
 from selfpose_core.data.nol_training_set import look_at_rotation
+from selfpose_core.data.real_crops import RealCrops, RealScenes
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
 from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
@@ -698,6 +700,7 @@ class NolStageConfig:
     elevation_deg: tuple[float, float] = (0.0, 85.0)
     in_plane_deg: tuple[float, ...] = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
     nol_fraction: float = 0.5  # share of NOL crops per batch; the rest synthetic CAD renders
+    recording_share: float = 0.0  # of that share, the part taken from the recording's pseudo-labelled frames
     crop_batch: int = 16
     scene_batch: int = 4
     keypoint_sigma: float = 0.1
@@ -713,6 +716,8 @@ class NolStageConfig:
                               "then set nol.weights: DIR/nol.pt)")
         if not 0.0 < self.nol_fraction <= 1.0:
             raise ConfigError(f"{where}.nol_fraction must be in (0, 1], got {self.nol_fraction}")
+        if not 0.0 <= self.recording_share < 1.0:
+            raise ConfigError(f"{where}.recording_share must be in [0, 1), got {self.recording_share}")
         require_at_least(self, ("render_size", "max_sources", "n_sources", "crop_batch", "scene_batch"), 1, where)
         self.trainer.validate(f"{where}.trainer")
 
@@ -750,10 +755,27 @@ def nol_bank_from_pseudo_labels(ctx: AdaptContext, cfg: NolStageConfig) -> tuple
     return bank, report
 
 
+class EitherSource(Dataset):
+    """Item ``i`` of ``b`` with probability ``share_b`` (seeded by ``i``), else item ``i`` of ``a``: two sources of
+    training samples with the same keys as one."""
+
+    def __init__(self, a: Dataset, b: Dataset, share_b: float, seed: int) -> None:
+        self.a, self.b, self.share_b, self.seed = a, b, share_b, seed
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        use_b = np.random.default_rng([self.seed, int(index), 31]).random() < self.share_b
+        return self.b[index] if use_b else self.a[index]
+
+
 class NolStage:
     """Stage ``nol``: NOL images of every object (from the recording and the consensus pseudo labels) train the pose
     network (:class:`NolCrops`) and the detector (:class:`NolScenes`), mixed with synthetic CAD renders
-    (``nol_fraction`` of the samples are NOL) like ``pseudo_label_finetune`` mixes real frames. Needs ``ctx.pseudo``."""
+    (``nol_fraction`` of the samples are NOL) like ``pseudo_label_finetune`` mixes real frames. With
+    ``recording_share`` > 0 that part of the non-synthetic samples are the recording's own pseudo-labelled frames
+    (as in ``pseudo_label_finetune``): three sources in every batch. Needs ``ctx.pseudo``."""
 
     name: ClassVar[str] = "nol"
     Config: ClassVar[type] = NolStageConfig
@@ -780,6 +802,15 @@ class NolStage:
         n_scenes = steps * cfg.scene_batch
         scenes = SyntheticScenes(geoms, camera, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
         nol_scenes = NolScenes(bank, geoms, camera, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
+        if cfg.recording_share > 0:
+            frames = PseudoLabelledFrames(ctx.recording, ctx.pseudo, [o.obj_id for o in spec.objects],
+                                          cfg.min_confidence)
+            real = RealCrops(frames, frames.instances(), geoms, steps * cfg.crop_batch, seed, crop, stride,
+                             cfg.synthetic, n_sym=syn.n_sym)
+            real_scenes = RealScenes(frames, [o.obj_id for o in spec.objects], geoms, dw, dh, n_scenes, seed,
+                                     det_stride, cfg.synthetic)
+            nol = EitherSource(nol, real, cfg.recording_share, seed)
+            nol_scenes = EitherSource(nol_scenes, real_scenes, cfg.recording_share, seed)
         data = StepBatches(syn, scenes, cfg.crop_batch, cfg.scene_batch, steps, seed, nol, nol_scenes,
                            cfg.nol_fraction)
         net, det = ctx.bundle.pose_net.to(ctx.device), ctx.bundle.detector.to(ctx.device)

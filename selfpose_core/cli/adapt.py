@@ -146,7 +146,8 @@ def make_evaluator(eval_gt: Path, objects_config: Path, config: AdaptConfig, pro
         est = PoseEstimator(bundle.path or eval_gt, config.device, objects_config=objects_config, bundle=bundle)
         result, _ = evaluate_model(est, test, max_images=config.eval.max_images or None, progress=progress)
         d = result.to_dict()
-        metrics: dict[str, Any] = {"mean": d["mean"], "per_object": d["per_object"], "n_images": d["n_images"]}
+        metrics: dict[str, Any] = {"mean": d["mean"], "per_object": d["per_object"], "n_images": d["n_images"],
+                                   "ad_di_recall_by_scene": result.recall_by_scene()}
         log.info("adapt: held-out accuracy after %s:\n%s", stage, result.table())
         if pseudo is not None and train is not None:
             try:

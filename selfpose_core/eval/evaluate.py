@@ -108,6 +108,20 @@ class EvalResult:
         ok = self.targets["found"][sel][:, None] & hit
         return ok.mean(axis=0)
 
+    def recall_by_scene(self, error: str = "ad_di", threshold: float = 0.1) -> dict[int, float]:
+        """{scene_id: recall at ``threshold`` diameters, mean over the objects with targets in that scene} (for
+        the simulator's held-out split a scene is one trajectory)."""
+        out = {}
+        for scene in np.unique(self.targets["scene_id"]).tolist():
+            sel = self.targets["scene_id"] == scene
+            per_obj = []
+            for obj_id in np.unique(self.targets["obj_id"][sel]).tolist():
+                rows = sel & (self.targets["obj_id"] == obj_id)
+                e = np.nan_to_num(self.targets[error][rows] / self._diameter(obj_id), nan=np.inf)
+                per_obj.append(float((self.targets["found"][rows] & (e < threshold)).mean()))
+            out[int(scene)] = float(np.mean(per_obj))
+        return out
+
     def _diameter(self, obj_id: int) -> float:
         return next(o.diameter for o in self.objects if o.obj_id == obj_id)
 

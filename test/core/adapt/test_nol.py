@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.nol import (NolCrops, NolRenderer, NolScenes, NolStage, NolStageConfig, RefineConfig,
+from selfpose_core.adapt.nol import (EitherSource, NolCrops, NolRenderer, NolScenes, NolStage, NolStageConfig, RefineConfig,
                                      centred_crop_intrinsics, hemisphere_poses, nol_bank_from_pseudo_labels,
                                      prepare_sources, refine_source_poses, render_nol_bank, rotate_in_plane,
                                      select_by_new_points, select_by_pose)
@@ -279,6 +279,21 @@ def test_stage_trains_the_estimator_on_nol_images(adapt_scene, tmp_path):
     assert np.isfinite(res.losses["loss"])
     assert any(not torch.equal(before[k], v) for k, v in bundle.pose_net.state_dict().items())
     assert bundle.spec.provenance["stages"][-1]["stage"] == "nol"
+    # three sources: NOL renders, the recording's pseudo-labelled frames and CAD renders in the same batches
+    cfg.recording_share, cfg.nol_fraction = 0.5, 1.0
+    ctx.work_dir = tmp_path / "work_mixed"
+    res = NolStage().run(ctx, cfg)
+    assert np.isfinite(res.losses["loss"])
+
+
+def test_either_source_mixes_two_datasets_deterministically():
+    a, b = [{"x": torch.tensor(0)}] * 400, [{"x": torch.tensor(1)}] * 400
+    mixed = EitherSource(a, b, 0.25, seed=3)
+    picks = np.array([int(mixed[i]["x"]) for i in range(len(mixed))])
+    assert len(mixed) == 400 and 0.18 < picks.mean() < 0.32
+    assert np.array_equal(picks, [int(EitherSource(a, b, 0.25, seed=3)[i]["x"]) for i in range(400)])
+    with pytest.raises(ConfigError, match="recording_share"):
+        NolStageConfig(weights="w.pt", recording_share=1.0).validate()
 
 
 def test_a_wildly_wrong_pose_without_mask_is_dropped_after_refinement(scene, caplog):

@@ -54,6 +54,9 @@ def test_recall_curves_and_outputs(tiny_bop):
     assert res.recall("ad_di", 0.1, obj_id=2)[0] == pytest.approx(res.per_object["can"]["ad_di_recall"])
     assert res.recall("te", [0.01, 0.04], obj_id=1, relative=False) == pytest.approx([0.5, 5 / 6])
     assert res.recall("iou_3d", [0.25, 0.5, 0.9], obj_id=1) == pytest.approx([5 / 6, 0.5, 0.5])
+    # per scene (a trajectory of the simulator): the box is exact in scene 1 and fails in scene 2, the can never
+    assert res.recall_by_scene() == pytest.approx({1: 1.0, 2: 0.5})
+    assert res.recall_by_scene("add") == pytest.approx({1: 0.5, 2: 0.0})
     table = res.table()
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["object", "targets", "det%", "ADD%"]
