@@ -700,7 +700,7 @@ class NolStageConfig:
     elevation_deg: tuple[float, float] = (0.0, 85.0)
     in_plane_deg: tuple[float, ...] = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
     nol_fraction: float = 0.5  # share of NOL crops per batch; the rest synthetic CAD renders
-    recording_share: float = 0.0  # of that share, the part taken from the recording's pseudo-labelled frames
+    recording_share: float = 0.5  # of that share, the part taken from the recording's pseudo-labelled frames
     crop_batch: int = 16
     scene_batch: int = 4
     keypoint_sigma: float = 0.1

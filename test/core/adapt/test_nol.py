@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.nol import (EitherSource, NolCrops, NolRenderer, NolScenes, NolStage, NolStageConfig, RefineConfig,
-                                     centred_crop_intrinsics, hemisphere_poses, nol_bank_from_pseudo_labels,
+from selfpose_core.adapt.nol import (EitherSource, NolCrops, NolRenderer, NolScenes, NolStage, NolStageConfig,
+                                     RefineConfig, centred_crop_intrinsics, hemisphere_poses, nol_bank_from_pseudo_labels,
                                      prepare_sources, refine_source_poses, render_nol_bank, rotate_in_plane,
                                      select_by_new_points, select_by_pose)
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
@@ -271,7 +271,7 @@ def test_stage_trains_the_estimator_on_nol_images(adapt_scene, tmp_path):
                        progress=False)
     save_nol(NolNet(NolConfig(crop_size=S)), tmp_path / "nol.pt")
     cfg = NolStageConfig(weights=str(tmp_path / "nol.pt"), render_size=S, step_deg=90.0, elevation_deg=(30.0, 30.0),
-                         in_plane_deg=(0.0, 30.0), refine=False, crop_batch=2, scene_batch=1,
+                         in_plane_deg=(0.0, 30.0), refine=False, crop_batch=2, scene_batch=1, recording_share=0.0,
                          trainer=TrainerConfig(steps=2, warmup_steps=1, log_every=1, checkpoint_every=2))
     before = {k: v.clone() for k, v in bundle.pose_net.state_dict().items()}
     res = NolStage().run(ctx, cfg)
