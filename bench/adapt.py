@@ -14,8 +14,8 @@ and the consensus error (goal <= 1 cm / 2 deg per object).
 
 ``--consensus-noise M,DEG,OUTLIERS`` studies multiview consensus alone, independent of how good M_pre is: the
 per-frame estimates are the training loop's true poses with Gaussian noise (M metres, DEG degrees per axis) and a
-share OUTLIERS of gross errors, seen through the recording's drifting odometry; it prints the consensus error with
-the drift correction (``drift: correct``) and without it (``drift: weight``).
+share OUTLIERS of gross errors, seen through the recording's drifting odometry; with the scene registration off, it
+prints the consensus error for each drift handling (``drift: depth``, ``correct``, ``weight``).
 """
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def noisy_estimates(bop: Path, noise_m: float, noise_deg: float, outliers: float
 
 
 def consensus_study(sim: Path, model: Path, out: Path, config: AdaptConfig, noise: str) -> int:
-    """Print the consensus error on noisy true estimates, with and without the drift correction."""
+    """Print the consensus error on noisy true estimates (no scene registration) for each drift handling: depth
+    odometry, the planar correction in the refinement, none (frames only down-weighted)."""
     try:
         noise_m, noise_deg, outliers = (float(v) for v in noise.split(","))
     except ValueError:
@@ -133,9 +134,10 @@ def consensus_study(sim: Path, model: Path, out: Path, config: AdaptConfig, nois
           f"{100 * outliers:.0f}% outliers) through the drifting odometry of {sim}/recording")
     print(f"{'drift':8s} {'object':14s} {'world t[cm]':>11s} {'world r[deg]':>12s} {'frame t[cm]':>12s} "
           f"{'frame r[deg]':>12s}")
-    for drift in ("correct", "weight"):
+    for drift in ("depth", "correct", "weight"):
         cfg = config.sections["multiview_consensus"]
         cfg.drift = drift
+        cfg.scene_registration = False  # the study is about averaging estimates, not about the depth registration
         with Recording(sim / "recording") as rec:
             ctx = AdaptContext(objects=objects, recording=rec, bundle=ModelBundle.load(model),
                                work_dir=out / f"consensus_{drift}", objects_config=objects_yaml, seed=config.seed,
