@@ -299,20 +299,22 @@ def dual_scale_estimate(net: torch.nn.Module, objects: Sequence[BundleObject], i
     """
     was = net.training
     net.eval()
+    dev = next(net.parameters()).device
     try:
         size = int(net.config.crop_size)
         u_box, _ = view_boxes(np.asarray(box, np.float64), K.height, context_fraction, padding)
-        idx = torch.tensor([obj_index])
+        idx = torch.tensor([obj_index], device=dev)
         img_u, K_u = cut_crop(image, K, u_box, size)
-        out_u = net(torch.from_numpy(img_u.transpose(2, 0, 1))[None], idx)
-        m = (torch.sigmoid(out_u["mask_logits"][0]) > mask_threshold).numpy().astype(np.uint8)
+        out_u = net(torch.from_numpy(img_u.transpose(2, 0, 1))[None].to(dev), idx)
+        m = (torch.sigmoid(out_u["mask_logits"][0]) > mask_threshold).cpu().numpy().astype(np.uint8)
         full = cv2.warpAffine(m, crop_affine(u_box, m.shape[0]), (K.width, K.height),
                               flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
         ys, xs = np.nonzero(full)
         mbox = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64) if len(xs) else np.asarray(box)
         n_box = square_box(mbox, padding)
         img_n, K_n = cut_crop(image, K, n_box, size)
-        out_n = net(torch.from_numpy(img_n.transpose(2, 0, 1))[None], idx)
+        out_n = net(torch.from_numpy(img_n.transpose(2, 0, 1))[None].to(dev), idx)
+        out_u, out_n = ({k: v.cpu() for k, v in out.items()} for out in (out_u, out_n))
         o = objects[obj_index]
         side = float(max(mbox[2] - mbox[0], mbox[3] - mbox[1], 1.0))
         info: dict[str, Any] = {"normalized_box": n_box}

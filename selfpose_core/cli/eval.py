@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-visib", type=float, default=0.1,
                    help="ground-truth instances less visible than this fraction are not targets (default: 0.1)")
     p.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
+    p.add_argument("--dual-scale", choices=("auto", "on", "off"), default="auto",
+                   help="DSC's two-scale ensemble at inference (default auto: for bundles adapted by dual_scale)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path(f"eval_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     if args.model is not None:
-        estimator = load_estimator(str(args.model), args.device)
+        estimator = load_estimator(str(args.model), args.device, dual_scale=args.dual_scale)
         result, estimates = evaluate_model(estimator, dataset, scene_ids=args.scenes, max_images=args.max_images,
                                            min_visib_fract=args.min_visib, progress=not args.no_progress)
         csv = out / f"selfpose_{args.data.resolve().name}-{args.split}.csv"

@@ -24,7 +24,7 @@ from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.backbones import pixel_centres
 from selfpose_core.models.bundle import ModelBundle
 from selfpose_core.models.keypoint_net import KeypointNet
-from selfpose_core.types import Frame, ObjectModel, PoseEstimate
+from selfpose_core.types import CameraIntrinsics, Frame, ObjectModel, PoseEstimate
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class EstimatorConfig:
     pnp_threshold: float = 0.06  # RANSAC inlier threshold, fraction of the crop size
     pnp_iterations: int = 50  # RANSAC iterations (correspondence network)
     refine_depth: bool = True
+    dual_scale: str = "auto"  # DSC's two-scale ensemble: auto = when the bundle was adapted by dual_scale; on; off
     return_masks: bool = True
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's setting
 
@@ -68,6 +69,17 @@ class PoseEstimator:
         self.stride = int(self.spec.pose_net.backbone.out_stride)
         h = self.crop_size // self.stride
         self._centres = pixel_centres(h, h, self.stride).reshape(-1, 2).numpy().astype(np.float64)
+        self.dual_scale = self._dual_scale_views()
+
+    def _dual_scale_views(self) -> dict[str, float] | None:
+        """The two views of DSC's inference ensemble ({context_fraction, padding}) or None when it is off: with
+        ``dual_scale: auto`` it is on for bundles adapted by the ``dual_scale`` stage, with that stage's views."""
+        stages = [st for st in self.spec.provenance.get("stages", []) if st.get("stage") == "dual_scale"]
+        if self.config.dual_scale == "off" or (self.config.dual_scale == "auto" and not stages):
+            return None
+        cfg = stages[-1].get("config", {}) if stages else {}
+        return {"context_fraction": float(cfg.get("context_fraction", 0.5)),
+                "padding": float(cfg.get("normalized_padding", 1.3))}
 
     def _check_objects(self, path: Path, bundle_path: Path) -> list[ObjectModel]:
         if not path.is_file():
@@ -141,6 +153,8 @@ class PoseEstimator:
                 pose = self._pose_from_keypoints(kps[j], k, K_crop)
             else:
                 pose = self._pose_from_coords({n: v[j] for n, v in out.items()}, mask_prob_np[j], k, K_crop)
+            if self.dual_scale is not None:
+                pose = self._dual_scale_pose(rgb, frame.K, boxes[k], k, pose)
             if pose is None:
                 continue
             T, quality, inliers = pose
@@ -164,6 +178,21 @@ class PoseEstimator:
                                         tuple(float(v) for v in boxes[k]),
                                         full_mask if self.config.return_masks else None, None, int(inliers)))
         return results
+
+    def _dual_scale_pose(self, rgb: np.ndarray, K: CameraIntrinsics, box: np.ndarray, k: int,
+                         single: tuple[np.ndarray, float, int] | None) -> tuple[np.ndarray, float, int] | None:
+        """DSC's ensemble (Sec. 4.3) around the detector box: keypoints (or correspondences) of the un-normalised
+        and the normalised view combined in the image, one PnP; the single-view ``single`` when it fails."""
+        from selfpose_core.adapt.dual_scale import dual_scale_estimate  # the adaptation stage owns the two views
+
+        res = dual_scale_estimate(self.pose_net, self.spec.objects, rgb, K, box, k,
+                                  context_fraction=self.dual_scale["context_fraction"],
+                                  padding=self.dual_scale["padding"], mask_threshold=self.config.mask_threshold,
+                                  pnp_threshold=self.config.pnp_threshold)
+        if res is None:
+            return single
+        quality = single[1] if single is not None else 0.5
+        return res[0], quality, int(res[1]["inliers"])
 
     def _pose_from_keypoints(self, kp: np.ndarray, k: int, K_crop: np.ndarray) -> tuple[np.ndarray, float, int] | None:
         """EPnP + LM on all 9 keypoints (DSC-PoseNet's PnP); inliers are those reprojected within the threshold."""
@@ -205,4 +234,6 @@ def validate_config(config: EstimatorConfig) -> EstimatorConfig:
             raise ConfigError(f"estimator.{key} must be > 0, got {getattr(config, key)}")
     if not 0 < config.mask_threshold < 1:
         raise ConfigError(f"estimator.mask_threshold must be in (0, 1), got {config.mask_threshold}")
+    if config.dual_scale not in ("auto", "on", "off"):
+        raise ConfigError(f"estimator.dual_scale must be auto, on or off, got {config.dual_scale!r}")
     return config

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import trimesh
 
 from selfpose_core.data.crops import ObjectGeometry, render_targets
-from selfpose_core.errors import ModelError
+from selfpose_core.errors import ConfigError, ModelError
 from selfpose_core.estimate.depth_refine import DepthRefiner
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
 from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
@@ -179,3 +179,31 @@ def test_bad_bundles_and_objects(objects, objects_dir, tmp_path):
     torch.save({"detector": {}, "pose_net": {}}, path / "weights.pt")
     with pytest.raises(ModelError, match="do not fit"):
         PoseEstimator(path)
+
+
+def test_dual_scale_ensemble_for_bundles_adapted_by_dual_scale(objects, objects_dir, monkeypatch):
+    import selfpose_core.adapt.dual_scale as dual_scale
+
+    spec = BundleSpec([BundleObject.from_model(m) for m in objects], "../objects.yaml",
+                      PoseNetSpec("correspondence", 64, BackboneConfig((8, 8, 16), 4)),
+                      DetectorConfig(BackboneConfig((8, 8, 16), 4), 160, 120, 0.3), (640, 480))
+    spec.provenance["stages"] = [{"stage": "dual_scale", "config": {"context_fraction": 0.4,
+                                                                    "normalized_padding": 1.2}}]
+    path = ModelBundle.create(spec).save(objects_dir / "m_dual")
+    calls = []
+    real = dual_scale.dual_scale_estimate
+    monkeypatch.setattr(dual_scale, "dual_scale_estimate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    est = _oracle_estimator(path, refine_depth=False)
+    assert est.dual_scale == {"context_fraction": 0.4, "padding": 1.2}
+    geom = ObjectGeometry.from_model(objects[0])
+    T = _pose()
+    out = est.estimate(_render_frame(objects[0], geom, T, K))
+    assert len(calls) == 1 and calls[0]["context_fraction"] == 0.4 and calls[0]["padding"] == 1.2
+    re_deg, te_m = _errors(out[0].T_cam_obj, T)
+    assert re_deg < 2.0 and te_m < 0.006 and out[0].inliers > 10  # both views' correspondences, one PnP
+    assert _oracle_estimator(path, dual_scale="off").dual_scale is None
+    plain = _bundle(objects, objects_dir, "m_plain")
+    assert _oracle_estimator(plain).dual_scale is None
+    assert _oracle_estimator(plain, dual_scale="on").dual_scale == {"context_fraction": 0.5, "padding": 1.3}
+    with pytest.raises(ConfigError, match="dual_scale"):
+        _oracle_estimator(plain, dual_scale="maybe")
