@@ -14,7 +14,7 @@ from ..eval.conftest import NoisyGtEstimator, make_estimates, tiny_bop  # noqa: 
 
 def test_eval_model_writes_results_and_report(tiny_bop, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(eval_cli, "load_estimator",
-                        lambda model, device: NoisyGtEstimator(tiny_bop.dataset, np.random.default_rng(0)))
+                        lambda model, device, dual_scale: NoisyGtEstimator(tiny_bop.dataset, np.random.default_rng(0)))
     out = tmp_path / "out"
     assert main(["eval", "--model", str(tmp_path / "bundle"), "--data", str(tiny_bop.root), "--out", str(out),
                  "--overlays", "2", "--no-progress"]) == 0
