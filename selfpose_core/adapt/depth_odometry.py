@@ -91,8 +91,7 @@ def track_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[i
                 progress: Callable[[int, int], None] | None = None) -> DepthOdometry:
     """Per-frame corrections of the recorded poses ``T_world_cam`` (F_all, 4, 4) from the depth of ``frames``
     (module docstring). Frames not in ``frames``, or without enough depth (``min_points``), keep the correction of
-    the frame before them.
-    ``progress(done, total)`` is called after each pairwise registration."""
+    the frame before them. ``progress(done, total)`` is called after each pairwise registration."""
     import open3d as o3d
 
     reg = o3d.pipelines.registration
@@ -161,8 +160,7 @@ def track_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[i
     if weak:
         log.info("depth odometry: %d of %d frame pairs registered too weakly to be used", weak, len(pairs))
     edges = len(graph.edges) - (len(ids) - 1)
-    moved = float(np.linalg.norm(corrections[:, :3, 3] - T_world_cam[:, :3, 3] + np.einsum(
-        "nij,nj->ni", corrections[:, :3, :3], T_world_cam[:, :3, 3]), axis=1).max())
+    moved = float(np.linalg.norm((corrections @ T_world_cam)[:, :3, 3] - T_world_cam[:, :3, 3], axis=1).max())
     if moved > cfg.max_correction:
         log.warning("depth odometry: the pose graph moved a camera by %.2f m (more than max_correction %.2f m); the "
                     "depth does not register reliably (too few points or too little structure?), so the recorded "
