@@ -2,16 +2,19 @@
 
 1. Estimate: the current bundle's :class:`~selfpose_core.estimate.estimator.PoseEstimator` on every frame (split
    over ranks under DDP); each estimate ``T_cam_obj`` becomes a world-pose candidate ``T_world_cam @ T_cam_obj``.
-2. With depth (``scene_registration``): the recording's depth fused in the world frame, the objects on the table
+2. With depth (``drift: depth``): the recorded camera poses corrected by a pose graph of pairwise depth
+   registrations (:mod:`selfpose_core.adapt.depth_odometry`); every later step uses the corrected cameras.
+   With depth (``scene_registration``): the recording's depth fused in the world frame, the objects on the table
    found and their CAD models registered (:mod:`selfpose_core.adapt.scene_registration`); a registered object
-   takes that pose, and the estimates agreeing with it (gates below) are its inliers. The others:
+   takes that pose (held in step 3), and the estimates agreeing with it (gates below) are its inliers. The others:
    robust averaging (:func:`robust_world_pose`): RANSAC over frames, each candidate a hypothesis; a candidate
    agrees with a hypothesis when, after aligning it to the hypothesis with the object's closest symmetry
    transform, its translation is within ``inlier_translation * diameter`` and its rotation within
    ``inlier_rotation_deg``. The hypothesis with the largest weighted inlier set is refined (weighted mean
    translation, Weiszfeld L1 rotation median) and the inliers re-gated a few times.
-3. Joint refinement (:func:`refine_consensus`): the world poses of all objects and a per-frame camera correction
-   are optimised together over all frames. The correction models odometry drift as a planar (x, y, yaw about the
+3. Joint refinement (:func:`refine_consensus`): the world poses of the objects not registered and (``drift:
+   correct``, the fallback without depth) a per-frame camera correction are optimised together over all frames.
+   The correction models odometry drift as a planar (x, y, yaw about the
    world z axis, REP-103) transform, piecewise linear over time with ``drift_knots`` knots and zero at the first
    frame (which fixes the gauge: the world frame is the odometry frame at the start). Terms: (a) a robust
    (Cauchy) keypoint distance between each inlier estimate and the consensus seen through the corrected camera,
