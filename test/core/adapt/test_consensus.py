@@ -143,6 +143,12 @@ def test_refinement_corrects_odometry_drift():
     out_w = refine_consensus(objects, inputs, cfg_w, torch.Generator().manual_seed(0))
     assert np.allclose(out_w.corrections, np.eye(4))
     assert "silhouette" in out_w.history[0] and not np.allclose(out_w.T_world_obj, W0)
+    # objects registered from depth are held: only the others move
+    inputs.fixed = np.array([True, False])
+    out_f = refine_consensus(objects, inputs, cfg_w, torch.Generator().manual_seed(0))
+    assert np.array_equal(out_f.T_world_obj[0], W0[0]) and not np.allclose(out_f.T_world_obj[1], W0[1])
+    inputs.fixed = np.array([True, True])  # nothing left to refine: no iteration
+    assert refine_consensus(objects, inputs, cfg_w, torch.Generator().manual_seed(0)).history == []
 
 
 def test_render_pseudo_labels_occlusion_and_depth():

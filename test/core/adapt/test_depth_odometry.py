@@ -76,3 +76,34 @@ def test_config_is_validated():
         DepthOdometryConfig(voxel=0).validate()
     with pytest.raises(ConfigError, match="min_fitness"):
         DepthOdometryConfig(min_fitness=2).validate()
+
+
+def test_consensus_stage_corrects_the_drift_from_depth(drifting_loop, tmp_path):
+    """The multiview_consensus stage with ``drift: depth``: cameras corrected first, registered objects held, and
+    the per-frame pseudo poses come out far better than through the drifting odometry."""
+    from selfpose_core.adapt.consensus import ConsensusConfig, MultiviewConsensus
+    from selfpose_core.adapt.context import AdaptContext
+    from selfpose_core.cli.adapt import consensus_errors
+    from selfpose_core.mesh.objects_config import load_objects_config
+    from selfpose_core.models.bundle import ModelBundle
+
+    from .conftest import fake_estimates, tiny_bundle
+
+    rec, _ = drifting_loop
+    root = rec.path.parent
+    objects = load_objects_config(root / "objects.yaml")
+    bundle = ModelBundle.load(tiny_bundle(root / "objects.yaml", tmp_path / "model"))
+    estimates = fake_estimates(root / "bop", 0.004, 2.0, 7, 0)
+    errors = {}
+    for drift in ("depth", "weight"):
+        cfg = ConsensusConfig(drift=drift, refine_iterations=10, refine_batch=8, crop_size=24,
+                              depth_odometry=DepthOdometryConfig(stride=2, max_angle_deg=25.0))
+        ctx = AdaptContext(objects, rec, bundle, tmp_path / drift, root / "objects.yaml", progress=False)
+        res = MultiviewConsensus(estimates).run(ctx, cfg)
+        errors[drift] = consensus_errors(ctx.pseudo, objects, BopDataset(root / "bop", "train_loop"))
+        if drift == "depth":
+            assert res.details["depth_odometry"]["edges"] > len(rec) and not res.details["depth_odometry"]["failed"]
+            assert res.details["depth_odometry"]["max_camera_shift_m"] > 0.02
+    for name in errors["depth"]:
+        assert errors["depth"][name]["frame_t_cm_median"] < 0.6, errors
+        assert errors["depth"][name]["frame_t_cm_median"] < 0.5 * errors["weight"][name]["frame_t_cm_median"]
