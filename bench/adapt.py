@@ -34,7 +34,8 @@ from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
 from selfpose_core.adapt.consensus import FrameEstimates, MultiviewConsensus
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pipeline import STAGES, run_pipeline
-from selfpose_core.cli.adapt import DEFAULT_CONFIG, consensus_errors, make_evaluator, parse_overrides
+from selfpose_core.cli.adapt import (DEFAULT_CONFIG, camera_errors, consensus_errors, make_evaluator,
+                                     parse_overrides)
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.geometry.se3 import make_T, so3_exp
@@ -180,6 +181,7 @@ def main(argv: list[str]) -> int:
     objects_yaml = args.sim / "objects.yaml"
     evaluator = make_evaluator(args.sim / "bop", objects_yaml, config, progress=not args.no_progress)
     with Recording(args.sim / "recording") as rec:
+        recorded = rec.poses.copy()
         result = run_pipeline(config, recording=rec, objects=load_objects_config(objects_yaml),
                               objects_config=objects_yaml, model=args.model, out=out / "adapted",
                               resume=(out / "adapted" / "work" / "state.yaml").is_file(), evaluator=evaluator,
@@ -209,5 +211,11 @@ def main(argv: list[str]) -> int:
         for name, e in cons.metrics["consensus"].items():
             print(f"{name:16s} {e.get('world_t_cm', float('nan')):11.2f} {e.get('world_r_deg', float('nan')):12.2f} "
                   f"{e.get('frame_t_cm_median', float('nan')):12.2f} {e.get('frame_r_deg_median', float('nan')):12.2f}")
+    if cons is not None and cons.metrics.get("cameras"):
+        train = BopDataset(args.sim / "bop", "train_loop")
+        for name, e in (("recorded odometry", camera_errors(recorded, train)),
+                        ("after the consensus", cons.metrics["cameras"])):
+            print(f"camera poses, {name:20s}: {e['t_cm_median']:.2f} cm median, {e['t_cm_max']:.2f} cm / "
+                  f"{e['r_deg_max']:.2f} deg at most")
     print(f"\nreport: {result.report_path}")
     return 0

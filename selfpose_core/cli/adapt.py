@@ -135,6 +135,22 @@ def consensus_errors(pseudo: PseudoLabels, objects: list[ObjectModel], dataset: 
     return out
 
 
+def camera_errors(T_world_cam: np.ndarray, dataset: BopDataset, scene_id: int = 1) -> dict[str, float]:
+    """Error of camera poses ``T_world_cam`` (N, 4, 4) (recorded, or drift-corrected by the consensus) against the
+    true poses in ``dataset``'s scene_camera (im_id = recording frame index): median and maximum translation (cm),
+    maximum rotation (deg)."""
+    t, r = [], []
+    for sample in dataset.samples(scene_id, load_depth=False, load_masks=False):
+        T = sample.frame.T_world_cam
+        if T is None or sample.im_id >= len(T_world_cam):
+            continue
+        t.append(100 * float(np.linalg.norm(T_world_cam[sample.im_id][:3, 3] - T[:3, 3])))
+        r.append(float(np.degrees(rotation_angle(T_world_cam[sample.im_id][:3, :3], T[:3, :3]))))
+    if not t:
+        return {}
+    return {"t_cm_median": round(float(np.median(t)), 3), "t_cm_max": round(max(t), 3), "r_deg_max": round(max(r), 3)}
+
+
 def make_evaluator(eval_gt: Path, objects_config: Path, config: AdaptConfig, progress: bool = False,
                    train_split: str = "train_loop") -> Evaluator:
     """The held-out evaluation hook: accuracy on split ``config.eval.split`` of ``eval_gt`` after each stage, and
@@ -152,6 +168,7 @@ def make_evaluator(eval_gt: Path, objects_config: Path, config: AdaptConfig, pro
         if pseudo is not None and train is not None:
             try:
                 metrics["consensus"] = consensus_errors(pseudo, est.models, train)
+                metrics["cameras"] = camera_errors(pseudo.T_world_cam, train)
             except DatasetError as exc:
                 log.warning("adapt: no consensus error (%s)", exc)
         return metrics

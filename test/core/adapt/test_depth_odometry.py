@@ -83,7 +83,7 @@ def test_consensus_stage_corrects_the_drift_from_depth(drifting_loop, tmp_path):
     the per-frame pseudo poses come out far better than through the drifting odometry."""
     from selfpose_core.adapt.consensus import ConsensusConfig, MultiviewConsensus
     from selfpose_core.adapt.context import AdaptContext
-    from selfpose_core.cli.adapt import consensus_errors
+    from selfpose_core.cli.adapt import camera_errors, consensus_errors
     from selfpose_core.mesh.objects_config import load_objects_config
     from selfpose_core.models.bundle import ModelBundle
 
@@ -104,6 +104,9 @@ def test_consensus_stage_corrects_the_drift_from_depth(drifting_loop, tmp_path):
         if drift == "depth":
             assert res.details["depth_odometry"]["edges"] > len(rec) and not res.details["depth_odometry"]["failed"]
             assert res.details["depth_odometry"]["max_camera_shift_m"] > 0.02
+            train = BopDataset(root / "bop", "train_loop")
+            before, after = camera_errors(rec.poses, train), camera_errors(ctx.pseudo.T_world_cam, train)
+            assert after["t_cm_max"] < 0.15 * before["t_cm_max"] and after["r_deg_max"] < 0.3 * before["r_deg_max"]
     for name in errors["depth"]:
         assert errors["depth"][name]["frame_t_cm_median"] < 0.6, errors
         assert errors["depth"][name]["frame_t_cm_median"] < 0.5 * errors["weight"][name]["frame_t_cm_median"]
