@@ -105,6 +105,10 @@ def write_adapt_report(path: Path, config: AdaptConfig, results: dict[str, Stage
     held = {k: r.metrics.get("mean", {}) for k, r in results.items() if r.metrics.get("mean")}
     if held:
         parts.append(_table(held, "Held-out accuracy after each stage (mean over objects)"))
+    by_scene = {k: {f"scene {sc}": v for sc, v in r.metrics["ad_di_recall_by_scene"].items()}
+                for k, r in results.items() if r.metrics.get("ad_di_recall_by_scene")}
+    if by_scene:
+        parts.append(_table(by_scene, "AD{D|I}@0.1d per held-out scene (trajectory)"))
     for name, r in results.items():
         if name == "pretrained":
             continue
@@ -114,6 +118,9 @@ def write_adapt_report(path: Path, config: AdaptConfig, results: dict[str, Stage
         cons = r.metrics.get("consensus")
         if cons:
             parts.append(_table(cons, "consensus error per object (against --eval-gt)"))
+        if r.metrics.get("cameras"):
+            parts.append(_table({"drift-corrected cameras": r.metrics["cameras"]},
+                                "camera pose error (against --eval-gt)"))
         per_obj = r.metrics.get("per_object")
         if per_obj:
             parts.append(_table(per_obj, "held-out accuracy per object"))

@@ -53,8 +53,12 @@ def test_kill9_then_resume_with_eval_gt(adapt_scene, tmp_path):
     assert "ad_di_recall" in metrics["pseudo_label_finetune"]["mean"]
     cons = metrics["multiview_consensus"]["consensus"]
     assert all(v["world_t_cm"] < 3.0 and v["frame_t_cm_median"] < 1.5 for v in cons.values())  # 5 iterations only
+    cams = metrics["multiview_consensus"]["cameras"]
+    assert 0 <= cams["t_cm_median"] <= cams["t_cm_max"] < 10.0 and cams["r_deg_max"] < 5.0  # 5 iterations only
+    assert set(metrics["pseudo_label_finetune"]["ad_di_recall_by_scene"]) == {1}  # one held-out trajectory
     html = (out / "report.html").read_text()
     assert "Held-out accuracy" in html and "consensus error per object" in html
+    assert "camera pose error" in html and "per held-out scene" in html
 
 
 def test_bad_input_is_one_line_and_exit_2(adapt_scene, tmp_path, capsys):
