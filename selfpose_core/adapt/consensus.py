@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import yaml
 
+from selfpose_core.adapt.appearance_learning import learn_appearance
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.depth_odometry import DepthOdometryConfig, track_depth
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
@@ -547,6 +548,7 @@ class MultiviewConsensus:
         ctx.dist.barrier()
         saved = yaml.safe_load(result_path.read_text())
         ctx.pseudo = PseudoLabels.load(out_path)
+        ctx.bundle.appearance = learn_appearance(rec, ctx.pseudo)
         return StageResult(losses=saved["losses"], details=saved["details"],
                            artefacts={"pseudo_labels": out_path} | ({"drift": d / "drift.png"}
                                                                      if (d / "drift.png").is_file() else {}))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selfpose_core.adapt.scene_registration import depth_points
+from selfpose_core.estimate.tabletop import depth_points
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.se3 import invert, rotation_angle

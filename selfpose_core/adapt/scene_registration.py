@@ -31,6 +31,8 @@ from scipy.spatial import cKDTree
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
+from selfpose_core.estimate.tabletop import (depth_points, euclidean_clusters, o3d_module, support_plane,
+                                              upright_basis, upright_icp)
 from selfpose_core.geometry.projection import optical_axes_center
 from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.types import CameraIntrinsics, ObjectModel
@@ -79,27 +81,11 @@ class RegisteredObject:
     cluster_points: int
 
 
-def _o3d():
-    import open3d as o3d
-
-    return o3d
-
-
-def depth_points(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float) -> np.ndarray:
-    """(N, 3) camera-frame points of every ``stride``-th pixel of ``depth`` (metres) through ``K``; invalid depth
-    (0, NaN, beyond ``max_depth``) is skipped."""
-    d = depth[::stride, ::stride].astype(np.float64)
-    v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
-    ok = np.isfinite(d) & (d > 0) & (d < max_depth)
-    z = d[ok]
-    return np.stack([(u[ok] - K[0, 2]) * z / K[0, 0], (v[ok] - K[1, 2]) * z / K[1, 1], z], 1)
-
-
 def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[int], T_world_cam: np.ndarray,
                intrinsics_of: Callable[[int], CameraIntrinsics], cfg: RegistrationConfig) -> np.ndarray:
     """(N, 3) world points: the depth of ``frames`` back-projected through the poses ``T_world_cam`` (F_all, 4, 4),
     voxel-downsampled. Invalid depth (0, NaN, beyond ``cfg.max_depth``) is skipped."""
-    o3d = _o3d()
+    o3d = o3d_module()
     chunks = []
     for i in frames:
         depth = depth_of(int(i))
@@ -123,38 +109,19 @@ def tabletop_clusters(points: np.ndarray, centre: np.ndarray, cfg: RegistrationC
     ``(plane, [cluster points (N_i, 3), ...])``, largest cluster first; the plane is NaN and the list empty when no
     horizontal plane is found.
     """
-    o3d = _o3d()
-    o3d.utility.random.seed(0)
     up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64) / np.linalg.norm(up)
     rel = points - centre
     horiz = rel - np.outer(rel @ up, up)
     rise = rel @ up
     # the cameras look at the table top: the floor (about a table height below) is left out
     near = points[(np.linalg.norm(horiz, axis=1) < cfg.table_radius) & (rise > -0.3) & (rise < cfg.max_height)]
-    plane = np.full(4, np.nan)
-    rest = near
-    for _ in range(3):  # the dominant plane may be a wall or the floor: take the first horizontal one
-        if len(rest) < 3 * cfg.min_cluster_points:
-            break
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(rest))
-        model, inl = pcd.segment_plane(cfg.plane_distance, 3, 500)
-        n = np.asarray(model[:3], np.float64).reshape(-1)
-        norm = np.linalg.norm(n)
-        n, d = n / norm, float(np.asarray(model).reshape(-1)[3]) / norm
-        if abs(n @ up) > 0.95:
-            plane = np.append(n, d) * (1.0 if n @ up > 0 else -1.0)
-            break
-        rest = np.delete(rest, inl, axis=0)
+    # the dominant plane may be a wall or the floor: take the first horizontal one
+    plane = support_plane(near, up, cfg.plane_distance, 3 * cfg.min_cluster_points)
     if not np.isfinite(plane).all():
         return plane, []
     height = near @ plane[:3] + plane[3]
     above = near[(height > cfg.min_height) & (height < cfg.max_height)]
-    if len(above) < cfg.min_cluster_points:
-        return plane, []
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(above))
-    labels = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps, 10, print_progress=False))
-    clusters = [above[labels == k] for k in range(labels.max() + 1) if (labels == k).sum() >= cfg.min_cluster_points]
-    return plane, sorted(clusters, key=len, reverse=True)
+    return plane, [above[i] for i in euclidean_clusters(above, cfg.cluster_eps, cfg.min_cluster_points)]
 
 
 def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster_tree: cKDTree, cluster: np.ndarray,
@@ -173,52 +140,10 @@ def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def _upright_basis(up: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation world <- a frame whose z axis is the unit vector ``up``."""
-    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
-    x /= np.linalg.norm(x)
-    return np.stack([x, np.cross(up, x), up], 1)
-
-
-def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: np.ndarray,
-                gates: Sequence[float], iterations: int) -> np.ndarray:
-    """ICP over translation and rotation about ``up`` only (4 DOF): an upright object stays upright.
-
-    Each cluster point (N, 3) is matched to its nearest model point (M, 3) at the current pose (the model has
-    sides the cameras never saw, the cluster does not); pairs farther than the gate are dropped; the yaw and
-    translation minimising the squared distances are closed-form (2-D Procrustes in the plane orthogonal to ``up``).
-    Returns the refined (4, 4) pose.
-    """
-    B = _upright_basis(up)
-    tree = cKDTree(model_pts)  # queried in the model frame: built once
-    T = T0.copy()
-    for gate in gates:
-        for _ in range(iterations):
-            local = (cluster - T[:3, 3]) @ T[:3, :3]  # cluster in the model frame
-            d, j = tree.query(local, distance_upper_bound=gate)
-            ok = np.isfinite(d)
-            if ok.sum() < 10:
-                return T
-            a = (model_pts[j[ok]] @ T[:3, :3].T + T[:3, 3]) @ B  # matched pairs in the upright frame
-            b = cluster[ok] @ B
-            ca, cb = a.mean(0), b.mean(0)
-            a0, b0 = a[:, :2] - ca[:2], b[:, :2] - cb[:2]
-            yaw = np.arctan2((a0[:, 0] * b0[:, 1] - a0[:, 1] * b0[:, 0]).sum(), (a0 * b0).sum())
-            c, s = np.cos(yaw), np.sin(yaw)
-            Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-            step = np.eye(4)
-            step[:3, :3] = B @ Rz @ B.T
-            step[:3, 3] = B @ (cb - Rz @ ca)
-            T = step @ T
-            if abs(yaw) < 1e-4 and np.linalg.norm(cb - Rz @ ca) < 1e-4:
-                break
-    return T
-
-
 def _any_orientation(pts: np.ndarray, nrm: np.ndarray, cluster: np.ndarray, hyps: list[np.ndarray],
                      cfg: RegistrationConfig) -> list[np.ndarray]:
     """``hyps`` plus a FPFH-RANSAC global registration, each refined by Open3D point-to-plane ICP (any orientation)."""
-    o3d = _o3d()
+    o3d = o3d_module()
     reg = o3d.pipelines.registration
     src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     src.normals = o3d.utility.Vector3dVector(nrm)
@@ -244,13 +169,13 @@ def _any_orientation(pts: np.ndarray, nrm: np.ndarray, cluster: np.ndarray, hyps
 def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, cfg: RegistrationConfig,
                    seed: int = 0) -> tuple[np.ndarray, float]:
     """Best pose (4, 4) of ``model`` on the world-frame ``cluster`` (N, 3) standing on ``plane`` and its F-score."""
-    o3d = _o3d()
+    o3d = o3d_module()
     pts, nrm = sample_surface(model.vertices, model.faces, 1500, np.random.default_rng(seed))
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster))
     cluster = np.asarray(pcd.voxel_down_sample(cfg.registration_voxel).points)
     # upright hypotheses: model z along the plane normal, bottom on the plane, every yaw
     up = plane[:3]
-    R_up = _upright_basis(up)
+    R_up = upright_basis(up)
     centre = cluster.mean(0)
     foot = centre - (centre @ up + plane[3]) * up  # the cluster's centre dropped onto the plane
     z_min = float(np.asarray(model.vertices)[:, 2].min())
@@ -262,8 +187,8 @@ def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, c
         T[:3, 3] = foot - z_min * up
         hyps.append(T)
     if cfg.upright:
-        gates = (4 * cfg.tau, 2 * cfg.tau, cfg.tau)
-        poses = [upright_icp(pts, cluster, T0, up, gates, cfg.icp_iterations) for T0 in hyps]
+        poses = list(upright_icp(pts, cluster, np.stack(hyps), up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau),
+                                 cfg.icp_iterations))
     else:
         poses = _any_orientation(pts, nrm, cluster, hyps, cfg)
     tree = cKDTree(cluster)

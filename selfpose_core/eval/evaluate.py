@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 ImageKey = tuple[int, int]  # (scene_id, im_id)
 ERROR_NAMES = ("add", "adi", "ad_di", "re", "te", "mssd", "mspd", "proj", "iou_3d")
+# Where an estimate is, relative to its target (for the error breakdown, eval/breakdown.py): depth error
+# (estimate z - true z, metres), in-plane error (x-y distance in the camera frame, metres) and 1.0 where the
+# estimate lies on another object (within half that object's diameter, nearer to it than to the target) else 0.0.
+PLACEMENT_NAMES = ("dz", "dxy", "other_object")
 # BOP19 thresholds: MSSD in diameters, MSPD in pixels at 640 px image width.
 MSSD_THRESHOLDS = np.arange(0.05, 0.51, 0.05)
 MSPD_THRESHOLDS = np.arange(5.0, 51.0, 5.0)
@@ -74,8 +78,8 @@ class EvalResult:
     """Errors of every target and the per-object / mean summaries.
 
     ``targets`` holds one entry per target (struct of arrays, length T): ``scene_id``, ``im_id``, ``obj_id``,
-    ``gt_idx``, ``found`` (bool), ``score``, ``width`` (image width, px), and the errors of :data:`ERROR_NAMES`
-    (metres, degrees, pixels; NaN where not found). ``per_object`` maps object name -> {column key: value}.
+    ``gt_idx``, ``found`` (bool), ``score``, ``width`` (image width, px), the errors of :data:`ERROR_NAMES`
+    (metres, degrees, pixels) and the placements of :data:`PLACEMENT_NAMES` (NaN where not found). ``per_object`` maps object name -> {column key: value}.
     """
 
     objects: list[ObjectModel]
@@ -103,7 +107,7 @@ class EvalResult:
             hit = np.nan_to_num(e, nan=-np.inf)[:, None] >= thr[None, :]
         else:
             if relative:
-                e = e / np.array([self._diameter(int(o)) for o in self.targets["obj_id"][sel]])
+                e = e / np.array([self.diameter(int(o)) for o in self.targets["obj_id"][sel]])
             hit = np.nan_to_num(e, nan=np.inf)[:, None] < thr[None, :]
         ok = self.targets["found"][sel][:, None] & hit
         return ok.mean(axis=0)
@@ -117,12 +121,13 @@ class EvalResult:
             per_obj = []
             for obj_id in np.unique(self.targets["obj_id"][sel]).tolist():
                 rows = sel & (self.targets["obj_id"] == obj_id)
-                e = np.nan_to_num(self.targets[error][rows] / self._diameter(obj_id), nan=np.inf)
+                e = np.nan_to_num(self.targets[error][rows] / self.diameter(obj_id), nan=np.inf)
                 per_obj.append(float((self.targets["found"][rows] & (e < threshold)).mean()))
             out[int(scene)] = float(np.mean(per_obj))
         return out
 
-    def _diameter(self, obj_id: int) -> float:
+    def diameter(self, obj_id: int) -> float:
+        """Diameter (metres) of the evaluated object ``obj_id``."""
         return next(o.diameter for o in self.objects if o.obj_id == obj_id)
 
     def table(self) -> str:
@@ -185,6 +190,23 @@ def _match(ests: list[PoseEstimate], gts: list[GtInstance], obj: ObjectModel,
             free = [j for j in range(len(gts)) if j not in pairs]
             pairs[min(free, key=lambda j: err[i, j])] = est
     return [(g, pairs.get(j)) for j, g in enumerate(gts)]
+
+
+def _placements(pairs: list[tuple[ImageGt, GtInstance, PoseEstimate]], diameters: Mapping[int, float]
+                ) -> dict[str, np.ndarray]:
+    """:data:`PLACEMENT_NAMES` of the matched (image, GT, estimate) triples of one object, (P,) each."""
+    t_e = np.stack([np.asarray(e.T_cam_obj, dtype=np.float64)[:3, 3] for _, _, e in pairs])
+    t_g = np.stack([g.T_cam_obj[:3, 3] for _, g, _ in pairs])
+    other = np.zeros(len(pairs))
+    for j, (im, g, _) in enumerate(pairs):
+        own = np.linalg.norm(t_e[j] - t_g[j])
+        for h in im.gt:
+            if h.obj_id != g.obj_id and h.obj_id in diameters:
+                dist = np.linalg.norm(t_e[j] - h.T_cam_obj[:3, 3])
+                if dist < 0.5 * diameters[h.obj_id] and dist < own:
+                    other[j] = 1.0
+    return {"dz": t_e[:, 2] - t_g[:, 2], "dxy": np.linalg.norm(t_e[:, :2] - t_g[:, :2], axis=1),
+            "other_object": other}
 
 
 def _object_errors(obj: ObjectModel, pairs: list[tuple[ImageGt, GtInstance, PoseEstimate]],
@@ -273,7 +295,8 @@ def score_images(images: Iterable[ImageGt], estimates: Mapping[ImageKey, Sequenc
                     "ignored", len(extra), *min(extra))
 
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("scene_id", "im_id", "obj_id", "gt_idx", "found", "score",
-                                                        "width", *ERROR_NAMES)}
+                                                        "width", *ERROR_NAMES, *PLACEMENT_NAMES)}
+    diameters = {int(o.obj_id): float(o.diameter) for o in dataset_objects}
     per_object: dict[str, dict[str, float]] = {}
     for obj_id, obj_rows in rows.items():
         if not obj_rows:
@@ -289,11 +312,12 @@ def score_images(images: Iterable[ImageGt], estimates: Mapping[ImageKey, Sequenc
             "score": np.array([np.nan if e is None else float(e.score) for _, _, e in obj_rows]),
             "width": np.array([float(im.K.width) for im, _, _ in obj_rows]),
         }
-        for name in ERROR_NAMES:
+        for name in ERROR_NAMES + PLACEMENT_NAMES:
             t[name] = np.full(len(obj_rows), np.nan)
         if found.any():
-            errs = _object_errors(obj, [r for r, f in zip(obj_rows, found) if f], trees[obj_id])
-            for name in ERROR_NAMES:
+            matched = [r for r, f in zip(obj_rows, found) if f]
+            errs = _object_errors(obj, matched, trees[obj_id]) | _placements(matched, diameters)
+            for name in ERROR_NAMES + PLACEMENT_NAMES:
                 t[name][found] = errs[name]
         per_object[obj.name] = _summary(t, obj.diameter)
         for k, v in t.items():

@@ -11,7 +11,8 @@ bundle.yaml::
     provenance: {command, created, stages, seed, ...}
     metrics: {...}
 
-weights.pt holds ``{"detector": state_dict, "pose_net": state_dict}`` and is read with
+weights.pt holds ``{"detector": state_dict, "pose_net": state_dict}`` (+ ``"appearance"``: the objects' colour
+histograms, (objects, bins), once an adaptation learned them from a recording) and is read with
 ``torch.load(weights_only=True)``: a bundle never executes code when loaded.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from selfpose_core.errors import ModelError
+from selfpose_core.models.appearance import AppearanceModel
 from selfpose_core.models.backbones import BackboneConfig
 from selfpose_core.models.correspondence_net import CorrespondenceNet, CorrespondenceNetConfig, coordinate_normaliser
 from selfpose_core.models.detector import Detector, DetectorConfig
@@ -159,12 +161,13 @@ def build_detector(spec: BundleSpec) -> Detector:
 
 @dataclass(slots=True)
 class ModelBundle:
-    """A bundle in memory: its spec and the two networks (on ``device``)."""
+    """A bundle in memory: its spec, the two networks (on ``device``) and, after adaptation, the appearance model."""
 
     spec: BundleSpec
     detector: Detector
     pose_net: PoseNet
     path: Path | None = None
+    appearance: AppearanceModel | None = None
 
     @classmethod
     def create(cls, spec: BundleSpec) -> ModelBundle:
@@ -179,9 +182,11 @@ class ModelBundle:
         """Write bundle.yaml and weights.pt into directory ``path`` (created; existing files are replaced)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save({"detector": {k: v.cpu() for k, v in self.detector.state_dict().items()},
-                    "pose_net": {k: v.cpu() for k, v in self.pose_net.state_dict().items()}},
-                   path / "weights.pt.tmp")
+        weights: dict[str, Any] = {"detector": {k: v.cpu() for k, v in self.detector.state_dict().items()},
+                                   "pose_net": {k: v.cpu() for k, v in self.pose_net.state_dict().items()}}
+        if self.appearance is not None:
+            weights["appearance"] = torch.from_numpy(self.appearance.histograms.astype(np.float32))
+        torch.save(weights, path / "weights.pt.tmp")
         (path / "weights.pt.tmp").replace(path / "weights.pt")
         (path / "bundle.yaml").write_text(yaml.safe_dump(self.spec.to_yaml(), sort_keys=False), encoding="utf-8")
         self.path = path
@@ -219,4 +224,10 @@ class ModelBundle:
                 raise ModelError(f"{weights_path}: '{key}' weights do not fit the architecture in {spec_path} "
                                  f"({str(exc).splitlines()[0]} ...)") from exc
             module.to(device).eval()
+        if "appearance" in weights:
+            hist = weights["appearance"]
+            if not isinstance(hist, torch.Tensor) or tuple(hist.shape[:1]) != (len(spec.objects),):
+                raise ModelError(f"{weights_path}: 'appearance' must be a tensor with one row per object "
+                                 f"({len(spec.objects)}), got {getattr(hist, 'shape', type(hist).__name__)}")
+            bundle.appearance = AppearanceModel(hist.double().cpu().numpy())
         return bundle

@@ -1,0 +1,68 @@
+"""Pose hypotheses for an object standing on a support plane: its stable resting poses x yaws.
+
+An object on a table rests on one of a few faces (its stable poses: Goldberg et al., "Part pose statistics",
+ICRA 1999, as computed by trimesh's ``compute_stable_poses``); what is left free is the rotation about the plane's
+normal and the position on the plane. :func:`resting_rotations` lists the distinct resting rotations of a mesh
+(the upright one, objects.yaml's z up, always first); :func:`tabletop_hypotheses` places each, at every yaw, on a
+proposal's footprint, pushed back from the camera by the part of the object the camera cannot see.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from selfpose_core.estimate.tabletop import upright_basis
+from selfpose_core.geometry.symmetry import symmetry_transforms
+from selfpose_core.types import ObjectModel
+
+
+def resting_rotations(model: ObjectModel, max_poses: int = 4, min_probability: float = 0.05,
+                      min_angle_deg: float = 10.0) -> np.ndarray:
+    """(P, 3, 3) rotations ``R_rest_obj`` (model frame -> a frame whose z is the support plane's normal) of the
+    mesh's distinct stable poses, the upright one (identity) first, then by probability, at most ``max_poses``.
+    Two rests are the same when they turn the same model direction up, up to the object's symmetries."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(np.asarray(model.vertices, np.float64), np.asarray(model.faces, np.int64), process=False)
+    rests = [np.eye(3)]
+    try:
+        transforms, probs = mesh.compute_stable_poses(threshold=min_probability)
+    except (ValueError, IndexError, np.linalg.LinAlgError):  # degenerate hull: only the upright pose
+        transforms, probs = np.zeros((0, 4, 4)), np.zeros(0)
+    syms = symmetry_transforms(model.symmetry, n_continuous=4)[:, :3, :3]
+    cos_min = np.cos(np.radians(min_angle_deg))
+    for k in np.argsort(-np.asarray(probs), kind="stable"):
+        if len(rests) >= max_poses:
+            break
+        R = np.asarray(transforms[k])[:3, :3]
+        u = R[2]  # the model direction this rest turns up
+        if all(max(float(u @ (S @ r[2])) for S in syms) < cos_min for r in rests):
+            rests.append(R)
+    return np.stack(rests)
+
+
+def tabletop_hypotheses(model_points: np.ndarray, rests: np.ndarray, cluster: np.ndarray, plane: np.ndarray,
+                        yaw_steps: int) -> np.ndarray:
+    """(P * yaw_steps, 4, 4) camera-frame poses ``T_cam_obj`` of the object (surface samples ``model_points``
+    (M, 3)) resting on ``plane`` (4,) in each of ``rests`` (P, 3, 3) at ``yaw_steps`` yaws, centred on the
+    footprint of ``cluster`` (N, 3, camera frame) moved away from the camera by half the object's radius (the
+    cluster holds only the side facing the camera)."""
+    n = plane[:3]
+    B = upright_basis(n)
+    centre = cluster.mean(0)
+    foot = centre - (centre @ n + plane[3]) * n
+    away = foot - (foot @ n) * n  # horizontal direction from the camera (at the origin) to the object
+    away /= max(np.linalg.norm(away), 1e-9)
+    out = []
+    for R_rest in rests:
+        P = model_points @ R_rest.T
+        c = np.array([P[:, 0].mean(), P[:, 1].mean(), P[:, 2].min()])
+        radius = float(np.mean(np.linalg.norm(P[:, :2] - c[:2], axis=1)))
+        pos = foot + 0.5 * radius * away
+        for yaw in np.arange(yaw_steps) * 2 * np.pi / yaw_steps:
+            cz, sz = np.cos(yaw), np.sin(yaw)
+            Rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+            T = np.eye(4)
+            T[:3, :3] = B @ Rz @ R_rest
+            T[:3, 3] = pos - B @ Rz @ c
+            out.append(T)
+    return np.stack(out)

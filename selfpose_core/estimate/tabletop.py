@@ -1,0 +1,159 @@
+"""Table-top geometry from depth: points, the support plane, Euclidean clusters above it, upright ICP.
+
+One implementation serves both users: the per-frame object proposals of the estimator
+(:mod:`selfpose_core.estimate.proposals`, camera frame, one depth image) and the scene registration of the
+``multiview_consensus`` stage (world frame, the recording's fused depth).
+Plane: RANSAC (Open3D ``segment_plane``, Fischler & Bolles 1981); clusters: DBSCAN (Open3D ``cluster_dbscan``,
+Ester et al. 1996). Both are seeded, so the same points give the same result whatever ran before.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+
+def o3d_module():
+    import open3d as o3d
+
+    return o3d
+
+
+def depth_points(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float,
+                 return_pixels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """(N, 3) camera-frame points of every ``stride``-th pixel of ``depth`` (metres) through ``K``; invalid depth
+    (0, NaN, beyond ``max_depth``) is skipped. With ``return_pixels`` also their (N, 2) pixels (row, column)."""
+    d = depth[::stride, ::stride].astype(np.float64)
+    v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(d) & (d > 0) & (d < max_depth)
+    z = d[ok]
+    pts = np.stack([(u[ok] - K[0, 2]) * z / K[0, 0], (v[ok] - K[1, 2]) * z / K[1, 1], z], 1)
+    if return_pixels:
+        return pts, np.stack([v[ok], u[ok]], 1)
+    return pts
+
+
+def upright_basis(up: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation world <- a frame whose z axis is the unit vector ``up``."""
+    x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(up, x), up], 1)
+
+
+def support_plane(points: np.ndarray, up: np.ndarray, distance: float, min_points: int, *, min_cos: float = 0.95,
+                  tries: int = 3, pick: str = "first", max_points: int | None = None) -> np.ndarray:
+    """The support plane (4,) = (n, d), ``n . x + d = 0``, ``n`` pointing along ``up``; NaN when none is found.
+
+    RANSAC planes are peeled off ``points`` (N, 3) up to ``tries`` times; those whose normal is within
+    ``arccos(min_cos)`` of ``up`` and that hold at least ``min_points`` inliers are candidates. ``pick="first"``
+    takes the dominant candidate; ``"highest"`` the one farthest along ``up`` (a table top above the floor).
+    ``max_points``: RANSAC runs on that many of the points (evenly spread), ``min_points`` is scaled alike.
+    """
+    o3d = o3d_module()
+    o3d.utility.random.seed(0)
+    up = np.asarray(up, np.float64) / np.linalg.norm(up)
+    rest = points
+    if max_points is not None and len(points) > max_points:
+        step = int(np.ceil(len(points) / max_points))
+        rest = points[::step]
+        min_points = max(3, min_points // step)
+    found = []
+    for _ in range(tries):
+        if len(rest) < max(3, min_points):
+            break
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(rest))
+        model, inl = pcd.segment_plane(distance, 3, 500)
+        if len(inl) < min_points:
+            break
+        n = np.asarray(model[:3], np.float64).reshape(-1)
+        norm = np.linalg.norm(n)
+        n, d = n / norm, float(np.asarray(model).reshape(-1)[3]) / norm
+        if abs(n @ up) >= min_cos:
+            found.append(np.append(n, d) * (1.0 if n @ up > 0 else -1.0))
+            if pick == "first":
+                break
+        rest = np.delete(rest, inl, axis=0)
+    if not found:
+        return np.full(4, np.nan)
+    if pick == "highest":  # height of the plane along up: -d for a unit normal close to up
+        return max(found, key=lambda p: -p[3])
+    return found[0]
+
+
+def euclidean_clusters(points: np.ndarray, eps: float, min_points: int, max_points: int | None = None
+                       ) -> list[np.ndarray]:
+    """Indices into ``points`` (N, 3) of each DBSCAN cluster (neighbourhood ``eps`` metres) with at least
+    ``min_points`` points, largest first. ``max_points``: DBSCAN runs on that many points (evenly spread; ``eps``
+    grows with the spacing), the others join the cluster of their nearest clustered point within ``eps``."""
+    if len(points) < min_points:
+        return []
+    o3d = o3d_module()
+    sub = np.arange(len(points))
+    if max_points is not None and len(points) > max_points:
+        step = int(np.ceil(len(points) / max_points))
+        sub = sub[::step]
+        eps *= np.sqrt(step)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[sub]))
+    labels = np.asarray(pcd.cluster_dbscan(eps, 10 if len(sub) == len(points) else 5, print_progress=False))
+    if len(sub) < len(points):
+        clustered = labels >= 0
+        full = np.full(len(points), -1)
+        if clustered.any():
+            d, j = cKDTree(points[sub][clustered]).query(points, distance_upper_bound=eps)
+            ok = np.isfinite(d)
+            full[ok] = labels[clustered][j[ok]]
+        labels = full
+    idx = [np.nonzero(labels == k)[0] for k in range(labels.max() + 1)]
+    return sorted((i for i in idx if len(i) >= min_points), key=len, reverse=True)
+
+
+def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: np.ndarray,
+                gates: Sequence[float], iterations: int) -> np.ndarray:
+    """ICP over translation and rotation about ``up`` only (4 DOF): an object resting on a plane stays resting.
+
+    Batched over hypotheses: ``T0`` (4, 4) or (H, 4, 4). Each cluster point (N, 3) is matched to its nearest
+    model point (M, 3) at the current pose (the model has sides the cameras never saw, the cluster does not);
+    pairs farther than the gate are dropped; the yaw and translation minimising the squared distances are
+    closed-form (2-D Procrustes in the plane orthogonal to ``up``). Returns the refined poses, shaped like ``T0``.
+    """
+    B = upright_basis(np.asarray(up, np.float64) / np.linalg.norm(up))
+    tree = cKDTree(model_pts)  # queried in the model frame: built once
+    T = np.array(T0, np.float64, copy=True).reshape(-1, 4, 4)
+    H, N = len(T), len(cluster)
+    b_all = cluster @ B  # (N, 3) cluster in the upright frame
+    active = np.ones(H, bool)
+    for gate in gates:
+        active[:] = True
+        for _ in range(iterations):
+            h = np.nonzero(active)[0]
+            if not len(h):
+                break
+            local = (cluster[None] - T[h, None, :3, 3]) @ T[h, :3, :3]  # cluster in the model frame
+            d, j = tree.query(local.reshape(-1, 3), distance_upper_bound=gate)
+            ok = np.isfinite(d).reshape(len(h), N)
+            j = np.where(ok.reshape(-1), j, 0).reshape(len(h), N)
+            a = (model_pts[j] @ T[h, :3, :3].transpose(0, 2, 1) + T[h, None, :3, 3]) @ B  # in the upright frame
+            w = ok.astype(np.float64)
+            cnt = w.sum(1)
+            enough = cnt >= 10
+            cnt = np.maximum(cnt, 1.0)
+            ca = (a * w[..., None]).sum(1) / cnt[:, None]
+            cb = (w @ b_all) / cnt[:, None]
+            a0 = a[..., :2] - ca[:, None, :2]
+            b0 = b_all[None, :, :2] - cb[:, None, :2]
+            cross = (w * (a0[..., 0] * b0[..., 1] - a0[..., 1] * b0[..., 0])).sum(1)
+            dot = (w * (a0 * b0).sum(-1)).sum(1)
+            yaw = np.where(enough, np.arctan2(cross, dot), 0.0)
+            c, s = np.cos(yaw), np.sin(yaw)
+            Rz = np.zeros((len(h), 3, 3))
+            Rz[:, 0, 0], Rz[:, 0, 1], Rz[:, 1, 0], Rz[:, 1, 1], Rz[:, 2, 2] = c, -s, s, c, 1.0
+            shift = cb - np.einsum("hij,hj->hi", Rz, ca)
+            shift[~enough] = 0.0
+            step = np.tile(np.eye(4), (len(h), 1, 1))
+            step[:, :3, :3] = B @ Rz @ B.T
+            step[:, :3, 3] = shift @ B.T
+            T[h] = step @ T[h]
+            active[h] = enough & ((np.abs(yaw) > 1e-4) | (np.linalg.norm(shift, axis=1) > 1e-4))
+    return T.reshape(np.shape(T0))

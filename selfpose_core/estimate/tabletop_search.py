@@ -1,0 +1,226 @@
+"""Objects on a table from one RGB-D frame: proposals from depth, identity from appearance, poses by
+hypothesise, refine and verify.
+
+1. :func:`~selfpose_core.estimate.proposals.find_proposals`: the support plane and the clusters standing on it.
+2. Candidates per proposal: objects whose size fits the cluster; with an appearance model (learned from the
+   robot's drive) the ``candidates`` most similar in colour.
+3. Per proposal and candidate: the mesh's resting poses x ``yaw_steps`` yaws on the footprint
+   (:mod:`~selfpose_core.estimate.hypotheses`) plus any given hypotheses (e.g. the pose network's), refined by
+   ICP over the plane's 4 degrees of freedom (:func:`~selfpose_core.estimate.tabletop.upright_icp`), ranked by
+   the F-score of the fit to the cluster (visible model points vs cluster points), the best ``keep`` verified by
+   render-and-compare (:mod:`~selfpose_core.estimate.verification`).
+4. One-to-one assignment of proposals to objects (Hungarian) on ``fit x colour similarity``; pairs below
+   ``min_confidence`` are dropped (clutter). The product is the estimate's confidence.
+
+Deterministic: the same frame gives the same poses whatever was searched before.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+
+from selfpose_core.config_io import require_at_least
+from selfpose_core.errors import ConfigError
+from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
+from selfpose_core.estimate.proposals import Proposal, ProposalConfig, find_proposals
+from selfpose_core.estimate.tabletop import upright_icp
+from selfpose_core.estimate.verification import VerifyConfig, verify_poses
+from selfpose_core.mesh.measures import mesh_diameter, sample_surface
+from selfpose_core.models.appearance import AppearanceModel
+from selfpose_core.render.mesh import RenderMesh
+from selfpose_core.types import Frame, ObjectModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SearchConfig:
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    resting_poses: int = 4  # distinct stable poses per object (upright first)
+    yaw_steps: int = 8  # yaws per resting pose
+    model_points: int = 600  # surface samples per object for ICP and the F-score
+    coarse_points: int = 150  # cluster points for the coarse ICP of every hypothesis (evenly subsampled) ...
+    max_cluster_points: int = 500  # ... and for the F-score and the fine ICP of the best ones
+    icp_tau: float = 0.01  # metres: final ICP gate and F-score distance
+    icp_iterations: int = 8  # per gate (coarse: 3 tau, 1.5 tau; fine: tau)
+    keep: int = 3  # hypotheses per proposal and object verified by rendering
+    candidates: int = 3  # objects per proposal tried, by colour similarity (with an appearance model)
+    size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
+    min_confidence: float = 0.3  # fit x similarity below this: not the object
+
+    def validate(self, where: str = "search") -> SearchConfig:
+        self.proposals.validate(f"{where}.proposals")
+        require_at_least(self, ("resting_poses", "yaw_steps", "model_points", "coarse_points", "max_cluster_points",
+                                "icp_iterations", "keep", "candidates"), 1, where)
+        for key in ("icp_tau", "size_margin"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
+        if not self.verify.tau > 0 or not 0 <= self.verify.occluded_weight <= 1:
+            raise ConfigError(f"{where}.verify: need tau > 0 and occluded_weight in [0, 1], got "
+                              f"{self.verify.tau}, {self.verify.occluded_weight}")
+        if not 0 <= self.min_confidence <= 1:
+            raise ConfigError(f"{where}.min_confidence must be in [0, 1], got {self.min_confidence}")
+        return self
+
+
+@dataclass(slots=True)
+class Found:
+    """One object found on the table: its index, pose, confidence (= fit x similarity) and where it is."""
+
+    obj_index: int
+    T_cam_obj: np.ndarray  # (4, 4)
+    confidence: float
+    fit: float  # render-and-compare score in [0, 1]
+    similarity: float  # colour similarity in [0, 1] (1 without an appearance model)
+    box: tuple[float, float, float, float]  # the proposal's box, pixels
+    mask: np.ndarray  # (H, W) bool, the proposal's pixels
+
+
+@dataclass(slots=True)
+class _ObjectData:
+    points: np.ndarray  # (M, 3) surface samples, object frame
+    normals: np.ndarray  # (M, 3)
+    tree: cKDTree  # of points
+    rests: np.ndarray  # (P, 3, 3)
+    mesh: RenderMesh
+    diameter: float
+    rest_heights: np.ndarray  # (P,) height of the object in each resting pose
+
+
+class TabletopSearch:
+    """``TabletopSearch(models, appearance).search(frame) -> list[Found]`` (see the module docstring)."""
+
+    def __init__(self, models: list[ObjectModel], appearance: AppearanceModel | None = None,
+                 config: SearchConfig | None = None) -> None:
+        self.config = (config or SearchConfig()).validate()
+        self.models = models
+        self.appearance = appearance
+        self.data = []
+        for m in models:
+            pts, nrm = sample_surface(m.vertices, m.faces, self.config.model_points, np.random.default_rng(0))
+            rests = resting_rotations(m, self.config.resting_poses)
+            v = np.asarray(m.vertices, np.float64)
+            heights = np.array([np.ptp(v @ R[2]) for R in rests])
+            self.data.append(_ObjectData(pts, nrm, cKDTree(pts), rests, RenderMesh(m.vertices, m.faces),
+                                         float(m.diameter), heights))
+
+    def search(self, frame: Frame, extra_hypotheses: dict[int, np.ndarray] | None = None) -> list[Found]:
+        """Objects found in ``frame`` (needs ``frame.depth``); ``extra_hypotheses`` {object index: (E, 4, 4)
+        T_cam_obj} join the resting-pose hypotheses of the proposals they project into."""
+        if frame.depth is None:
+            return []
+        c = self.config
+        s = c.proposals.stride
+        K = frame.K.K
+        plane, proposals = find_proposals(frame.depth, K, c.proposals, T_world_cam=frame.T_world_cam)
+        if not proposals:
+            return []
+        H, W = frame.depth.shape
+        depth_grid = np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0)
+        K_grid = np.diag([1.0 / s, 1.0 / s, 1.0]) @ K
+        O = len(self.models)
+        conf = np.zeros((len(proposals), O))
+        poses = np.zeros((len(proposals), O, 4, 4))
+        fits = np.zeros((len(proposals), O))
+        sims = np.ones((len(proposals), O))
+        masks = []
+        for i, p in enumerate(proposals):
+            grid_mask = p.mask((H, W), s)
+            full = cv2.resize(grid_mask.astype(np.uint8), (grid_mask.shape[1] * s, grid_mask.shape[0] * s),
+                              interpolation=cv2.INTER_NEAREST)[:H, :W].astype(bool)
+            masks.append(full)
+            cands = self._candidates(p, plane)
+            if self.appearance is not None and cands:
+                sims[i] = self.appearance.similarity(frame.rgb, full)
+                cands = sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
+            for k in cands:
+                extra = self._extra_for(p, K, (extra_hypotheses or {}).get(k))
+                T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_mask, extra)
+                poses[i, k], fits[i, k] = T, fit
+                conf[i, k] = fit * sims[i, k]
+        rows, cols = linear_sum_assignment(-conf)
+        found = []
+        for i, k in zip(rows, cols):
+            if conf[i, k] >= c.min_confidence:
+                found.append(Found(int(k), poses[i, k], float(conf[i, k]), float(fits[i, k]), float(sims[i, k]),
+                                   tuple(float(v) for v in proposals[i].box), masks[i]))
+        return sorted(found, key=lambda f: -f.confidence)
+
+    def _candidates(self, p: Proposal, plane: np.ndarray) -> list[int]:
+        """Objects whose size admits the cluster: its height above the plane at most the object's height in some
+        resting pose and its diameter at most the object's (each plus ``size_margin``)."""
+        m = self.config.size_margin
+        height = float((p.points @ plane[:3] + plane[3]).max())
+        width = mesh_diameter(_subsample(p.points, 1000))
+        out = []
+        for k, d in enumerate(self.data):
+            if width <= d.diameter + m and height <= d.rest_heights.max() + m \
+                    and height >= 0.3 * d.rest_heights.min() - m:
+                out.append(k)
+        return out
+
+    def _extra_for(self, p: Proposal, K: np.ndarray, hyps: np.ndarray | None) -> np.ndarray | None:
+        """The given hypotheses whose object origin projects into the proposal's box."""
+        if hyps is None or not len(hyps):
+            return None
+        t = np.asarray(hyps)[:, :3, 3]
+        uv = t[:, :2] / np.maximum(t[:, 2:3], 1e-6) @ K[:2, :2].T + K[:2, 2]
+        x0, y0, x1, y1 = p.box
+        inside = (t[:, 2] > 0) & (uv[:, 0] >= x0) & (uv[:, 0] < x1) & (uv[:, 1] >= y0) & (uv[:, 1] < y1)
+        return np.asarray(hyps)[inside] if inside.any() else None
+
+    def _fit(self, k: int, p: Proposal, plane: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
+             grid_mask: np.ndarray, extra: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """The best verified pose of object ``k`` on proposal ``p`` and its render-and-compare score."""
+        c = self.config
+        d = self.data[k]
+        cluster = _subsample(p.points, c.max_cluster_points)
+        T0 = tabletop_hypotheses(d.points, d.rests, cluster, plane, c.yaw_steps)
+        if extra is not None:
+            T0 = np.concatenate([T0, extra])
+        tau = c.icp_tau
+        T = upright_icp(d.points, _subsample(cluster, c.coarse_points), T0, plane[:3], (3 * tau, 1.5 * tau),
+                        c.icp_iterations)
+        f = self._fscores(d, T, cluster, cKDTree(cluster), plane)
+        best = np.argsort(-f, kind="stable")[:c.keep]
+        T = upright_icp(d.points, cluster, T[best], plane[:3], (tau,), c.icp_iterations)
+        best = np.arange(len(best))
+        s = depth_grid.shape
+        x0, y0, x1, y1 = p.box / c.proposals.stride
+        z = float(np.median(cluster[:, 2]))
+        margin = 0.5 * d.diameter * K_grid[0, 0] / max(z, 0.05)
+        window = (max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(s[1], int(np.ceil(x1 + margin))),
+                  min(s[0], int(np.ceil(y1 + margin))))
+        scores = verify_poses(d.mesh, T[best], depth_grid, K_grid, grid_mask, window, c.verify)
+        j = int(np.argmax(scores))
+        return T[best[j]], float(scores[j])
+
+    def _fscores(self, d: _ObjectData, T: np.ndarray, cluster: np.ndarray, cluster_tree: cKDTree,
+                 plane: np.ndarray) -> np.ndarray:
+        """(H,) F-score of each pose: precision = cluster points within tau of the model; recall = model points
+        facing the camera (and above the plane) within tau of the cluster."""
+        tau = self.config.icp_tau
+        R, t = T[:, :3, :3], T[:, :3, 3]
+        Rt = R.transpose(0, 2, 1)
+        X = d.points @ Rt + t[:, None]
+        N = d.normals @ Rt
+        facing = ((N * X).sum(-1) < 0) & (X @ plane[:3] + plane[3] > tau)
+        near_cluster = cluster_tree.query(X.reshape(-1, 3), distance_upper_bound=tau)[0].reshape(X.shape[:2]) < tau
+        recall = (facing & near_cluster).sum(1) / np.maximum(facing.sum(1), 1)
+        local = (cluster[None] - t[:, None]) @ R
+        precision = (d.tree.query(local.reshape(-1, 3), distance_upper_bound=tau)[0] < tau).reshape(len(T), -1)
+        precision = precision.mean(1)
+        return np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-9), 0.0)
+
+
+def _subsample(points: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of ``points`` (N, 3), evenly spread over their order."""
+    if len(points) <= n:
+        return points
+    return points[np.linspace(0, len(points) - 1, n).round().astype(int)]
