@@ -1,6 +1,13 @@
 """PoseEstimator: a model bundle applied to camera frames -> one PoseEstimate per object found.
 
-Pipeline per frame: resize the image to the detector's width (any frame size; the aspect ratio is kept), detect
+With depth (the robot's usual case, ``depth_search``): the table-top search of
+:mod:`~selfpose_core.estimate.tabletop_search` finds the objects standing on the support plane (proposals from
+depth, identity from the bundle's appearance model, resting-pose hypotheses refined by ICP and verified by
+render-and-compare; its score is the published confidence). Objects it does not find (off the table, merged
+with a neighbour) keep the learned RGB path's estimate below, refined on the depth and re-scored by the same
+verification. Without depth (or ``use_depth: false``) only the RGB path runs.
+
+RGB path per frame: resize the image to the detector's width (any frame size; the aspect ratio is kept), detect
 each object (heatmap peak per class), cut a square crop around each amodal box from the full-resolution image,
 run the pose network on all crops in one batch, and turn its output into a pose by PnP-RANSAC in the crop's
 camera (keypoints: the 9 attention-averaged keypoints; correspondences: the confident foreground pixels'
@@ -9,7 +16,7 @@ object coordinates). With depth (and ``refine_depth``), ICP on the masked depth 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -19,6 +26,7 @@ import torch
 from selfpose_core.data.crops import crop_affine, project_points, square_box
 from selfpose_core.errors import ConfigError, ModelError, SelfposeError
 from selfpose_core.estimate.depth_refine import DepthRefineConfig, DepthRefiner
+from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
 from selfpose_core.geometry.pnp import solve_pnp, solve_pnp_ransac
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.backbones import pixel_centres
@@ -38,6 +46,9 @@ class EstimatorConfig:
     pnp_threshold: float = 0.06  # RANSAC inlier threshold, fraction of the crop size
     pnp_iterations: int = 50  # RANSAC iterations (correspondence network)
     refine_depth: bool = True
+    use_depth: bool = True  # False: ignore the frames' depth (RGB only)
+    depth_search: bool = True  # with depth: the table-top search (module docstring)
+    search: SearchConfig = field(default_factory=SearchConfig)
     dual_scale: str = "auto"  # DSC's two-scale ensemble: auto = when the bundle was adapted by dual_scale; on; off
     return_masks: bool = True
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's setting
@@ -63,6 +74,8 @@ class PoseEstimator:
         self.models = self._check_objects(Path(objects_config) if objects_config else self.bundle.objects_config_path(),
                                           Path(bundle_path))
         self.refiners = [DepthRefiner(m, DepthRefineConfig()) for m in self.models]
+        self.search = TabletopSearch(self.models, self.bundle.appearance, self.config.search) \
+            if self.config.depth_search and self.config.use_depth else None
         thr = self.config.score_threshold
         self.score_threshold = float(self.spec.detector.score_threshold if thr is None else thr)
         self.crop_size = int(self.spec.pose_net.crop_size)
@@ -122,7 +135,27 @@ class PoseEstimator:
         return det.scores[0].cpu().numpy(), det.boxes[0].cpu().numpy().astype(np.float64) * scale
 
     def estimate(self, frame: Frame) -> list[PoseEstimate]:
-        """Poses of the objects visible in ``frame`` (an empty list when none passes the score threshold)."""
+        """Poses of the objects visible in ``frame``, best score first (an empty list when none is found)."""
+        if not self.config.use_depth and frame.depth is not None:
+            frame = replace(frame, depth=None)
+        learned = self._estimate_rgb(frame)
+        if self.search is None or frame.depth is None:
+            return learned if self.config.return_masks else [replace(e, mask=None) for e in learned]
+        found = self.search.search(frame)
+        names = self.object_names
+        out = [PoseEstimate(names[f.obj_index], f.T_cam_obj, f.confidence, self.spec.objects[f.obj_index].obj_id,
+                            f.box, f.mask if self.config.return_masks else None) for f in found]
+        have = {f.obj_index for f in found}
+        for est in learned:  # objects the search did not find: the learned pose, scored by the same verification
+            k = names.index(est.object_name)
+            if k not in have:
+                fit = self.search.verify(frame, k, est.T_cam_obj, est.mask)
+                out.append(replace(est, score=float(est.score) * fit,
+                                   mask=est.mask if self.config.return_masks else None))
+        return sorted(out, key=lambda e: -e.score)
+
+    def _estimate_rgb(self, frame: Frame) -> list[PoseEstimate]:
+        """The learned path: detector, pose network, PnP (+ ICP on the depth when the frame has some)."""
         rgb = frame.rgb
         H, W = rgb.shape[:2]
         scores, boxes = self.detect(rgb)
@@ -161,7 +194,8 @@ class PoseEstimator:
             fgp = mask_prob_np[j][mask_prob_np[j] > self.config.mask_threshold]
             mask_conf = float(fgp.mean()) if fgp.size else 0.0
             full_mask = None
-            if self.config.return_masks or (self.config.refine_depth and frame.depth is not None):
+            if self.config.return_masks or self.search is not None or \
+                    (self.config.refine_depth and frame.depth is not None):
                 m = (mask_prob_np[j] > self.config.mask_threshold).astype(np.uint8)
                 full_mask = cv2.warpAffine(m, crop_affine(crop_boxes[j], m.shape[0]), (W, H),
                                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
@@ -175,8 +209,7 @@ class PoseEstimator:
                 T, _ = self.refiners[k].refine(T, frame.depth[y0:y1, x0:x1], K_win, full_mask[y0:y1, x0:x1])
             o = self.spec.objects[k]
             results.append(PoseEstimate(o.name, T, float(scores[k]) * quality * mask_conf, o.obj_id,
-                                        tuple(float(v) for v in boxes[k]),
-                                        full_mask if self.config.return_masks else None, None, int(inliers)))
+                                        tuple(float(v) for v in boxes[k]), full_mask, None, int(inliers)))
         return results
 
     def _dual_scale_pose(self, rgb: np.ndarray, K: CameraIntrinsics, box: np.ndarray, k: int,
@@ -234,6 +267,7 @@ def validate_config(config: EstimatorConfig) -> EstimatorConfig:
             raise ConfigError(f"estimator.{key} must be > 0, got {getattr(config, key)}")
     if not 0 < config.mask_threshold < 1:
         raise ConfigError(f"estimator.mask_threshold must be in (0, 1), got {config.mask_threshold}")
+    config.search.validate("estimator.search")
     if config.dual_scale not in ("auto", "on", "off"):
         raise ConfigError(f"estimator.dual_scale must be auto, on or off, got {config.dual_scale!r}")
     return config

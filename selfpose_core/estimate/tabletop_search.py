@@ -28,7 +28,7 @@ from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.proposals import Proposal, ProposalConfig, find_proposals
-from selfpose_core.estimate.tabletop import upright_icp
+from selfpose_core.estimate.tabletop import upright_basis, upright_icp
 from selfpose_core.estimate.verification import VerifyConfig, verify_poses
 from selfpose_core.mesh.measures import mesh_diameter, sample_surface
 from selfpose_core.models.appearance import AppearanceModel
@@ -49,7 +49,9 @@ class SearchConfig:
     max_cluster_points: int = 500  # ... and for the F-score and the fine ICP of the best ones
     icp_tau: float = 0.01  # metres: final ICP gate and F-score distance
     icp_iterations: int = 8  # per gate (coarse: 3 tau, 1.5 tau; fine: tau)
-    keep: int = 3  # hypotheses per proposal and object verified by rendering
+    keep: int = 8  # hypotheses per proposal and object verified by rendering
+    polish_rounds: int = 4  # local search of the verification score around the best (0 = none) ...
+    polish_step: tuple[float, float] = (8.0, 0.01)  # ... starting with these yaw (deg) and shift (m) steps
     candidates: int = 3  # objects per proposal tried, by colour similarity (with an appearance model)
     size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
     min_confidence: float = 0.3  # fit x similarity below this: not the object
@@ -152,6 +154,26 @@ class TabletopSearch:
                                    tuple(float(v) for v in proposals[i].box), masks[i]))
         return sorted(found, key=lambda f: -f.confidence)
 
+    def verify(self, frame: Frame, k: int, T_cam_obj: np.ndarray, mask: np.ndarray | None = None) -> float:
+        """Render-and-compare score in [0, 1] of object ``k`` at ``T_cam_obj`` in ``frame`` (with depth), against
+        its visible ``mask`` (H, W) bool when given (else the silhouette alone)."""
+        if frame.depth is None or T_cam_obj[2, 3] <= 0:
+            return 0.0
+        s = self.config.proposals.stride
+        depth_grid = np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0)
+        K_grid = np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K
+        grid_mask = mask[::s, ::s] if mask is not None else np.zeros(depth_grid.shape, bool)
+        X = self.data[k].points @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+        X = X[X[:, 2] > 1e-3]
+        if not len(X):
+            return 0.0
+        uv = X[:, :2] / X[:, 2:3] @ K_grid[:2, :2].T + K_grid[:2, 2]
+        h, w = depth_grid.shape
+        window = (max(0, int(uv[:, 0].min()) - 2), max(0, int(uv[:, 1].min()) - 2),
+                  min(w, int(np.ceil(uv[:, 0].max())) + 3), min(h, int(np.ceil(uv[:, 1].max())) + 3))
+        return float(verify_poses(self.data[k].mesh, T_cam_obj[None], depth_grid, K_grid, grid_mask, window,
+                                  self.config.verify)[0])
+
     def _candidates(self, p: Proposal, plane: np.ndarray) -> list[int]:
         """Objects whose size admits the cluster: its height above the plane at most the object's height in some
         resting pose and its diameter at most the object's (each plus ``size_margin``)."""
@@ -199,7 +221,37 @@ class TabletopSearch:
                   min(s[0], int(np.ceil(y1 + margin))))
         scores = verify_poses(d.mesh, T[best], depth_grid, K_grid, grid_mask, window, c.verify)
         j = int(np.argmax(scores))
-        return T[best[j]], float(scores[j])
+        return self._polish(d, T[best[j]], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
+
+    def _polish(self, d: _ObjectData, T: np.ndarray, score: float, up: np.ndarray, depth_grid: np.ndarray,
+                K_grid: np.ndarray, grid_mask: np.ndarray, window: tuple[int, int, int, int]
+                ) -> tuple[np.ndarray, float]:
+        """Coordinate search of the verification score over yaw and the two in-plane shifts around ``T``: the
+        best of T and its six neighbours each round, the steps halved when none is better."""
+        c = self.config
+        B = upright_basis(up)
+        yaw_step, shift_step = np.radians(c.polish_step[0]), c.polish_step[1]
+        for _ in range(c.polish_rounds):
+            moves = []
+            for sign in (-1.0, 1.0):
+                a = sign * yaw_step
+                Rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+                M = np.eye(4)
+                M[:3, :3] = B @ Rz @ B.T
+                M[:3, 3] = T[:3, 3] - M[:3, :3] @ T[:3, 3]  # turn about the object's origin
+                moves.append(M @ T)
+                for axis in (0, 1):
+                    S = T.copy()
+                    S[:3, 3] += sign * shift_step * B[:, axis]
+                    moves.append(S)
+            moves = np.stack(moves)
+            scores = verify_poses(d.mesh, moves, depth_grid, K_grid, grid_mask, window, c.verify)
+            j = int(np.argmax(scores))
+            if scores[j] > score:
+                T, score = moves[j], float(scores[j])
+            else:
+                yaw_step, shift_step = yaw_step / 2, shift_step / 2
+        return T, score
 
     def _fscores(self, d: _ObjectData, T: np.ndarray, cluster: np.ndarray, cluster_tree: cKDTree,
                  plane: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 Each hypothesis is rendered (the project's renderer, depth only) into a window of the depth image. Pixels of the
 rendered silhouette with valid depth are
 
-* **consistent** when the observed depth is within ``tau`` of the rendered depth,
+* **consistent** when the observed depth is within ``tau`` of the rendered depth (weighted by
+  ``1 - (difference / tau)^2``, so that the score also ranks close hypotheses),
 * **violations** when the observed depth lies farther than ``tau`` behind it (the camera sees through the
   object: free space where the hypothesis puts matter),
 * **occluded** when the observed depth lies nearer (something in front hides the object; weighted little);
@@ -53,7 +54,7 @@ def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: 
     valid = obs > 0
     seg = mask[y0:y1, x0:x1][None]
     diff = obs - rendered
-    consistent = (sil & valid & (np.abs(diff) <= cfg.tau)).sum((1, 2))
+    consistent = np.where(sil & valid & (np.abs(diff) <= cfg.tau), 1.0 - (diff / cfg.tau) ** 2, 0.0).sum((1, 2))
     violations = (sil & valid & (diff > cfg.tau)).sum((1, 2))
     occluded = (sil & valid & (diff < -cfg.tau)).sum((1, 2))
     unexplained = (seg & ~sil & valid).sum((1, 2))
