@@ -109,17 +109,56 @@ def euclidean_clusters(points: np.ndarray, eps: float, min_points: int, max_poin
     return sorted((i for i in idx if len(i) >= min_points), key=len, reverse=True)
 
 
+class VoxelNearest:
+    """Nearest-neighbour lookup in a fixed point set by a precomputed voxel grid (the exact Euclidean distance
+    transform's nearest sample of every voxel, scipy ``distance_transform_edt``): one array read per query instead
+    of a tree search. The answer is the sample nearest to the query's voxel centre, so its distance may exceed the
+    true nearest distance by up to ``voxel * sqrt(3) / 2``; queries farther than ``pad`` outside the points' box
+    find nothing."""
+
+    def __init__(self, points: np.ndarray, voxel: float, pad: float) -> None:
+        from scipy.ndimage import distance_transform_edt
+
+        self.points = np.asarray(points, np.float64)
+        self.voxel = float(voxel)
+        self.origin = self.points.min(0) - pad
+        shape = np.ceil((self.points.max(0) + pad - self.origin) / voxel).astype(int) + 1
+        occupied = np.ones(shape, bool)
+        cells = np.floor((self.points - self.origin) / voxel).astype(int)
+        occupied[tuple(cells.T)] = False
+        owner = np.full(shape, -1, np.int64)
+        owner[tuple(cells.T)] = np.arange(len(self.points))
+        nearest_cell = distance_transform_edt(occupied, return_distances=False, return_indices=True)
+        self.index = owner[tuple(nearest_cell)]  # (X, Y, Z) index of a sample in the nearest occupied voxel
+        self.shape = np.array(shape)
+
+    def query(self, X: np.ndarray, distance_upper_bound: float) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (N,), indices (N,)) of ``X`` (N, 3) like ``cKDTree.query``: inf and len(points) beyond the
+        bound or the grid."""
+        cell = np.floor((X - self.origin) / self.voxel).astype(int)
+        inside = np.all((cell >= 0) & (cell < self.shape), axis=1)
+        j = np.full(len(X), len(self.points))
+        j[inside] = self.index[tuple(cell[inside].T)]
+        d = np.full(len(X), np.inf)
+        d[inside] = np.linalg.norm(X[inside] - self.points[j[inside]], axis=1)
+        far = d > distance_upper_bound
+        d[far], j[far] = np.inf, len(self.points)
+        return d, j
+
+
 def upright_icp(model_pts: np.ndarray, cluster: np.ndarray, T0: np.ndarray, up: np.ndarray,
-                gates: Sequence[float], iterations: int) -> np.ndarray:
+                gates: Sequence[float], iterations: int, lookup: VoxelNearest | None = None) -> np.ndarray:
     """ICP over translation and rotation about ``up`` only (4 DOF): an object resting on a plane stays resting.
 
     Batched over hypotheses: ``T0`` (4, 4) or (H, 4, 4). Each cluster point (N, 3) is matched to its nearest
     model point (M, 3) at the current pose (the model has sides the cameras never saw, the cluster does not);
     pairs farther than the gate are dropped; the yaw and translation minimising the squared distances are
-    closed-form (2-D Procrustes in the plane orthogonal to ``up``). Returns the refined poses, shaped like ``T0``.
+    closed-form (2-D Procrustes in the plane orthogonal to ``up``). ``lookup``: a :class:`VoxelNearest` of
+    ``model_pts`` to match with (fast, approximate) instead of a k-d tree. Returns the refined poses, shaped like
+    ``T0``.
     """
     B = upright_basis(np.asarray(up, np.float64) / np.linalg.norm(up))
-    tree = cKDTree(model_pts)  # queried in the model frame: built once
+    tree = lookup if lookup is not None else cKDTree(model_pts)  # queried in the model frame: built once
     T = np.array(T0, np.float64, copy=True).reshape(-1, 4, 4)
     H, N = len(T), len(cluster)
     b_all = cluster @ B  # (N, 3) cluster in the upright frame

@@ -28,7 +28,7 @@ from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.proposals import Proposal, ProposalConfig, find_proposals
-from selfpose_core.estimate.tabletop import upright_basis, upright_icp
+from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
 from selfpose_core.estimate.verification import VerifyConfig, verify_poses
 from selfpose_core.mesh.measures import mesh_diameter, sample_surface
 from selfpose_core.models.appearance import AppearanceModel
@@ -49,10 +49,12 @@ class SearchConfig:
     max_cluster_points: int = 500  # ... and for the F-score and the fine ICP of the best ones
     icp_tau: float = 0.01  # metres: final ICP gate and F-score distance
     icp_iterations: int = 8  # per gate (coarse: 3 tau, 1.5 tau; fine: tau)
+    lookup_voxel: float = 0.003  # metres: voxel of the coarse ICP's nearest-point grid
     keep: int = 8  # hypotheses per proposal and object verified by rendering
     polish_rounds: int = 4  # local search of the verification score around the best (0 = none) ...
     polish_step: tuple[float, float] = (8.0, 0.01)  # ... starting with these yaw (deg) and shift (m) steps
-    candidates: int = 3  # objects per proposal tried, by colour similarity (with an appearance model)
+    candidates: int = 3  # objects per proposal tried, by colour similarity (with an appearance model) ...
+    candidate_ratio: float = 0.7  # ... those at least this fraction as similar as the most similar one
     size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
     min_confidence: float = 0.3  # fit x similarity below this: not the object
 
@@ -60,14 +62,15 @@ class SearchConfig:
         self.proposals.validate(f"{where}.proposals")
         require_at_least(self, ("resting_poses", "yaw_steps", "model_points", "coarse_points", "max_cluster_points",
                                 "icp_iterations", "keep", "candidates"), 1, where)
-        for key in ("icp_tau", "size_margin"):
+        for key in ("icp_tau", "size_margin", "lookup_voxel"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
         if not self.verify.tau > 0 or not 0 <= self.verify.occluded_weight <= 1:
             raise ConfigError(f"{where}.verify: need tau > 0 and occluded_weight in [0, 1], got "
                               f"{self.verify.tau}, {self.verify.occluded_weight}")
-        if not 0 <= self.min_confidence <= 1:
-            raise ConfigError(f"{where}.min_confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0 <= self.min_confidence <= 1 or not 0 <= self.candidate_ratio <= 1:
+            raise ConfigError(f"{where}: min_confidence and candidate_ratio must be in [0, 1], got "
+                              f"{self.min_confidence}, {self.candidate_ratio}")
         return self
 
 
@@ -89,6 +92,7 @@ class _ObjectData:
     points: np.ndarray  # (M, 3) surface samples, object frame
     normals: np.ndarray  # (M, 3)
     tree: cKDTree  # of points
+    lookup: VoxelNearest  # of points, for the coarse ICP
     rests: np.ndarray  # (P, 3, 3)
     mesh: RenderMesh
     diameter: float
@@ -109,7 +113,8 @@ class TabletopSearch:
             rests = resting_rotations(m, self.config.resting_poses)
             v = np.asarray(m.vertices, np.float64)
             heights = np.array([np.ptp(v @ R[2]) for R in rests])
-            self.data.append(_ObjectData(pts, nrm, cKDTree(pts), rests, RenderMesh(m.vertices, m.faces),
+            lookup = VoxelNearest(pts, self.config.lookup_voxel, 3.5 * self.config.icp_tau)
+            self.data.append(_ObjectData(pts, nrm, cKDTree(pts), lookup, rests, RenderMesh(m.vertices, m.faces),
                                          float(m.diameter), heights))
 
     def search(self, frame: Frame, extra_hypotheses: dict[int, np.ndarray] | None = None) -> list[Found]:
@@ -140,7 +145,9 @@ class TabletopSearch:
             cands = self._candidates(p, plane)
             if self.appearance is not None and cands:
                 sims[i] = self.appearance.similarity(frame.rgb, full)
-                cands = sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
+                best = max(sims[i, k] for k in cands)
+                cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
+                         if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
             for k in cands:
                 extra = self._extra_for(p, K, (extra_hypotheses or {}).get(k))
                 T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_mask, extra)
@@ -208,7 +215,7 @@ class TabletopSearch:
             T0 = np.concatenate([T0, extra])
         tau = c.icp_tau
         T = upright_icp(d.points, _subsample(cluster, c.coarse_points), T0, plane[:3], (3 * tau, 1.5 * tau),
-                        c.icp_iterations)
+                        c.icp_iterations, d.lookup)
         f = self._fscores(d, T, cluster, cKDTree(cluster), plane)
         best = np.argsort(-f, kind="stable")[:c.keep]
         T = upright_icp(d.points, cluster, T[best], plane[:3], (tau,), c.icp_iterations)
