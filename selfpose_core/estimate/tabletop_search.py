@@ -26,6 +26,7 @@ from scipy.spatial import cKDTree
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
+from selfpose_core.estimate.depth_align import align_resting, face_normals
 from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.proposals import Proposal, ProposalConfig, find_proposals
 from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
@@ -53,6 +54,7 @@ class SearchConfig:
     keep: int = 8  # hypotheses per proposal and object verified by rendering
     polish_rounds: int = 4  # local search of the verification score around the best (0 = none) ...
     polish_step: tuple[float, float] = (8.0, 0.01)  # ... starting with these yaw (deg) and shift (m) steps
+    align_iterations: int = 6  # projective point-to-plane steps at the end (depth_align.py; 0 = none)
     candidates: int = 3  # objects per proposal tried, by colour similarity (with an appearance model) ...
     candidate_ratio: float = 0.7  # ... those at least this fraction as similar as the most similar one
     size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
@@ -62,6 +64,9 @@ class SearchConfig:
         self.proposals.validate(f"{where}.proposals")
         require_at_least(self, ("resting_poses", "yaw_steps", "model_points", "coarse_points", "max_cluster_points",
                                 "icp_iterations", "keep", "candidates"), 1, where)
+        if self.polish_rounds < 0 or self.align_iterations < 0:
+            raise ConfigError(f"{where}.polish_rounds and align_iterations must be >= 0, got {self.polish_rounds}, "
+                              f"{self.align_iterations}")
         for key in ("icp_tau", "size_margin", "lookup_voxel"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
@@ -95,6 +100,7 @@ class _ObjectData:
     lookup: VoxelNearest  # of points, for the coarse ICP
     rests: np.ndarray  # (P, 3, 3)
     mesh: RenderMesh
+    face_normals: np.ndarray  # (F, 3)
     diameter: float
     rest_heights: np.ndarray  # (P,) height of the object in each resting pose
 
@@ -114,7 +120,8 @@ class TabletopSearch:
             v = np.asarray(m.vertices, np.float64)
             heights = np.array([np.ptp(v @ R[2]) for R in rests])
             lookup = VoxelNearest(pts, self.config.lookup_voxel, 3.5 * self.config.icp_tau)
-            self.data.append(_ObjectData(pts, nrm, cKDTree(pts), lookup, rests, RenderMesh(m.vertices, m.faces),
+            mesh = RenderMesh(m.vertices, m.faces)
+            self.data.append(_ObjectData(pts, nrm, cKDTree(pts), lookup, rests, mesh, face_normals(mesh),
                                          float(m.diameter), heights))
 
     def search(self, frame: Frame, extra_hypotheses: dict[int, np.ndarray] | None = None) -> list[Found]:
@@ -228,7 +235,14 @@ class TabletopSearch:
                   min(s[0], int(np.ceil(y1 + margin))))
         scores = verify_poses(d.mesh, T[best], depth_grid, K_grid, grid_mask, window, c.verify)
         j = int(np.argmax(scores))
-        return self._polish(d, T[best[j]], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
+        T, score = self._polish(d, T[best[j]], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
+        if c.align_iterations:
+            aligned = align_resting(d.mesh, d.face_normals, T, plane[:3], depth_grid, K_grid, window,
+                                    gate=c.icp_tau, iterations=c.align_iterations)
+            s_aligned = float(verify_poses(d.mesh, aligned[None], depth_grid, K_grid, grid_mask, window, c.verify)[0])
+            if s_aligned >= score:
+                T, score = aligned, s_aligned
+        return T, score
 
     def _polish(self, d: _ObjectData, T: np.ndarray, score: float, up: np.ndarray, depth_grid: np.ndarray,
                 K_grid: np.ndarray, grid_mask: np.ndarray, window: tuple[int, int, int, int]

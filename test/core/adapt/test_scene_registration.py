@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from selfpose_core.adapt.scene_registration import (RegistrationConfig, fuse_depth,
-                                                     register_objects, tabletop_clusters, upright_icp)
+                                                     register_objects, tabletop_clusters)
+from selfpose_core.estimate.tabletop import upright_icp
 from selfpose_core.data.sim import catalog
 from selfpose_core.geometry.se3 import rotation_angle
 from selfpose_core.geometry.symmetry import closest_symmetric_pose

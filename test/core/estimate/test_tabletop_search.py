@@ -1,0 +1,184 @@
+"""Table-top search with depth: proposals, resting poses, the voxel nearest-point grid, verification and the
+whole search on a rendered table scene (true poses and identities back, clutter left out, order-independent)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+from selfpose_core.data.sim import catalog
+from selfpose_core.estimate.hypotheses import resting_rotations
+from selfpose_core.estimate.proposals import ProposalConfig, find_proposals
+from selfpose_core.estimate.tabletop import VoxelNearest
+from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
+from selfpose_core.estimate.verification import VerifyConfig, verify_poses
+from selfpose_core.geometry.se3 import invert, rotation_angle
+from selfpose_core.geometry.symmetry import closest_symmetric_pose
+from selfpose_core.models.appearance import AppearanceModel
+from selfpose_core.render.mesh import RenderMesh
+from selfpose_core.render.renderer import render
+from selfpose_core.types import CameraIntrinsics, Frame
+
+K = CameraIntrinsics(570.0, 570.0, 319.5, 239.5, 640, 480)
+COLOURS = [(200, 40, 40), (40, 160, 60), (50, 70, 200)]
+NAMES = ["cereal_box", "mug", "bottle"]
+
+
+def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """T_world_cam of an optical frame at ``eye`` looking at ``target`` with no roll (world z up)."""
+    z = (target - eye) / np.linalg.norm(target - eye)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], 1)
+    T[:3, 3] = eye
+    return T
+
+
+def _upright(model, yaw_deg: float, xy: tuple[float, float]) -> np.ndarray:
+    a = np.radians(yaw_deg)
+    T = np.eye(4)
+    T[:3, :3] = [[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]
+    T[:3, 3] = (xy[0], xy[1], -model.vertices[:, 2].min())
+    return T
+
+
+def _render_scene(models, T_world_obj, T_world_cam, clutter: bool):
+    """(rgb, depth, visible masks) of a grey table (z = 0) with the objects (flat colours) and an optional ball."""
+    parts = [(np.array([[-0.8, -0.8, 0], [0.8, -0.8, 0], [0.8, 0.8, 0], [-0.8, 0.8, 0.0]]),
+              np.array([[0, 1, 2], [0, 2, 3]]), (120, 120, 120))]
+    for m, T, col in zip(models, T_world_obj, COLOURS):
+        parts.append((m.vertices @ T[:3, :3].T + T[:3, 3], m.faces, col))
+    if clutter:
+        import trimesh
+
+        ball = trimesh.creation.icosphere(3, 0.04)
+        parts.append((np.asarray(ball.vertices) + [0.0, 0.25, 0.04], np.asarray(ball.faces), (230, 200, 30)))
+    verts, faces, owner, offset = [], [], [], 0
+    for i, (v, f, _) in enumerate(parts):
+        verts.append(v)
+        faces.append(f + offset)
+        owner.append(np.full(len(f), i))
+        offset += len(v)
+    T = invert(T_world_cam)
+    out = render(RenderMesh(torch.tensor(np.concatenate(verts)), torch.tensor(np.concatenate(faces))),
+                 torch.tensor(T[None, :3, :3]), torch.tensor(T[None, :3, 3]), torch.tensor(K.K[None]), (480, 640),
+                 coords=False, attributes=False, silhouette=False, visibility=False)
+    face = out.face_ids[0].numpy()
+    part = np.where(face >= 0, np.concatenate(owner)[np.maximum(face, 0)], -1)
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    for i, (_, _, col) in enumerate(parts):
+        rgb[part == i] = col
+    depth = out.depth[0].numpy().astype(np.float32)
+    depth[part < 0] = 0.0
+    return rgb, depth, [part == i + 1 for i in range(len(models))]
+
+
+@pytest.fixture(scope="module")
+def scene():
+    objs = catalog.make_targets(NAMES, np.random.default_rng(1))
+    models = [o.cad_model(i + 1) for i, o in enumerate(objs)]
+    T_world_obj = [_upright(models[0], 30.0, (0.12, -0.08)), _upright(models[1], -100.0, (-0.15, 0.05)),
+                   _upright(models[2], 0.0, (0.05, 0.15))]
+    cams = [_look_at(np.array([0.9 * np.cos(a), 0.9 * np.sin(a), 0.6]), np.zeros(3)) for a in (-2.2, 0.8)]
+    frames = []
+    for T_wc in cams:
+        rgb, depth, masks = _render_scene(models, T_world_obj, T_wc, clutter=True)
+        frames.append((Frame(rgb=rgb, K=K, depth=depth, T_world_cam=T_wc), masks))
+    return models, T_world_obj, frames
+
+
+def _pose_errors(model, T_est, T_true):
+    T_sym = closest_symmetric_pose(T_est, T_true, model.symmetry) if model.symmetry.is_symmetric else T_true
+    return float(np.linalg.norm(T_est[:3, 3] - T_sym[:3, 3])), float(np.degrees(rotation_angle(T_est[:3, :3],
+                                                                                              T_sym[:3, :3])))
+
+
+def test_proposals_find_the_table_and_each_object_with_or_without_the_camera_pose(scene):
+    models, _, frames = scene
+    frame, masks = frames[0]
+    up_cam = frame.T_world_cam[2, :3]
+    for T_wc in (frame.T_world_cam, None):
+        plane, props = find_proposals(frame.depth, K.K, ProposalConfig(), T_world_cam=T_wc)
+        assert np.degrees(np.arccos(np.clip(plane[:3] @ up_cam, -1, 1))) < 1.0
+        # the plane passes through the table: the world origin seen from the camera
+        origin_cam = invert(frame.T_world_cam)[:3, 3]
+        assert abs(plane[:3] @ origin_cam + plane[3]) < 0.003
+        assert len(props) == 4  # three objects and the ball
+        for m in masks:  # each object's pixels are (mostly) one proposal's
+            hits = [np.mean(m[p.pixels[:, 0], p.pixels[:, 1]]) for p in props]
+            assert max(hits) > 0.95
+
+
+def test_resting_rotations_start_upright_and_are_distinct_up_to_symmetry(scene):
+    models = scene[0]
+    box = resting_rotations(models[0], max_poses=6)
+    assert np.allclose(box[0], np.eye(3))
+    ups = np.array([R[2] for R in box])  # model direction turned up
+    assert len(box) == 3  # a box with three 180-degree symmetries rests on three distinct face pairs
+    assert np.allclose(np.abs(ups), np.eye(3)[np.argmax(np.abs(ups), 1)], atol=1e-6)
+    for R in box:
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-9)
+
+
+def test_voxel_nearest_agrees_with_a_kd_tree_within_its_bound(rng):
+    pts = rng.normal(0, 0.05, (800, 3))
+    grid = VoxelNearest(pts, 0.003, 0.03)
+    q = rng.normal(0, 0.06, (2000, 3))
+    d_tree = cKDTree(pts).query(q)[0]
+    d_grid, j = grid.query(q, distance_upper_bound=0.02)
+    ok = np.isfinite(d_grid)
+    assert ok.sum() > 500
+    assert np.allclose(d_grid[ok], np.linalg.norm(q[ok] - pts[j[ok]], axis=1))
+    assert np.all(d_grid[ok] <= d_tree[ok] + 0.003 * np.sqrt(3) + 1e-12)
+    assert np.all(d_tree[~ok] > 0.02 - 0.003 * np.sqrt(3))
+
+
+def test_verification_scores_the_true_pose_above_shifted_ones(scene):
+    models, T_world_obj, frames = scene
+    frame, masks = frames[0]
+    T_true = invert(frame.T_world_cam) @ T_world_obj[1]
+    shifted = []
+    for dx in (0.0, 0.02, 0.05):
+        T = T_true.copy()
+        T[0, 3] += dx
+        shifted.append(T)
+    scores = verify_poses(RenderMesh(models[1].vertices, models[1].faces), np.stack(shifted), frame.depth,
+                          K.K, masks[1], (0, 0, 640, 480), VerifyConfig())
+    assert scores[0] > 0.95 and scores[0] > scores[1] > scores[2]
+
+
+@pytest.mark.parametrize("with_appearance", [True, False])
+def test_search_returns_every_object_at_its_true_pose_and_leaves_the_clutter(scene, with_appearance):
+    models, T_world_obj, frames = scene
+    appearance = AppearanceModel.fit(len(models), [(f.rgb, m, k) for f, masks in frames
+                                                   for k, m in enumerate(masks)]) if with_appearance else None
+    search = TabletopSearch(models, appearance)
+    for frame, _ in frames:
+        found = search.search(frame)
+        assert sorted(f.obj_index for f in found) == [0, 1, 2]
+        for f in found:
+            t_err, r_err = _pose_errors(models[f.obj_index], f.T_cam_obj,
+                                        invert(frame.T_world_cam) @ T_world_obj[f.obj_index])
+            assert t_err < 0.001 and r_err < 0.1, (models[f.obj_index].name, t_err, r_err)  # exact depth: exact
+            assert f.confidence > 0.9
+
+
+def test_search_gives_the_same_poses_whatever_ran_before(scene):
+    models, _, frames = scene
+    search = TabletopSearch(models, config=SearchConfig(yaw_steps=6))
+    first = search.search(frames[0][0])
+    search.search(frames[1][0])
+    again = search.search(frames[0][0])
+    assert [f.obj_index for f in first] == [f.obj_index for f in again]
+    for a, b in zip(first, again):
+        assert np.array_equal(a.T_cam_obj, b.T_cam_obj) and a.confidence == b.confidence
+
+
+def test_search_without_depth_or_table_finds_nothing(scene):
+    models, _, frames = scene
+    frame = frames[0][0]
+    search = TabletopSearch(models)
+    assert search.search(Frame(rgb=frame.rgb, K=K)) == []
+    assert search.search(Frame(rgb=frame.rgb, K=K, depth=np.zeros_like(frame.depth))) == []
