@@ -4,7 +4,8 @@ The consensus gives every recording frame the objects' pseudo poses and visible 
 masks, pooled over the drive, tell the objects apart (and from clutter) in new views, where the untextured CAD
 meshes cannot. A histogram is taken in HSV: chromatic pixels (saturation and value high enough for the hue to mean
 something) fall into hue x saturation bins, the others into value bins (black, greys, white), so the model keeps
-little of the lighting, which changes between the drive and later views. Histograms are compared by the
+little of the lighting, which changes between the drive and later views (a grey pixel also votes for the
+neighbouring value bins). Histograms are compared by the
 Bhattacharyya coefficient (1 = the same distribution, 0 = disjoint). Reference: Swain & Ballard, "Color
 indexing", IJCV 1991.
 """
@@ -34,10 +35,17 @@ def colour_histogram(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
     chroma = (s >= MIN_SATURATION) & (v >= MIN_VALUE)
     hb = np.minimum((h * HUE_BINS).astype(int), HUE_BINS - 1)
-    sb = np.minimum(((s - MIN_SATURATION) / (1 - MIN_SATURATION) * SAT_BINS).astype(int), SAT_BINS - 1)
+    sb = np.clip(((s - MIN_SATURATION) / (1 - MIN_SATURATION) * SAT_BINS).astype(int), 0, SAT_BINS - 1)
     vb = np.minimum((v * VALUE_BINS).astype(int), VALUE_BINS - 1)
-    bins = np.where(chroma, hb * SAT_BINS + np.clip(sb, 0, SAT_BINS - 1), HUE_BINS * SAT_BINS + vb)
-    hist = np.bincount(bins, minlength=NUM_BINS).astype(np.float64)
+    hist = np.bincount(hb[chroma] * SAT_BINS + sb[chroma], minlength=NUM_BINS).astype(np.float64)
+    # grey pixels: half a vote to their value bin, a quarter to each neighbour (light changes shift the value)
+    grey = np.bincount(vb[~chroma], minlength=VALUE_BINS).astype(np.float64)
+    spread = 0.5 * grey
+    spread[1:] += 0.25 * grey[:-1]
+    spread[:-1] += 0.25 * grey[1:]
+    spread[0] += 0.25 * grey[0]
+    spread[-1] += 0.25 * grey[-1]
+    hist[HUE_BINS * SAT_BINS:] += spread
     return hist / hist.sum()
 
 

@@ -1,0 +1,46 @@
+"""Error breakdown: each planted failure is named by its cause, per object, with the rotation histogram."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from selfpose_core.eval.breakdown import CAUSES, breakdown, breakdown_table, failure_causes, rotation_histogram
+from selfpose_core.eval.evaluate import evaluate
+from selfpose_core.types import PoseEstimate
+
+
+def test_planted_failures_get_their_causes(tiny_bop):
+    box, can = tiny_bop.objects
+    est = {}
+    planted = {(1, 0): "correct", (1, 1): "missed", (1, 2): "wrong_identity", (2, 0): "mislocalised",
+                (2, 1): "depth", (2, 2): "rotation"}
+    for key, cause in planted.items():
+        T = tiny_bop.gt(key, 1).copy()
+        if cause == "wrong_identity":
+            T[:3, 3] = tiny_bop.gt(key, 2)[:3, 3]  # the box put where the can stands
+        elif cause == "mislocalised":
+            T[0, 3] -= 0.3
+        elif cause == "depth":
+            T[2, 3] += 0.03
+        elif cause == "rotation":
+            T[:3, :3] = T[:3, :3] @ Rotation.from_euler("z", 100, degrees=True).as_matrix()
+        T_can = tiny_bop.gt(key, 2).copy()
+        if key == (1, 0):
+            T_can[0, 3] += 0.02  # 1.7 cm sideways: 17 % of the can's diameter
+        est[key] = [PoseEstimate("can", T_can, 0.9, 2)]
+        if cause != "missed":
+            est[key].append(PoseEstimate("box", T, 0.9, 1))
+    result = evaluate(est, tiny_bop.dataset)
+    causes = failure_causes(result)
+    for j, (s, i, o) in enumerate(zip(result.targets["scene_id"], result.targets["im_id"],
+                                      result.targets["obj_id"])):
+        expected = planted[(int(s), int(i))] if o == 1 else ("in_plane" if (s, i) == (1, 0) else "correct")
+        assert causes[j] == expected, (s, i, o, causes[j])
+    shares = breakdown(result)
+    assert set(shares) == {"box", "can", "all"}
+    assert all(abs(sum(v.values()) - 1) < 1e-12 for v in shares.values())
+    n_box, n_can = (result.targets["obj_id"] == 1).sum(), (result.targets["obj_id"] == 2).sum()
+    assert abs(shares["box"]["rotation"] - 1 / n_box) < 1e-12 and abs(shares["can"]["in_plane"] - 1 / n_can) < 1e-12
+    assert rotation_histogram(result).tolist() == [0, 0, 0, 0, 1, 0]  # the 100-degree turn
+    table = breakdown_table(result)
+    assert all(c in table for c in CAUSES) and "90-135 deg: 1" in table
