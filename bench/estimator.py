@@ -3,13 +3,17 @@
     selfpose bench estimator                       # speed: both pose networks, 1 and 3 visible objects, 1 thread
     selfpose bench estimator --threads 2 --depth --frames 200
     selfpose bench estimator --accuracy DIR/bop --models lower_kp=M1,lower_corr=M2,upper_kp=M3 [--gt-boxes]
+    selfpose bench estimator --accuracy DIR/bop --models adapted=M --search align_iterations=0 [--no-appearance]
 
 Speed uses bundles with random weights and a detection threshold of 0, so that exactly N objects are detected and
 go through cropping, the pose network, PnP-RANSAC and (with --depth) ICP; the cost does not depend on the weights.
 Figures: frames/s and p50/p95 latency of ``PoseEstimator.estimate`` (detector resize included), and the ratio to
 the goals (>= 20 frames/s with one object, >= 15 with three; DSC-PoseNet reports 7 frames/s on a V100).
-Accuracy runs each bundle on the BOP split ``test`` (the held-out trajectories) and prints the eval table with the
-command that produced the bundle (from its provenance).
+Accuracy runs each bundle on the BOP split ``test`` (the held-out trajectories), with depth (the table-top search
+of the estimator) and from RGB alone (no depth anywhere), and prints per mode the eval table, AD{D|I} per
+trajectory, the error breakdown and the estimator's latency (p50 / p95 wall ms per image), with the command that
+produced the bundle (from its provenance). The search's cost depends on the scene (proposals x candidates), so
+its timing comes from these real held-out frames, not from the synthetic speed frames.
 """
 from __future__ import annotations
 
@@ -22,10 +26,14 @@ import cv2
 import numpy as np
 import torch
 import trimesh
+import yaml
 
+from selfpose_core.config_io import dataclass_from_mapping, set_dotted
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
+from selfpose_core.estimate.tabletop_search import SearchConfig
 from selfpose_core.data.crops import amodal_box
+from selfpose_core.eval.breakdown import breakdown_table
 from selfpose_core.eval.evaluate import evaluate, evaluate_model
 from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
 from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
@@ -125,18 +133,37 @@ def gt_box_result(est: PoseEstimator, dataset: BopDataset, max_images: int | Non
 
 
 def accuracy(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    raw: dict = {}
+    for item in args.search:
+        key, _, value = item.partition("=")
+        set_dotted(raw, key.strip(), yaml.safe_load(value))
+    search = dataclass_from_mapping(SearchConfig(), raw, "--search")
     dataset = BopDataset(args.accuracy, "test")
     for item in args.models.split(","):
         name, _, path = item.partition("=")
-        est = PoseEstimator(Path(path))
-        result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
-        prov = est.spec.provenance
-        print(f"\n== {name}: {path} ({est.spec.pose_net.kind}; {prov.get('supervision', '?')})")
-        print(f"   trained by: {prov.get('command', '?')}")
-        print("   full pipeline (detector + pose network + PnP + depth refinement where depth exists):")
-        print(result.table())
+        for mode, use_depth in (("RGB-D", True), ("RGB only", False)):
+            est = PoseEstimator(Path(path), config=EstimatorConfig(use_depth=use_depth, search=search))
+            if args.no_appearance:
+                est.bundle.appearance = None
+                if est.search is not None:
+                    est.search.appearance = None
+            result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
+            prov = est.spec.provenance
+            appearance = "appearance model from the drive" if est.bundle.appearance is not None else \
+                "no appearance model"
+            print(f"\n== {name} [{mode}]: {path} ({est.spec.pose_net.kind}; {prov.get('supervision', '?')}; "
+                  f"{appearance})")
+            print(f"   trained by: {prov.get('command', '?')}")
+            print(result.table())
+            by_traj = ", ".join(f"scene {s}: {100 * v:.1f} %" for s, v in result.recall_by_scene().items())
+            print(f"   AD{{D|I}} per trajectory: {by_traj}")
+            lat = np.array(list(result.image_times_s.values())) * 1000
+            print(f"   estimator latency: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
+                  f"per 640x480 image ({args.threads} torch thread(s))")
+            print(breakdown_table(result))
         if args.gt_boxes:
-            print("   pose network alone (true amodal boxes instead of the detector):")
+            print("   pose network alone (true amodal boxes instead of the detector, RGB only):")
             print(gt_box_result(est, dataset, args.max_images).table())
 
 
@@ -149,6 +176,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--accuracy", type=Path, help="BOP dataset root (DIR/bop of `selfpose simulate`): evaluate --models")
     p.add_argument("--models", default="", help="name=bundle,... to evaluate with --accuracy")
     p.add_argument("--max-images", type=int, default=None, help="with --accuracy: at most this many images")
+    p.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --accuracy: a table-top search setting (SearchConfig, e.g. align_iterations=0 or "
+                        "proposals.stride=3; repeatable) for ablations")
+    p.add_argument("--no-appearance", action="store_true",
+                   help="with --accuracy: ignore the bundles' appearance models (identity from shape alone)")
     p.add_argument("--gt-boxes", action="store_true", help="with --accuracy: also score the pose network given the "
                                                             "true boxes (separates detection from pose errors)")
     args = p.parse_args(argv)

@@ -3,7 +3,8 @@
     selfpose eval --model BUNDLE --data BOP_DIR [--split test] [--out DIR]   run the estimator, then score it
     selfpose eval --results CSV --data BOP_DIR [--split test] [--out DIR]    score a BOP results file, no model
 
-Writes into --out: the results CSV (model mode, BOP naming ``selfpose_<dataset>-<split>.csv``, scoreable by
+Prints the accuracy table and the error breakdown (eval/breakdown.py: missed, wrong identity, mislocalised,
+depth, in-plane, rotation per object). Writes into --out: the results CSV (model mode, BOP naming ``selfpose_<dataset>-<split>.csv``, scoreable by
 bop_toolkit), ``metrics.yaml``, ``report.html`` and its PNG plots.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.stream import load_estimator
+from selfpose_core.eval.breakdown import breakdown_table
 from selfpose_core.eval.evaluate import evaluate, evaluate_model
 from selfpose_core.eval.report import write_report
 from selfpose_core.eval.results import read_results, write_results
@@ -49,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
     p.add_argument("--dual-scale", choices=("auto", "on", "off"), default="auto",
                    help="DSC's two-scale ensemble at inference (default auto: for bundles adapted by dual_scale)")
+    p.add_argument("--no-depth", action="store_true",
+                   help="with --model: ignore the dataset's depth (RGB only: no table-top search, no ICP)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path(f"eval_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     if args.model is not None:
-        estimator = load_estimator(str(args.model), args.device, dual_scale=args.dual_scale)
+        estimator = load_estimator(str(args.model), args.device, dual_scale=args.dual_scale,
+                                   use_depth=not args.no_depth)
         result, estimates = evaluate_model(estimator, dataset, scene_ids=args.scenes, max_images=args.max_images,
                                            min_visib_fract=args.min_visib, progress=not args.no_progress)
         csv = out / f"selfpose_{args.data.resolve().name}-{args.split}.csv"
@@ -84,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
     report = write_report(result, out, overlay, objects,
                           title=f"selfpose evaluation: {args.model or args.results} on {args.data} ({args.split})")
     print(result.table())
+    print(breakdown_table(result))
     print(f"report: {report}")
     return 0

@@ -33,7 +33,6 @@ class DepthRefiner:
         self.config = config or DepthRefineConfig()
         self.diameter = float(model.diameter)
         self.tree = cKDTree(sample_surface(model.vertices, model.faces, 4000, np.random.default_rng(0))[0])
-        self._rng = np.random.default_rng(0)
 
     def refine(self, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray,
                mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -46,7 +45,8 @@ class DepthRefiner:
         if len(xs) < c.min_points:
             return T_cam_obj, 0.0
         if len(xs) > c.max_points:
-            keep = self._rng.choice(len(xs), c.max_points, replace=False)
+            # a fixed draw per call: the same frame refines alike whatever was refined before
+            keep = np.random.default_rng(0).choice(len(xs), c.max_points, replace=False)
             ys, xs = ys[keep], xs[keep]
         z = depth[ys, xs].astype(np.float64)
         P = np.stack([(xs - K[0, 2]) * z / K[0, 0], (ys - K[1, 2]) * z / K[1, 1], z], -1)

@@ -23,7 +23,8 @@ class ProposalConfig:
     stride: int = 2  # pixel step of the depth grid
     max_depth: float = 3.0  # metres; farther depth is ignored
     plane_distance: float = 0.01  # RANSAC inlier distance of the support plane (metres)
-    min_plane_fraction: float = 0.1  # a support plane holds at least this share of the valid points
+    min_plane_fraction: float = 0.1  # a support plane holds at least this share of the valid points ...
+    min_plane_extent: float = 0.3  # ... spread over at least this many metres (a table, not an object's face)
     min_height: float = 0.008  # object points lie at least this far above the plane ...
     max_height: float = 0.5  # ... and at most this far (metres)
     cluster_eps: float = 0.012  # DBSCAN neighbourhood at least (metres) ...
@@ -34,7 +35,8 @@ class ProposalConfig:
 
     def validate(self, where: str = "proposals") -> ProposalConfig:
         require_at_least(self, ("stride", "min_points", "max_fit_points"), 1, where)
-        for key in ("max_depth", "plane_distance", "max_height", "cluster_eps", "eps_pixels", "max_extent"):
+        for key in ("max_depth", "plane_distance", "max_height", "cluster_eps", "eps_pixels", "max_extent",
+                    "min_plane_extent"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.min_height < self.max_height or not 0 < self.min_plane_fraction < 1:
@@ -76,7 +78,7 @@ def find_proposals(depth: np.ndarray, K: np.ndarray, cfg: ProposalConfig, *,
     up, min_cos = camera_up(T_world_cam)
     min_support = max(3 * cfg.min_points, int(cfg.min_plane_fraction * len(pts)))
     plane = support_plane(pts, up, cfg.plane_distance, min_support, min_cos=min_cos, tries=4, pick="highest",
-                          max_points=cfg.max_fit_points)
+                          max_points=cfg.max_fit_points, min_extent=cfg.min_plane_extent)
     if not np.isfinite(plane).all():
         return plane, []
     height = pts @ plane[:3] + plane[3]

@@ -249,10 +249,11 @@ class Estimator(Protocol):
     def estimate(self, frame: Frame) -> list[PoseEstimate]: ...
 
 
-def load_estimator(bundle: str, device: str = "cpu", num_threads: int = 0, dual_scale: str = "auto") -> Estimator:
+def load_estimator(bundle: str, device: str = "cpu", num_threads: int = 0, dual_scale: str = "auto",
+                   use_depth: bool = True) -> Estimator:
     """The `PoseEstimator` of model bundle directory ``bundle`` on ``device``; ``num_threads`` > 0 sets torch's
-    CPU threads; ``dual_scale``: DSC's two-scale ensemble (auto / on / off, `EstimatorConfig`). An empty path
-    raises `ModelError`."""
+    CPU threads; ``dual_scale``: DSC's two-scale ensemble (auto / on / off, `EstimatorConfig`); ``use_depth``
+    False ignores the frames' depth (RGB only). An empty path raises `ModelError`."""
     if not bundle:
         raise ModelError("no model bundle given (parameter 'model' / option --model): pass the directory written "
                          "by `selfpose adapt`")
@@ -261,7 +262,7 @@ def load_estimator(bundle: str, device: str = "cpu", num_threads: int = 0, dual_
     from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
     if num_threads > 0:
         torch.set_num_threads(int(num_threads))
-    return PoseEstimator(bundle, device=device, config=EstimatorConfig(dual_scale=dual_scale))
+    return PoseEstimator(bundle, device=device, config=EstimatorConfig(dual_scale=dual_scale, use_depth=use_depth))
 
 
 def select_estimates(estimates: list[PoseEstimate], score_threshold: float) -> list[PoseEstimate]:

@@ -43,13 +43,15 @@ def upright_basis(up: np.ndarray) -> np.ndarray:
 
 
 def support_plane(points: np.ndarray, up: np.ndarray, distance: float, min_points: int, *, min_cos: float = 0.95,
-                  tries: int = 3, pick: str = "first", max_points: int | None = None) -> np.ndarray:
+                  tries: int = 3, pick: str = "first", max_points: int | None = None,
+                  min_extent: float = 0.0) -> np.ndarray:
     """The support plane (4,) = (n, d), ``n . x + d = 0``, ``n`` pointing along ``up``; NaN when none is found.
 
     RANSAC planes are peeled off ``points`` (N, 3) up to ``tries`` times; those whose normal is within
     ``arccos(min_cos)`` of ``up`` and that hold at least ``min_points`` inliers are candidates. ``pick="first"``
     takes the dominant candidate; ``"highest"`` the one farthest along ``up`` (a table top above the floor).
     ``max_points``: RANSAC runs on that many of the points (evenly spread), ``min_points`` is scaled alike.
+    ``min_extent``: a candidate's inliers must span at least this many metres (a table, not an object's face).
     """
     o3d = o3d_module()
     o3d.utility.random.seed(0)
@@ -70,7 +72,7 @@ def support_plane(points: np.ndarray, up: np.ndarray, distance: float, min_point
         n = np.asarray(model[:3], np.float64).reshape(-1)
         norm = np.linalg.norm(n)
         n, d = n / norm, float(np.asarray(model).reshape(-1)[3]) / norm
-        if abs(n @ up) >= min_cos:
+        if abs(n @ up) >= min_cos and np.ptp(rest[inl], axis=0).max() >= min_extent:
             found.append(np.append(n, d) * (1.0 if n @ up > 0 else -1.0))
             if pick == "first":
                 break

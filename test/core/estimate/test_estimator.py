@@ -207,3 +207,16 @@ def test_dual_scale_ensemble_for_bundles_adapted_by_dual_scale(objects, objects_
     assert _oracle_estimator(plain, dual_scale="on").dual_scale == {"context_fraction": 0.5, "padding": 1.3}
     with pytest.raises(ConfigError, match="dual_scale"):
         _oracle_estimator(plain, dual_scale="maybe")
+
+
+def test_depth_refinement_does_not_depend_on_what_it_refined_before(objects):
+    geom = ObjectGeometry.from_model(objects[0])
+    r = render_targets(geom, K.K, _pose(), (480, 640))
+    depth, mask = r["depth"], r["mask"] > 0
+    assert mask.sum() > 1500  # more points than the refiner keeps: it subsamples
+    T0 = _pose()
+    T0[:3, 3] += [0.008, -0.005, 0.02]
+    refiner = DepthRefiner(objects[0])
+    first = refiner.refine(T0, depth, K.K, mask)[0]
+    refiner.refine(T0, depth[:, ::-1].copy(), K.K, mask[:, ::-1].copy())  # something else in between
+    assert np.array_equal(first, refiner.refine(T0, depth, K.K, mask)[0])
