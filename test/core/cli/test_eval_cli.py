@@ -12,14 +12,22 @@ from selfpose_core.eval.results import read_results, write_results
 from ..eval.conftest import NoisyGtEstimator, make_estimates, tiny_bop  # noqa: F401 (tiny_bop is a fixture)
 
 
-def test_eval_model_writes_results_and_report(tiny_bop, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(eval_cli, "load_estimator",
-                        lambda model, device, dual_scale: NoisyGtEstimator(tiny_bop.dataset, np.random.default_rng(0)))
+@pytest.mark.parametrize("no_depth", [False, True])
+def test_eval_model_writes_results_and_report(tiny_bop, tmp_path, monkeypatch, capsys, no_depth):
+    asked = {}
+
+    def load(model, device, dual_scale, use_depth):
+        asked["use_depth"] = use_depth
+        return NoisyGtEstimator(tiny_bop.dataset, np.random.default_rng(0))
+
+    monkeypatch.setattr(eval_cli, "load_estimator", load)
     out = tmp_path / "out"
     assert main(["eval", "--model", str(tmp_path / "bundle"), "--data", str(tiny_bop.root), "--out", str(out),
-                 "--overlays", "2", "--no-progress"]) == 0
+                 "--overlays", "2", "--no-progress"] + (["--no-depth"] if no_depth else [])) == 0
+    assert asked["use_depth"] is not no_depth
     printed = capsys.readouterr().out
     assert "AD{D|I}%" in printed and "report:" in printed
+    assert "wrong_identity" in printed and "rotation failures by error" in printed  # the breakdown
     csv = out / f"selfpose_{tiny_bop.root.name}-test.csv"
     res = read_results(csv, tiny_bop.objects)
     assert len(res) == 12 and all(t >= 0 for t in res.times.values())
