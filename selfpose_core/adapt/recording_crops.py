@@ -89,7 +89,8 @@ def recording_instances(ctx, *, min_confidence: float = 0.3, min_score: float = 
 
         modes = (ctx.bundle.detector.training, ctx.bundle.pose_net.training)
         est = PoseEstimator(ctx.bundle.path or ctx.work_dir, ctx.device, objects_config=ctx.objects_config,
-                            config=EstimatorConfig(refine_depth=False, return_masks=False), bundle=ctx.bundle)
+                            config=EstimatorConfig(refine_depth=False, return_masks=False, depth_search=False),
+                            bundle=ctx.bundle)
         for i in frames.tolist():
             scores, boxes = est.detect(rec[i].rgb)
             for k in np.nonzero(scores >= min_score)[0]:
