@@ -17,7 +17,7 @@
 5. Eq. 15 adds the synthetic keypoint (Eq. 4) and offset (Eq. 5) losses: a batch of synthetic crops each step.
 
 The correspondence network has no keypoints: its keypoints are the object keypoints projected at its
-differentiable-PnP pose (the same Eq. 10 then applies). Inference ensemble (:func:`dual_scale_estimate`): U view,
+differentiable-PnP pose (the same Eq. 10 then applies). Inference ensemble (:func:`selfpose_core.estimate.dual_scale_views.dual_scale_estimate`): U view,
 the normalised box from the predicted mask's bounding box, N view, keypoints (or correspondences) of both scales
 combined in the image, PnP-RANSAC. Departures: no in-plane rotation augmentation (the crop cameras stay pinhole);
 the synthetic terms at the normalised scale only; loss weights lambda_1 = lambda_2 = 1 (not given in the paper).
@@ -29,29 +29,27 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.network_pose import network_correspondences, network_pose, plausible, project
-from selfpose_core.adapt.recording_crops import (CropJitter, FrameStore, RecordingInstance, crop_batch,
-                                                 crop_to_image, cut_crop)
+from selfpose_core.adapt.network_pose import network_pose, plausible, project
+from selfpose_core.adapt.recording_crops import CropJitter, FrameStore, RecordingInstance, crop_batch
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
 from selfpose_core.adapt.weak_segmentation import SegmentationLabels, WeakSegmentationConfig, weak_segmentation
 from selfpose_core.config_io import require_at_least
-from selfpose_core.data.crops import crop_affine, square_box
+from selfpose_core.data.crops import crop_to_image
+from selfpose_core.estimate.dual_scale_views import view_boxes
 from selfpose_core.errors import ConfigError
-from selfpose_core.geometry.pnp import solve_pnp_ransac
 from selfpose_core.geometry.pnp_diff import solve_pnp_differentiable
 from selfpose_core.models.bundle import BundleObject
+from selfpose_core.models.correspondences import network_correspondences
 from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.models.pretrain import PretrainConfig, pose_losses
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.render.renderer import render
-from selfpose_core.types import CameraIntrinsics
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +96,6 @@ class DualScaleConfig:
             raise ConfigError(f"{where}: plausible_offset must be >= 0 and plausible_size [min, max] with "
                               f"0 <= min < max, got {self.plausible_offset}, {self.plausible_size}")
         self.trainer.validate(f"{where}.trainer")
-
-
-def view_boxes(box: np.ndarray, image_height: int, context_fraction: float, padding: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(un-normalised, normalised) square crop boxes (4,) for the object box ``box`` (4,): a window of side
-    ``context_fraction * image_height`` (at least 1.1 x the box) centred on the object, and the box x ``padding``."""
-    longest = max(box[2] - box[0], box[3] - box[1], 1.0)
-    side = max(context_fraction * image_height, 1.1 * longest)
-    return square_box(box, side / longest), square_box(box, padding)
 
 
 def augment_box(crop_box: np.ndarray, rng: np.random.Generator, shift_std: float,
@@ -282,66 +271,3 @@ def dual_scale_losses(net: torch.nn.Module, batch: dict[str, Any], objs: ObjectT
         loss = loss + s
     res["loss"] = loss
     return res
-
-
-@torch.no_grad()
-def dual_scale_estimate(net: torch.nn.Module, objects: Sequence[BundleObject], image: np.ndarray,
-                        K: CameraIntrinsics, box: np.ndarray, obj_index: int, *, context_fraction: float = 0.5,
-                        padding: float = 1.3, mask_threshold: float = 0.5, pnp_threshold: float = 0.06
-                        ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """The ensemble of the two scales at inference (DSC Sec. 4.3) for one object in a uint8 (H, W, 3) ``image``.
-
-    The un-normalised window around ``box`` (4,) (e.g. the detector's box); the normalised crop bounds the mask
-    predicted there (``box`` when it is empty); keypoints of both scales are averaged in the image (correspondence
-    net: the correspondences of both are pooled) and PnP-RANSAC (inlier threshold ``pnp_threshold`` x the object
-    box side) gives T_cam_obj (4, 4). Returns (T, info) or None when PnP fails; info holds ``normalized_box`` and
-    per-scale keypoints (``keypoints_u``, ``keypoints_n``, keypoint net only).
-    """
-    was = net.training
-    net.eval()
-    dev = next(net.parameters()).device
-    try:
-        size = int(net.config.crop_size)
-        u_box, _ = view_boxes(np.asarray(box, np.float64), K.height, context_fraction, padding)
-        idx = torch.tensor([obj_index], device=dev)
-        img_u, K_u = cut_crop(image, K, u_box, size)
-        out_u = net(torch.from_numpy(img_u.transpose(2, 0, 1))[None].to(dev), idx)
-        m = (torch.sigmoid(out_u["mask_logits"][0]) > mask_threshold).cpu().numpy().astype(np.uint8)
-        full = cv2.warpAffine(m, crop_affine(u_box, m.shape[0]), (K.width, K.height),
-                              flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
-        ys, xs = np.nonzero(full)
-        mbox = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64) if len(xs) else np.asarray(box)
-        n_box = square_box(mbox, padding)
-        img_n, K_n = cut_crop(image, K, n_box, size)
-        out_n = net(torch.from_numpy(img_n.transpose(2, 0, 1))[None].to(dev), idx)
-        out_u, out_n = ({k: v.cpu() for k, v in out.items()} for out in (out_u, out_n))
-        o = objects[obj_index]
-        side = float(max(mbox[2] - mbox[0], mbox[3] - mbox[1], 1.0))
-        info: dict[str, Any] = {"normalized_box": n_box}
-        views = [(out_u, u_box), (out_n, n_box)]
-        if isinstance(net, KeypointNet):
-            kps = []
-            for out, cb in views:
-                kp = KeypointNet.keypoints(out, (torch.sigmoid(out["mask_logits"]) > mask_threshold).float())
-                kps.append(crop_to_image(kp.double(), torch.as_tensor(cb)[None], size)[0].numpy())
-            info["keypoints_u"], info["keypoints_n"] = kps
-            pts3d, pts2d = o.keypoints, (kps[0] + kps[1]) / 2
-            min_inliers = 5
-        else:
-            p3, p2 = [], []
-            for out, cb in views:
-                c = network_correspondences(net, out, idx, objects)
-                keep = (c.weights[0] > 0).numpy()
-                p3.append(c.pts3d[0].double().numpy()[keep])
-                p2.append(crop_to_image(c.pts2d.double(), torch.as_tensor(cb)[None], size)[0].numpy()[keep])
-            pts3d, pts2d = np.concatenate(p3), np.concatenate(p2)
-            min_inliers = 6
-        if len(pts3d) < min_inliers or not np.isfinite(pts2d).all():
-            return None
-        res = solve_pnp_ransac(pts3d, pts2d, K.K, reprojection_threshold=pnp_threshold * side, min_inliers=min_inliers)
-        if not res.success:
-            return None
-        info["inliers"] = int(len(res.inliers))
-        return res.T_cam_obj, info
-    finally:
-        net.train(was)

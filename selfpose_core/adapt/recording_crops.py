@@ -12,14 +12,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from selfpose_core.data.backgrounds import photometric_augment
-from selfpose_core.data.crops import crop_affine, square_box
+from selfpose_core.data.crops import cut_crop, square_box
 from selfpose_core.errors import DatasetError
-from selfpose_core.types import CameraIntrinsics
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +112,6 @@ def jittered_box(box: np.ndarray, rng: np.random.Generator, jitter: CropJitter, 
     return square_box(box, jitter.padding, rng.uniform(*jitter.scale), (float(shift[0]), float(shift[1])))
 
 
-def cut_crop(image: np.ndarray, K: CameraIntrinsics, crop_box: np.ndarray, size: int,
-             rng: np.random.Generator | None = None, jitter: CropJitter | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(size, size, 3) float32 crop in [0, 1] of the uint8 ``image`` and its (3, 3) camera matrix; photometric
-    augmentation when ``rng`` and ``jitter`` are given."""
-    img = cv2.warpAffine(image, crop_affine(crop_box, size), (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT).astype(np.float32) / 255.0
-    if rng is not None and jitter is not None:
-        img = photometric_augment(img, rng, jitter=jitter.colour_jitter, blur_prob=jitter.blur_prob,
-                                  noise_std=jitter.noise_std)
-    return img, K.crop_resize(tuple(crop_box), size).K
-
-
 def crop_batch(store: FrameStore, instances: Sequence[RecordingInstance], size: int, rng: np.random.Generator,
                jitter: CropJitter, augment: bool = True, boxes: Sequence[np.ndarray] | None = None
                ) -> dict[str, torch.Tensor]:
@@ -134,8 +120,10 @@ def crop_batch(store: FrameStore, instances: Sequence[RecordingInstance], size: 
     imgs, Ks, cbs = [], [], []
     for j, inst in enumerate(instances):
         cb = boxes[j] if boxes is not None else jittered_box(inst.box, rng, jitter, augment)
-        img, Kc = cut_crop(store.images[inst.frame], store.intrinsics[inst.frame], cb, size,
-                           rng if augment else None, jitter)
+        img, Kc = cut_crop(store.images[inst.frame], store.intrinsics[inst.frame], cb, size)
+        if augment:
+            img = photometric_augment(img, rng, jitter=jitter.colour_jitter, blur_prob=jitter.blur_prob,
+                                      noise_std=jitter.noise_std)
         imgs.append(img)
         Ks.append(Kc)
         cbs.append(cb)
@@ -151,10 +139,3 @@ def image_to_crop(points: torch.Tensor, crop_box: torch.Tensor, size: int) -> to
     cb = crop_box.to(points.dtype)
     s = size / (cb[:, 2:] - cb[:, :2])  # (B, 2)
     return (points + 0.5 - cb[:, None, :2]) * s[:, None] - 0.5
-
-
-def crop_to_image(points: torch.Tensor, crop_box: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop pixels (B, N, 2) of the ``size`` crops of ``crop_box`` (B, 4) -> image pixels (OpenCV centres)."""
-    cb = crop_box.to(points.dtype)
-    s = (cb[:, 2:] - cb[:, :2]) / size
-    return (points + 0.5) * s[:, None] + cb[:, None, :2] - 0.5

@@ -178,3 +178,18 @@ def crop_sample(obj: ObjectGeometry, image: np.ndarray, K_crop: CameraIntrinsics
             "visible": torch.from_numpy(t["visible"]), "coords": torch.from_numpy(coords),
             "keypoints": torch.from_numpy(kp), "scale": torch.tensor(t["scale"]),
             "K": torch.as_tensor(K_crop.K, dtype=torch.float32), "T": torch.as_tensor(T_cam_obj, dtype=torch.float32)}
+
+
+def cut_crop(image: np.ndarray, K: CameraIntrinsics, crop_box: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size, size, 3) float32 crop in [0, 1] of the uint8 ``image`` over the square ``crop_box`` (4,) and the
+    crop's (3, 3) camera matrix."""
+    img = cv2.warpAffine(image, crop_affine(crop_box, size), (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT).astype(np.float32) / 255.0
+    return img, K.crop_resize(tuple(crop_box), size).K
+
+
+def crop_to_image(points: torch.Tensor, crop_box: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop pixels (B, N, 2) of the ``size`` crops of ``crop_box`` (B, 4) -> image pixels (OpenCV centres)."""
+    cb = crop_box.to(points.dtype)
+    s = (cb[:, 2:] - cb[:, :2]) / size
+    return (points + 0.5) * s[:, None] + cb[:, None, :2] - 0.5

@@ -25,6 +25,7 @@ import torch
 
 from selfpose_core.data.crops import crop_affine, project_points, square_box
 from selfpose_core.errors import ConfigError, ModelError, SelfposeError
+from selfpose_core.estimate.dual_scale_views import dual_scale_estimate
 from selfpose_core.estimate.depth_refine import DepthRefineConfig, DepthRefiner
 from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
 from selfpose_core.geometry.pnp import solve_pnp, solve_pnp_ransac
@@ -216,8 +217,6 @@ class PoseEstimator:
                          single: tuple[np.ndarray, float, int] | None) -> tuple[np.ndarray, float, int] | None:
         """DSC's ensemble (Sec. 4.3) around the detector box: keypoints (or correspondences) of the un-normalised
         and the normalised view combined in the image, one PnP; the single-view ``single`` when it fails."""
-        from selfpose_core.adapt.dual_scale import dual_scale_estimate  # the adaptation stage owns the two views
-
         res = dual_scale_estimate(self.pose_net, self.spec.objects, rgb, K, box, k,
                                   context_fraction=self.dual_scale["context_fraction"],
                                   padding=self.dual_scale["padding"], mask_threshold=self.config.mask_threshold,

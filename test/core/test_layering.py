@@ -7,7 +7,8 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parents[2] / "selfpose_core"
 ROS_MODULES = {"rclpy", "rosidl_runtime_py", "message_filters", "cv_bridge", "tf2_ros", "launch", "launch_ros",
                "sensor_msgs", "geometry_msgs", "std_msgs", "builtin_interfaces", "selfpose_ros"}
-RANK = {"geometry": 0, "mesh": 0, "render": 1, "data": 2, "models": 3, "adapt": 4, "estimate": 4, "eval": 5, "cli": 6}
+# DESIGN.md section 2: inference (estimate) below training (adapt): the estimator never imports adapt/
+RANK = {"geometry": 0, "mesh": 0, "render": 1, "data": 2, "models": 3, "estimate": 4, "adapt": 5, "eval": 6, "cli": 7}
 
 
 def _imports(path: Path) -> set[str]:

@@ -11,7 +11,8 @@ import torch
 
 import selfpose_core.adapt.dual_scale as dual_scale
 from selfpose_core.adapt.dual_scale import (DualScale, DualScaleConfig, average_reprojection, dice_loss,
-                                            dual_scale_batch, dual_scale_estimate, dual_scale_losses, view_boxes)
+                                            dual_scale_batch, dual_scale_losses)
+from selfpose_core.estimate.dual_scale_views import dual_scale_estimate, view_boxes
 from selfpose_core.adapt.recording_crops import FrameStore, recording_instances
 from selfpose_core.adapt.stage_training import ObjectTensors
 from selfpose_core.adapt.weak_segmentation import WeakSegmentationConfig, weak_segmentation

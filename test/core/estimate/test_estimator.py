@@ -182,7 +182,7 @@ def test_bad_bundles_and_objects(objects, objects_dir, tmp_path):
 
 
 def test_dual_scale_ensemble_for_bundles_adapted_by_dual_scale(objects, objects_dir, monkeypatch):
-    import selfpose_core.adapt.dual_scale as dual_scale
+    import selfpose_core.estimate.estimator as estimator_module
 
     spec = BundleSpec([BundleObject.from_model(m) for m in objects], "../objects.yaml",
                       PoseNetSpec("correspondence", 64, BackboneConfig((8, 8, 16), 4)),
@@ -191,8 +191,8 @@ def test_dual_scale_ensemble_for_bundles_adapted_by_dual_scale(objects, objects_
                                                                     "normalized_padding": 1.2}}]
     path = ModelBundle.create(spec).save(objects_dir / "m_dual")
     calls = []
-    real = dual_scale.dual_scale_estimate
-    monkeypatch.setattr(dual_scale, "dual_scale_estimate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    real = estimator_module.dual_scale_estimate
+    monkeypatch.setattr(estimator_module, "dual_scale_estimate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     est = _oracle_estimator(path, refine_depth=False)
     assert est.dual_scale == {"context_fraction": 0.4, "padding": 1.2}
     geom = ObjectGeometry.from_model(objects[0])
