@@ -12,6 +12,7 @@ import torch
 import selfpose_core.adapt.dual_scale as dual_scale
 from selfpose_core.adapt.dual_scale import (DualScale, DualScaleConfig, average_reprojection, dice_loss,
                                             dual_scale_batch, dual_scale_losses)
+from selfpose_core.estimate import dual_scale_views
 from selfpose_core.estimate.dual_scale_views import dual_scale_estimate, view_boxes
 from selfpose_core.adapt.recording_crops import FrameStore, recording_instances
 from selfpose_core.adapt.stage_training import ObjectTensors
@@ -101,14 +102,14 @@ def test_ensemble_of_the_two_scales_returns_the_pose(monkeypatch):
     cam = CameraIntrinsics(500, 500, 320, 240, 640, 480)
     T = make_T(se3_exp(np.r_[0, 0, 0, 0.4, 0.3, -0.2])[:3, :3], np.array([0.05, -0.03, 0.8]))
     cameras: list = []
-    real_cut = dual_scale.cut_crop
+    real_cut = dual_scale_views.cut_crop
 
     def recording_cut(*args, **kwargs):
         img, K = real_cut(*args, **kwargs)
         cameras.append(K)
         return img, K
 
-    monkeypatch.setattr(dual_scale, "cut_crop", recording_cut)
+    monkeypatch.setattr(dual_scale_views, "cut_crop", recording_cut)
     net = _OracleKeypointNet(ObjectGeometry.from_model(obj), T, cameras)
     box = amodal_box(cam.K, T, obj.vertices) + np.array([-12.0, 5.0, 20.0, -3.0])  # a sloppy detector box
     image = np.zeros((480, 640, 3), np.uint8)
