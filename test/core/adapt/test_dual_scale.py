@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import selfpose_core.adapt.dual_scale as dual_scale
 from selfpose_core.adapt.dual_scale import (DualScale, DualScaleConfig, average_reprojection, dice_loss,
                                             dual_scale_batch, dual_scale_losses)
 from selfpose_core.estimate import dual_scale_views
