@@ -3,7 +3,8 @@
     selfpose bench estimator                       # speed: both pose networks, 1 and 3 visible objects, 1 thread
     selfpose bench estimator --threads 2 --depth --frames 200
     selfpose bench estimator --accuracy DIR/bop --models lower_kp=M1,lower_corr=M2,upper_kp=M3 [--gt-boxes]
-    selfpose bench estimator --accuracy DIR/bop --models adapted=M --search align_iterations=0 [--no-appearance]
+    selfpose bench estimator --accuracy DIR/bop --models adapted=M --search align_iterations=0
+    selfpose bench estimator --accuracy DIR/bop --models adapted=M --search use_appearance=false
 
 Speed uses bundles with random weights and a detection threshold of 0, so that exactly N objects are detected and
 go through cropping, the pose network, PnP-RANSAC and (with --depth) ICP; the cost does not depend on the weights.
@@ -144,14 +145,10 @@ def accuracy(args: argparse.Namespace) -> None:
         name, _, path = item.partition("=")
         for mode, use_depth in (("RGB-D", True), ("RGB only", False)):
             est = PoseEstimator(Path(path), config=EstimatorConfig(use_depth=use_depth, search=search))
-            if args.no_appearance:
-                est.bundle.appearance = None
-                if est.search is not None:
-                    est.search.appearance = None
             result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
             prov = est.spec.provenance
-            appearance = "appearance model from the drive" if est.bundle.appearance is not None else \
-                "no appearance model"
+            appearance = "appearance model from the drive" if est.bundle.appearance is not None and \
+                search.use_appearance else "no appearance model used"
             print(f"\n== {name} [{mode}]: {path} ({est.spec.pose_net.kind}; {prov.get('supervision', '?')}; "
                   f"{appearance})")
             print(f"   trained by: {prov.get('command', '?')}")
@@ -179,8 +176,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
                    help="with --accuracy: a table-top search setting (SearchConfig, e.g. align_iterations=0 or "
                         "proposals.stride=3; repeatable) for ablations")
-    p.add_argument("--no-appearance", action="store_true",
-                   help="with --accuracy: ignore the bundles' appearance models (identity from shape alone)")
     p.add_argument("--gt-boxes", action="store_true", help="with --accuracy: also score the pose network given the "
                                                             "true boxes (separates detection from pose errors)")
     args = p.parse_args(argv)

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.data.recording import Recording
 from selfpose_core.models.appearance import AppearanceModel
+from selfpose_core.types import Frame
 
 log = logging.getLogger(__name__)
 
 
-def learn_appearance(recording: Recording, pseudo: PseudoLabels, min_confidence: float = 0.5,
+def learn_appearance(recording: Sequence[Frame] | Recording, pseudo: PseudoLabels, min_confidence: float = 0.5,
                      min_visible_fraction: float = 0.3) -> AppearanceModel:
     """One colour histogram per object from the recording frames' pixels under its pseudo visible mask; only
     instances with ``confidence >= min_confidence`` and ``visib_fract >= min_visible_fraction`` are used (the

@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from selfpose_core.estimate.verification import render_window
+from selfpose_core.geometry.projection import unproject
+from selfpose_core.geometry.se3 import make_T, so3_exp
 from selfpose_core.render.mesh import RenderMesh
-from selfpose_core.render.renderer import render
 
 
 def face_normals(mesh: RenderMesh) -> np.ndarray:
@@ -35,21 +37,15 @@ def align_resting(mesh: RenderMesh, normals: np.ndarray, T_cam_obj: np.ndarray, 
     x0, y0, x1, y1 = window
     if x1 <= x0 or y1 <= y0:
         return T_cam_obj
-    Kw = np.array(K, np.float64, copy=True)
-    Kw[0, 2] -= x0
-    Kw[1, 2] -= y0
     obs = np.nan_to_num(np.asarray(depth[y0:y1, x0:x1], np.float64), nan=0.0)
-    v, u = np.mgrid[0:y1 - y0, 0:x1 - x0]
-    rays = np.stack([(u - Kw[0, 2]) / Kw[0, 0], (v - Kw[1, 2]) / Kw[1, 1], np.ones(u.shape)], -1)
+    v, u = np.mgrid[y0:y1, x0:x1]
+    uv = np.stack([u, v], -1).reshape(-1, 2).astype(np.float64)
+    rays = unproject(K, uv, np.ones(len(uv))).reshape(y1 - y0, x1 - x0, 3)  # pixel rays at depth 1
     up = np.asarray(up, np.float64) / np.linalg.norm(up)
     T = np.array(T_cam_obj, np.float64, copy=True)
     for _ in range(iterations):
-        Tt = torch.as_tensor(T[None], dtype=torch.float64)
-        with torch.inference_mode():
-            out = render(mesh, Tt[:, :3, :3], Tt[:, :3, 3], torch.as_tensor(Kw[None]), (y1 - y0, x1 - x0),
-                         coords=False, attributes=False, silhouette=False, visibility=False)
-        rd = out.depth[0].numpy()
-        fid = out.face_ids[0].numpy()
+        rendered, faces = render_window(mesh, T[None], K, window, torch.float64)
+        rd, fid = rendered[0], faces[0]
         ok = (fid >= 0) & (obs > 0) & (np.abs(obs - rd) < gate)
         if ok.sum() < 10:
             return T_cam_obj
@@ -62,12 +58,8 @@ def align_resting(mesh: RenderMesh, normals: np.ndarray, T_cam_obj: np.ndarray, 
         A = J.T @ (J * w[:, None])
         A += (1e-6 * np.trace(A) + 1e-12) * np.eye(4)  # damped: a symmetric object leaves the yaw free
         x = np.linalg.solve(A, J.T @ (w * r))
-        c, s = np.cos(x[0]), np.sin(x[0])
-        ux = np.array([[0, -up[2], up[1]], [up[2], 0, -up[0]], [-up[1], up[0], 0]])
-        R = np.eye(3) + s * ux + (1 - c) * ux @ ux  # Rodrigues: rotation by x[0] about up
-        step = np.eye(4)
-        step[:3, :3] = R
-        step[:3, 3] = T[:3, 3] - R @ T[:3, 3] + x[1:]
+        step = make_T(so3_exp(x[0] * up), np.zeros(3))
+        step[:3, 3] = T[:3, 3] - step[:3, :3] @ T[:3, 3] + x[1:]  # turn about the object's origin, then shift
         T = step @ T
         if abs(x[0]) < 1e-6 and np.linalg.norm(x[1:]) < 1e-6:
             break

@@ -142,17 +142,17 @@ class PoseEstimator:
         learned = self._estimate_rgb(frame)
         if self.search is None or frame.depth is None:
             return learned if self.config.return_masks else [replace(e, mask=None) for e in learned]
-        found = self.search.search(frame)
         names = self.object_names
+        # the learned poses join the resting-pose hypotheses of the proposals they fall into
+        found = self.search.search(frame, {names.index(e.object_name): e.T_cam_obj[None] for e in learned})
         out = [PoseEstimate(names[f.obj_index], f.T_cam_obj, f.confidence, self.spec.objects[f.obj_index].obj_id,
                             f.box, f.mask if self.config.return_masks else None) for f in found]
         have = {f.obj_index for f in found}
-        for est in learned:  # objects the search did not find: the learned pose, scored by the same verification
-            k = names.index(est.object_name)
-            if k not in have:
-                fit = self.search.verify(frame, k, est.T_cam_obj, est.mask)
-                out.append(replace(est, score=float(est.score) * fit,
-                                   mask=est.mask if self.config.return_masks else None))
+        # objects the search did not find: the learned pose, scored by the same verification
+        missing = [e for e in learned if names.index(e.object_name) not in have]
+        fits = self.search.verify(frame, [(names.index(e.object_name), e.T_cam_obj, e.mask) for e in missing])
+        for est, fit in zip(missing, fits):
+            out.append(replace(est, score=float(est.score) * fit, mask=est.mask if self.config.return_masks else None))
         return sorted(out, key=lambda e: -e.score)
 
     def _estimate_rgb(self, frame: Frame) -> list[PoseEstimate]:

@@ -17,9 +17,9 @@ Deterministic: the same frame gives the same poses whatever was searched before.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
@@ -31,6 +31,8 @@ from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypoth
 from selfpose_core.estimate.proposals import Proposal, ProposalConfig, find_proposals
 from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
 from selfpose_core.estimate.verification import VerifyConfig, verify_poses
+from selfpose_core.geometry.projection import Z_MIN, project
+from selfpose_core.geometry.se3 import make_T, so3_exp
 from selfpose_core.mesh.measures import mesh_diameter, sample_surface
 from selfpose_core.models.appearance import AppearanceModel
 from selfpose_core.render.mesh import RenderMesh
@@ -59,6 +61,7 @@ class SearchConfig:
     candidate_ratio: float = 0.7  # ... those at least this fraction as similar as the most similar one
     size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
     min_confidence: float = 0.3  # fit x similarity below this: not the object
+    use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one
 
     def validate(self, where: str = "search") -> SearchConfig:
         self.proposals.validate(f"{where}.proposals")
@@ -136,28 +139,24 @@ class TabletopSearch:
         if not proposals:
             return []
         H, W = frame.depth.shape
-        depth_grid = np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0)
-        K_grid = np.diag([1.0 / s, 1.0 / s, 1.0]) @ K
+        depth_grid, K_grid = self._grid(frame)
         O = len(self.models)
         conf = np.zeros((len(proposals), O))
         poses = np.zeros((len(proposals), O, 4, 4))
         fits = np.zeros((len(proposals), O))
         sims = np.ones((len(proposals), O))
-        masks = []
+        grid_masks = [p.mask((H, W), s) for p in proposals]
+        appearance = self.appearance if c.use_appearance else None
         for i, p in enumerate(proposals):
-            grid_mask = p.mask((H, W), s)
-            full = cv2.resize(grid_mask.astype(np.uint8), (grid_mask.shape[1] * s, grid_mask.shape[0] * s),
-                              interpolation=cv2.INTER_NEAREST)[:H, :W].astype(bool)
-            masks.append(full)
             cands = self._candidates(p, plane)
-            if self.appearance is not None and cands:
-                sims[i] = self.appearance.similarity(frame.rgb, full)
+            if appearance is not None and cands:
+                sims[i] = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
             for k in cands:
                 extra = self._extra_for(p, K, (extra_hypotheses or {}).get(k))
-                T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_mask, extra)
+                T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_masks[i], extra)
                 poses[i, k], fits[i, k] = T, fit
                 conf[i, k] = fit * sims[i, k]
         rows, cols = linear_sum_assignment(-conf)
@@ -165,28 +164,38 @@ class TabletopSearch:
         for i, k in zip(rows, cols):
             if conf[i, k] >= c.min_confidence:
                 found.append(Found(int(k), poses[i, k], float(conf[i, k]), float(fits[i, k]), float(sims[i, k]),
-                                   tuple(float(v) for v in proposals[i].box), masks[i]))
+                                   tuple(float(v) for v in proposals[i].box),
+                                   _upsample(grid_masks[i], s, (H, W))))
         return sorted(found, key=lambda f: -f.confidence)
 
-    def verify(self, frame: Frame, k: int, T_cam_obj: np.ndarray, mask: np.ndarray | None = None) -> float:
-        """Render-and-compare score in [0, 1] of object ``k`` at ``T_cam_obj`` in ``frame`` (with depth), against
-        its visible ``mask`` (H, W) bool when given (else the silhouette alone)."""
-        if frame.depth is None or T_cam_obj[2, 3] <= 0:
-            return 0.0
-        s = self.config.proposals.stride
-        depth_grid = np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0)
-        K_grid = np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K
-        grid_mask = mask[::s, ::s] if mask is not None else np.zeros(depth_grid.shape, bool)
-        X = self.data[k].points @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
-        X = X[X[:, 2] > 1e-3]
-        if not len(X):
-            return 0.0
-        uv = X[:, :2] / X[:, 2:3] @ K_grid[:2, :2].T + K_grid[:2, 2]
+    def verify(self, frame: Frame, poses: Sequence[tuple[int, np.ndarray, np.ndarray | None]]) -> list[float]:
+        """Render-and-compare scores in [0, 1] of ``poses`` = [(object index, T_cam_obj (4, 4), its visible mask
+        (H, W) bool or None)] in ``frame`` (with depth); without a mask the silhouette alone is compared."""
+        if frame.depth is None:
+            return [0.0] * len(poses)
+        depth_grid, K_grid = self._grid(frame)
         h, w = depth_grid.shape
-        window = (max(0, int(uv[:, 0].min()) - 2), max(0, int(uv[:, 1].min()) - 2),
-                  min(w, int(np.ceil(uv[:, 0].max())) + 3), min(h, int(np.ceil(uv[:, 1].max())) + 3))
-        return float(verify_poses(self.data[k].mesh, T_cam_obj[None], depth_grid, K_grid, grid_mask, window,
-                                  self.config.verify)[0])
+        s = self.config.proposals.stride
+        out = []
+        for k, T, mask in poses:
+            X = self.data[k].points @ T[:3, :3].T + T[:3, 3]
+            X = X[X[:, 2] > Z_MIN]
+            if not len(X):
+                out.append(0.0)
+                continue
+            uv = project(K_grid, X)
+            window = (max(0, int(uv[:, 0].min()) - 2), max(0, int(uv[:, 1].min()) - 2),
+                      min(w, int(np.ceil(uv[:, 0].max())) + 3), min(h, int(np.ceil(uv[:, 1].max())) + 3))
+            grid_mask = mask[::s, ::s] if mask is not None else np.zeros((h, w), bool)
+            out.append(float(verify_poses(self.data[k].mesh, T[None], depth_grid, K_grid, grid_mask, window,
+                                          self.config.verify)[0]))
+        return out
+
+    def _grid(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """The frame's depth on the proposals' grid (0 = invalid) and the grid's camera matrix."""
+        s = self.config.proposals.stride
+        return (np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0),
+                np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K)
 
     def _candidates(self, p: Proposal, plane: np.ndarray) -> list[int]:
         """Objects whose size admits the cluster: its height above the plane at most the object's height in some
@@ -206,9 +215,9 @@ class TabletopSearch:
         if hyps is None or not len(hyps):
             return None
         t = np.asarray(hyps)[:, :3, 3]
-        uv = t[:, :2] / np.maximum(t[:, 2:3], 1e-6) @ K[:2, :2].T + K[:2, 2]
+        uv = project(K, t)
         x0, y0, x1, y1 = p.box
-        inside = (t[:, 2] > 0) & (uv[:, 0] >= x0) & (uv[:, 0] < x1) & (uv[:, 1] >= y0) & (uv[:, 1] < y1)
+        inside = (t[:, 2] > Z_MIN) & (uv[:, 0] >= x0) & (uv[:, 0] < x1) & (uv[:, 1] >= y0) & (uv[:, 1] < y1)
         return np.asarray(hyps)[inside] if inside.any() else None
 
     def _fit(self, k: int, p: Proposal, plane: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
@@ -224,18 +233,17 @@ class TabletopSearch:
         T = upright_icp(d.points, _subsample(cluster, c.coarse_points), T0, plane[:3], (3 * tau, 1.5 * tau),
                         c.icp_iterations, d.lookup)
         f = self._fscores(d, T, cluster, cKDTree(cluster), plane)
-        best = np.argsort(-f, kind="stable")[:c.keep]
-        T = upright_icp(d.points, cluster, T[best], plane[:3], (tau,), c.icp_iterations)
-        best = np.arange(len(best))
+        T = upright_icp(d.points, cluster, T[np.argsort(-f, kind="stable")[:c.keep]], plane[:3], (tau,),
+                        c.icp_iterations)
         s = depth_grid.shape
         x0, y0, x1, y1 = p.box / c.proposals.stride
         z = float(np.median(cluster[:, 2]))
         margin = 0.5 * d.diameter * K_grid[0, 0] / max(z, 0.05)
         window = (max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(s[1], int(np.ceil(x1 + margin))),
                   min(s[0], int(np.ceil(y1 + margin))))
-        scores = verify_poses(d.mesh, T[best], depth_grid, K_grid, grid_mask, window, c.verify)
+        scores = verify_poses(d.mesh, T, depth_grid, K_grid, grid_mask, window, c.verify)
         j = int(np.argmax(scores))
-        T, score = self._polish(d, T[best[j]], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
+        T, score = self._polish(d, T[j], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
         if c.align_iterations:
             aligned = align_resting(d.mesh, d.face_normals, T, plane[:3], depth_grid, K_grid, window,
                                     gate=c.icp_tau, iterations=c.align_iterations)
@@ -255,10 +263,7 @@ class TabletopSearch:
         for _ in range(c.polish_rounds):
             moves = []
             for sign in (-1.0, 1.0):
-                a = sign * yaw_step
-                Rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
-                M = np.eye(4)
-                M[:3, :3] = B @ Rz @ B.T
+                M = make_T(so3_exp(sign * yaw_step * up), np.zeros(3))
                 M[:3, 3] = T[:3, 3] - M[:3, :3] @ T[:3, 3]  # turn about the object's origin
                 moves.append(M @ T)
                 for axis in (0, 1):
@@ -297,3 +302,8 @@ def _subsample(points: np.ndarray, n: int) -> np.ndarray:
     if len(points) <= n:
         return points
     return points[np.linspace(0, len(points) - 1, n).round().astype(int)]
+
+
+def _upsample(grid_mask: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
+    """A mask on the ``stride`` grid as a full-resolution (H, W) bool mask (each grid cell fills its pixels)."""
+    return np.repeat(np.repeat(grid_mask, stride, 0), stride, 1)[:shape[0], :shape[1]]

@@ -25,12 +25,26 @@ import torch
 
 from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.render.renderer import render
+from selfpose_core.types import CameraIntrinsics
 
 
 @dataclass(slots=True)
 class VerifyConfig:
     tau: float = 0.015  # metres: observed and rendered depth agree within this
     occluded_weight: float = 0.2  # weight of rendered pixels hidden behind nearer observed depth
+
+
+def render_window(mesh: RenderMesh, T_cam_obj: np.ndarray, K: np.ndarray, window: tuple[int, int, int, int],
+                  dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(depth (H, h, w) metres, 0 = background; face ids (H, h, w), -1 = background) of ``mesh`` at the poses
+    ``T_cam_obj`` (H, 4, 4), rendered into ``window`` = (x0, y0, x1, y1) (end exclusive) of the image of ``K``."""
+    x0, y0, x1, y1 = window
+    Kw = CameraIntrinsics.from_K(K, x1, y1).crop(x0, y0, x1 - x0, y1 - y0).K
+    T = torch.as_tensor(np.asarray(T_cam_obj), dtype=dtype)
+    with torch.inference_mode():
+        out = render(mesh, T[:, :3, :3], T[:, :3, 3], torch.as_tensor(Kw, dtype=dtype).expand(len(T), 3, 3),
+                     (y1 - y0, x1 - x0), coords=False, attributes=False, silhouette=False, visibility=False)
+    return out.depth.numpy(), out.face_ids.numpy()
 
 
 def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,
@@ -41,15 +55,8 @@ def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: 
     x0, y0, x1, y1 = window
     if x1 <= x0 or y1 <= y0 or not len(T_cam_obj):
         return np.zeros(len(T_cam_obj))
-    Kw = np.array(K, np.float64, copy=True)
-    Kw[0, 2] -= x0
-    Kw[1, 2] -= y0
-    T = torch.as_tensor(np.asarray(T_cam_obj), dtype=torch.float32)
-    with torch.inference_mode():
-        out = render(mesh, T[:, :3, :3], T[:, :3, 3], torch.as_tensor(Kw, dtype=torch.float32).expand(len(T), 3, 3),
-                     (y1 - y0, x1 - x0), coords=False, attributes=False, silhouette=False, visibility=False)
-    rendered = out.depth.numpy()
-    sil = out.mask.numpy()
+    rendered, faces = render_window(mesh, T_cam_obj, K, window)
+    sil = faces >= 0
     obs = np.nan_to_num(np.asarray(depth[y0:y1, x0:x1], np.float64), nan=0.0)[None]
     valid = obs > 0
     seg = mask[y0:y1, x0:x1][None]

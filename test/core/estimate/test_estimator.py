@@ -220,3 +220,18 @@ def test_depth_refinement_does_not_depend_on_what_it_refined_before(objects):
     first = refiner.refine(T0, depth, K.K, mask)[0]
     refiner.refine(T0, depth[:, ::-1].copy(), K.K, mask[:, ::-1].copy())  # something else in between
     assert np.array_equal(first, refiner.refine(T0, depth, K.K, mask)[0])
+
+
+def test_with_depth_and_no_table_the_learned_pose_is_kept_and_scored_by_verification(objects, objects_dir):
+    path = _bundle(objects, objects_dir, "m_fallback")
+    geom = ObjectGeometry.from_model(objects[0])
+    frame = _render_frame(objects[0], geom, _pose(), K)  # the object alone: no support plane in the depth
+    learned = _oracle_estimator(path, depth_search=False).estimate(frame)
+    searched = _oracle_estimator(path).estimate(frame)
+    assert len(learned) == len(searched) == 1
+    assert np.array_equal(searched[0].T_cam_obj, learned[0].T_cam_obj)
+    assert 0.5 * learned[0].score < searched[0].score <= learned[0].score  # x verification score (exact depth)
+    rgb_only = _oracle_estimator(path, use_depth=False)
+    assert rgb_only.search is None
+    no_depth = rgb_only.estimate(Frame(frame.rgb, K))
+    assert np.array_equal(rgb_only.estimate(frame)[0].T_cam_obj, no_depth[0].T_cam_obj)
