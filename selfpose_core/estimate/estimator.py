@@ -25,8 +25,8 @@ import torch
 
 from selfpose_core.data.crops import crop_affine, project_points, square_box
 from selfpose_core.errors import ConfigError, ModelError, SelfposeError
-from selfpose_core.estimate.dual_scale_views import dual_scale_estimate
 from selfpose_core.estimate.depth_refine import DepthRefineConfig, DepthRefiner
+from selfpose_core.estimate.dual_scale_views import dual_scale_estimate
 from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
 from selfpose_core.geometry.pnp import solve_pnp, solve_pnp_ransac
 from selfpose_core.mesh.objects_config import load_objects_config

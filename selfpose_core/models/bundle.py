@@ -229,5 +229,8 @@ class ModelBundle:
             if not isinstance(hist, torch.Tensor) or tuple(hist.shape[:1]) != (len(spec.objects),):
                 raise ModelError(f"{weights_path}: 'appearance' must be a tensor with one row per object "
                                  f"({len(spec.objects)}), got {getattr(hist, 'shape', type(hist).__name__)}")
-            bundle.appearance = AppearanceModel(hist.double().cpu().numpy())
+            try:
+                bundle.appearance = AppearanceModel(hist.double().cpu().numpy())
+            except ModelError as exc:
+                raise ModelError(f"{weights_path}: {exc}") from exc
         return bundle

@@ -121,3 +121,24 @@ def test_bundle_bad_inputs(tmp_path):
     (path / "weights.pt").unlink()
     with pytest.raises(ModelError, match="no weights.pt"):
         ModelBundle.load(path)
+
+
+def test_bundle_carries_the_appearance_model_and_refuses_a_broken_one(tmp_path):
+    from selfpose_core.models.appearance import NUM_BINS, AppearanceModel
+
+    b = ModelBundle.create(_spec())
+    hist = np.zeros((1, NUM_BINS))
+    hist[0, 3] = 1.0
+    b.appearance = AppearanceModel(hist)
+    path = b.save(tmp_path / "m")
+    assert np.array_equal(ModelBundle.load(path).appearance.histograms, hist)
+    assert ModelBundle.load(ModelBundle.create(_spec()).save(tmp_path / "plain")).appearance is None
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    weights["appearance"] = torch.full((1, NUM_BINS), float("nan"))
+    torch.save(weights, path / "weights.pt")
+    with pytest.raises(ModelError, match="weights.pt: appearance model: .*non-finite"):
+        ModelBundle.load(path)
+    weights["appearance"] = torch.zeros(2, NUM_BINS)  # one row per object
+    torch.save(weights, path / "weights.pt")
+    with pytest.raises(ModelError, match="one row per object"):
+        ModelBundle.load(path)
