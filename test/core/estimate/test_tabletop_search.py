@@ -214,3 +214,18 @@ def test_pose_estimator_with_depth_returns_the_true_poses_through_the_search(sce
         t_err, r_err = _pose_errors(m, out[m.name].T_cam_obj, invert(frame.T_world_cam) @ T_world_obj[k])
         assert t_err < 0.001 and r_err < 0.1, (m.name, t_err, r_err)
         assert out[m.name].score > 0.9 and out[m.name].mask.shape == (480, 640)
+
+
+def test_search_gives_the_same_poses_with_one_or_two_torch_threads(scene):
+    models, _, frames = scene
+    search = TabletopSearch(models, config=SearchConfig(yaw_steps=6))
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(search.search(frames[1][0]))
+    finally:
+        torch.set_num_threads(before)
+    assert [f.obj_index for f in runs[0]] == [f.obj_index for f in runs[1]]
+    assert all(np.array_equal(a.T_cam_obj, b.T_cam_obj) for a, b in zip(*runs))
