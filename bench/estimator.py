@@ -5,6 +5,7 @@
     selfpose bench estimator --accuracy DIR/bop --models lower_kp=M1,lower_corr=M2,upper_kp=M3 [--gt-boxes]
     selfpose bench estimator --accuracy DIR/bop --models adapted=M --search align_iterations=0
     selfpose bench estimator --accuracy DIR/bop --models adapted=M --search use_appearance=false
+    selfpose bench estimator --accuracy DIR/bop --models adapted=M --tracking
 
 Speed uses bundles with random weights and a detection threshold of 0, so that exactly N objects are detected and
 go through cropping, the pose network, PnP-RANSAC and (with --depth) ICP; the cost does not depend on the weights.
@@ -14,7 +15,10 @@ Accuracy runs each bundle on the BOP split ``test`` (the held-out trajectories),
 of the estimator) and from RGB alone (no depth anywhere), and prints per mode the eval table, AD{D|I} per
 trajectory, the error breakdown and the estimator's latency (p50 / p95 wall ms per image), with the command that
 produced the bundle (from its provenance). The search's cost depends on the scene (proposals x candidates), so
-its timing comes from these real held-out frames, not from the synthetic speed frames.
+its timing comes from these real held-out frames, not from the synthetic speed frames. ``--tracking`` adds a
+third mode: each held-out trajectory played as a sequence in its frame order through ``PoseTracker`` (causal:
+the full search on the first frame, on schedule and when an object is lost; the tracked poses moved by the
+camera poses in between), with the share of frames that ran the full search.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from selfpose_core.config_io import dataclass_from_mapping, set_dotted
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
 from selfpose_core.estimate.tabletop_search import SearchConfig
+from selfpose_core.estimate.tracking import PoseTracker
 from selfpose_core.data.crops import amodal_box
 from selfpose_core.eval.breakdown import breakdown_table
 from selfpose_core.eval.evaluate import evaluate, evaluate_model
@@ -133,6 +138,21 @@ def gt_box_result(est: PoseEstimator, dataset: BopDataset, max_images: int | Non
     return evaluate(estimates, dataset, images=keys, min_visib_fract=min_visib)
 
 
+def tracked_result(tracker: PoseTracker, dataset: BopDataset):
+    """(EvalResult, frames that ran the full search) of ``tracker`` over every frame of every scene of
+    ``dataset``, each scene a sequence in its frame order from a fresh tracker."""
+    estimates, times, searched = {}, {}, 0
+    for scene in dataset.scene_ids:
+        tracker.reset()
+        result, ests = evaluate_model(tracker, dataset, scene_ids=[scene], progress=False)
+        estimates.update(ests)
+        times.update(result.image_times_s)
+        searched += tracker.searches
+    result = evaluate(estimates, dataset, time_per_image_s=float(np.mean(list(times.values()))))
+    result.image_times_s = times
+    return result, searched
+
+
 def accuracy(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     raw: dict = {}
@@ -143,9 +163,13 @@ def accuracy(args: argparse.Namespace) -> None:
     dataset = BopDataset(args.accuracy, "test")
     for item in args.models.split(","):
         name, _, path = item.partition("=")
-        for mode, use_depth in (("RGB-D", True), ("RGB only", False)):
+        modes = [("RGB-D", True), ("RGB only", False)] + ([("RGB-D tracked", True)] if args.tracking else [])
+        for mode, use_depth in modes:
             est = PoseEstimator(Path(path), config=EstimatorConfig(use_depth=use_depth, search=search))
-            result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
+            if mode == "RGB-D tracked":
+                result, searched = tracked_result(PoseTracker(est), dataset)
+            else:
+                result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
             prov = est.spec.provenance
             appearance = "appearance model from the drive" if est.bundle.appearance is not None and \
                 search.use_appearance else "no appearance model used"
@@ -158,6 +182,8 @@ def accuracy(args: argparse.Namespace) -> None:
             lat = np.array(list(result.image_times_s.values())) * 1000
             print(f"   estimator latency: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
                   f"per 640x480 image ({args.threads} torch thread(s))")
+            if mode == "RGB-D tracked":
+                print(f"   full search on {searched} of {len(lat)} frames")
             print(breakdown_table(result))
         if args.gt_boxes:
             print("   pose network alone (true amodal boxes instead of the detector, RGB only):")
@@ -176,6 +202,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
                    help="with --accuracy: a table-top search setting (SearchConfig, e.g. align_iterations=0 or "
                         "proposals.stride=3; repeatable) for ablations")
+    p.add_argument("--tracking", action="store_true",
+                   help="with --accuracy: also play each held-out trajectory as a sequence through PoseTracker")
     p.add_argument("--gt-boxes", action="store_true", help="with --accuracy: also score the pose network given the "
                                                             "true boxes (separates detection from pose errors)")
     args = p.parse_args(argv)

@@ -28,10 +28,10 @@ from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.depth_align import align_resting, face_normals
 from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
-from selfpose_core.estimate.proposals import Proposal, ProposalConfig, find_proposals
+from selfpose_core.estimate.proposals import Proposal, ProposalConfig, camera_up, find_proposals
 from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
-from selfpose_core.estimate.verification import VerifyConfig, verify_poses
-from selfpose_core.geometry.projection import Z_MIN, project
+from selfpose_core.estimate.verification import VerifyConfig, verify_counts, verify_poses
+from selfpose_core.geometry.projection import Z_MIN, project, unproject
 from selfpose_core.geometry.se3 import make_T, so3_exp
 from selfpose_core.mesh.measures import mesh_diameter, sample_surface
 from selfpose_core.models.appearance import AppearanceModel
@@ -190,6 +190,63 @@ class TabletopSearch:
             out.append(float(verify_poses(self.data[k].mesh, T[None], depth_grid, K_grid, grid_mask, window,
                                           self.config.verify)[0]))
         return out
+
+    def refine(self, frame: Frame, k: int, T_cam_obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Poses (H, 4, 4) of object ``k`` near the hypotheses ``T_cam_obj`` (H, 4, 4), e.g. a tracked object
+        moved by the camera motion, aligned to ``frame``'s depth over the 4 DOF of a resting object (about the
+        world's up from ``frame.T_world_cam``), and their render-and-compare evidence (H, 4)
+        (:func:`~selfpose_core.estimate.verification.verify_counts`; zero out of view). No plane or clusters
+        are needed: the object's segment is the depth inside its bounding sphere above its lowest point."""
+        T_cam_obj = np.asarray(T_cam_obj, np.float64).reshape(-1, 4, 4)
+        if frame.depth is None or not len(T_cam_obj):
+            return T_cam_obj, np.zeros((len(T_cam_obj), 4))
+        c = self.config
+        d = self.data[k]
+        depth_grid, K_grid = self._grid(frame)
+        up, _ = camera_up(frame.T_world_cam)
+        window = self._window(d, T_cam_obj, K_grid, depth_grid.shape)
+        if window is None:
+            return T_cam_obj, np.zeros((len(T_cam_obj), 4))
+        out = T_cam_obj.copy()
+        counts = np.zeros((len(T_cam_obj), 4))
+        for j, T in enumerate(T_cam_obj):
+            if c.align_iterations:
+                out[j] = align_resting(d.mesh, d.face_normals, T, up, depth_grid, K_grid, window,
+                                       gate=c.icp_tau, iterations=c.align_iterations)
+            mask = self._segment(d, out[j], up, depth_grid, K_grid, window)
+            counts[j] = verify_counts(d.mesh, out[j][None], depth_grid, K_grid, mask, window, c.verify)[0]
+        return out, counts
+
+    def _window(self, d: _ObjectData, T_cam_obj: np.ndarray, K_grid: np.ndarray, shape: tuple[int, int]
+                ) -> tuple[int, int, int, int] | None:
+        """The grid window (x0, y0, x1, y1) covering the object at all poses ``T_cam_obj`` (H, 4, 4) plus a
+        quarter diameter; None when it lies behind the camera or outside the image."""
+        X = np.einsum("hij,mj->hmi", T_cam_obj[:, :3, :3], d.points) + T_cam_obj[:, None, :3, 3]
+        X = X.reshape(-1, 3)
+        X = X[X[:, 2] > Z_MIN]
+        if not len(X):
+            return None
+        uv = project(K_grid, X)
+        margin = 0.25 * d.diameter * K_grid[0, 0] / max(float(X[:, 2].min()), 0.05)
+        h, w = shape
+        x0, y0 = max(0, int(uv[:, 0].min() - margin)), max(0, int(uv[:, 1].min() - margin))
+        x1, y1 = min(w, int(np.ceil(uv[:, 0].max() + margin))), min(h, int(np.ceil(uv[:, 1].max() + margin)))
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+    def _segment(self, d: _ObjectData, T: np.ndarray, up: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
+                 window: tuple[int, int, int, int]) -> np.ndarray:
+        """Grid mask of the observed points inside ``window`` that lie within the object's bounding sphere at
+        ``T`` (plus ``size_margin``) and above its lowest point by ``proposals.min_height`` (not the table)."""
+        x0, y0, x1, y1 = window
+        v, u = np.mgrid[y0:y1, x0:x1]
+        z = depth_grid[y0:y1, x0:x1]
+        X = unproject(K_grid, np.stack([u, v], -1).reshape(-1, 2).astype(np.float64), z.reshape(-1))
+        bottom = float((d.points @ T[:3, :3].T + T[:3, 3]).dot(up).min())
+        near = np.linalg.norm(X - T[:3, 3], axis=1) < 0.5 * d.diameter + self.config.size_margin
+        above = X @ up - bottom > self.config.proposals.min_height
+        mask = np.zeros(depth_grid.shape, bool)
+        mask[y0:y1, x0:x1] = (near & above & (z.reshape(-1) > 0)).reshape(z.shape)
+        return mask
 
     def _grid(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
         """The frame's depth on the proposals' grid (0 = invalid) and the grid's camera matrix."""

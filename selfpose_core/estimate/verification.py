@@ -47,14 +47,15 @@ def render_window(mesh: RenderMesh, T_cam_obj: np.ndarray, K: np.ndarray, window
     return out.depth.numpy(), out.face_ids.numpy()
 
 
-def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,
-                 window: tuple[int, int, int, int], cfg: VerifyConfig) -> np.ndarray:
-    """(H,) scores of the poses ``T_cam_obj`` (H, 4, 4) of ``mesh`` against ``depth`` (h, w) metres (0 / NaN
+def verify_counts(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,
+                  window: tuple[int, int, int, int], cfg: VerifyConfig) -> np.ndarray:
+    """(H, 4) evidence of the poses ``T_cam_obj`` (H, 4, 4) of ``mesh`` against ``depth`` (h, w) metres (0 / NaN
     invalid) seen through ``K`` (3, 3), with the proposal ``mask`` (h, w) bool, inside ``window``
-    = (x0, y0, x1, y1) pixels of that image (end exclusive)."""
+    = (x0, y0, x1, y1) pixels of that image (end exclusive): per pose the graded count of consistent pixels and
+    the counts of violations, occluded and unexplained pixels (module docstring)."""
     x0, y0, x1, y1 = window
     if x1 <= x0 or y1 <= y0 or not len(T_cam_obj):
-        return np.zeros(len(T_cam_obj))
+        return np.zeros((len(T_cam_obj), 4))
     rendered, faces = render_window(mesh, T_cam_obj, K, window)
     sil = faces >= 0
     obs = np.nan_to_num(np.asarray(depth[y0:y1, x0:x1], np.float64), nan=0.0)[None]
@@ -65,5 +66,18 @@ def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: 
     violations = (sil & valid & (diff > cfg.tau)).sum((1, 2))
     occluded = (sil & valid & (diff < -cfg.tau)).sum((1, 2))
     unexplained = (seg & ~sil & valid).sum((1, 2))
-    denom = consistent + violations + unexplained + cfg.occluded_weight * occluded
+    return np.stack([consistent, violations, occluded, unexplained], 1).astype(np.float64)
+
+
+def score_counts(counts: np.ndarray, occluded_weight: float) -> np.ndarray:
+    """(H,) scores in [0, 1] of the (H, 4) evidence of :func:`verify_counts`: consistent / (consistent +
+    violations + unexplained + ``occluded_weight`` x occluded)."""
+    consistent, violations, occluded, unexplained = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
+    denom = consistent + violations + unexplained + occluded_weight * occluded
     return np.where(denom > 0, consistent / np.maximum(denom, 1e-9), 0.0)
+
+
+def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,
+                 window: tuple[int, int, int, int], cfg: VerifyConfig) -> np.ndarray:
+    """(H,) scores in [0, 1] of the poses ``T_cam_obj`` (H, 4, 4): :func:`score_counts` of :func:`verify_counts`."""
+    return score_counts(verify_counts(mesh, T_cam_obj, depth, K, mask, window, cfg), cfg.occluded_weight)

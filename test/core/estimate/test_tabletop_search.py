@@ -7,98 +7,17 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from selfpose_core.data.sim import catalog
 from selfpose_core.estimate.hypotheses import resting_rotations
 from selfpose_core.estimate.proposals import ProposalConfig, find_proposals
 from selfpose_core.estimate.tabletop import VoxelNearest
 from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
 from selfpose_core.estimate.verification import VerifyConfig, verify_poses
-from selfpose_core.geometry.se3 import invert, rotation_angle
-from selfpose_core.geometry.symmetry import closest_symmetric_pose
+from selfpose_core.geometry.se3 import invert
 from selfpose_core.estimate.estimator import PoseEstimator
-from selfpose_core.mesh.loading import save_mesh
-from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
 from selfpose_core.models.appearance import AppearanceModel
-from selfpose_core.models.backbones import BackboneConfig
-from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
-from selfpose_core.models.detector import DetectorConfig
 from selfpose_core.render.mesh import RenderMesh
-from selfpose_core.render.renderer import render
-from selfpose_core.types import CameraIntrinsics, Frame
+from selfpose_core.types import Frame
 
-K = CameraIntrinsics(570.0, 570.0, 319.5, 239.5, 640, 480)
-COLOURS = [(200, 40, 40), (40, 160, 60), (50, 70, 200)]
-NAMES = ["cereal_box", "mug", "bottle"]
-
-
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """T_world_cam of an optical frame at ``eye`` looking at ``target`` with no roll (world z up)."""
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], 1)
-    T[:3, 3] = eye
-    return T
-
-
-def _upright(model, yaw_deg: float, xy: tuple[float, float]) -> np.ndarray:
-    a = np.radians(yaw_deg)
-    T = np.eye(4)
-    T[:3, :3] = [[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]
-    T[:3, 3] = (xy[0], xy[1], -model.vertices[:, 2].min())
-    return T
-
-
-def _render_scene(models, T_world_obj, T_world_cam, clutter: bool):
-    """(rgb, depth, visible masks) of a grey table (z = 0) with the objects (flat colours) and an optional ball."""
-    parts = [(np.array([[-0.8, -0.8, 0], [0.8, -0.8, 0], [0.8, 0.8, 0], [-0.8, 0.8, 0.0]]),
-              np.array([[0, 1, 2], [0, 2, 3]]), (120, 120, 120))]
-    for m, T, col in zip(models, T_world_obj, COLOURS):
-        parts.append((m.vertices @ T[:3, :3].T + T[:3, 3], m.faces, col))
-    if clutter:
-        import trimesh
-
-        ball = trimesh.creation.icosphere(3, 0.04)
-        parts.append((np.asarray(ball.vertices) + [0.0, 0.25, 0.04], np.asarray(ball.faces), (230, 200, 30)))
-    verts, faces, owner, offset = [], [], [], 0
-    for i, (v, f, _) in enumerate(parts):
-        verts.append(v)
-        faces.append(f + offset)
-        owner.append(np.full(len(f), i))
-        offset += len(v)
-    T = invert(T_world_cam)
-    out = render(RenderMesh(torch.tensor(np.concatenate(verts)), torch.tensor(np.concatenate(faces))),
-                 torch.tensor(T[None, :3, :3]), torch.tensor(T[None, :3, 3]), torch.tensor(K.K[None]), (480, 640),
-                 coords=False, attributes=False, silhouette=False, visibility=False)
-    face = out.face_ids[0].numpy()
-    part = np.where(face >= 0, np.concatenate(owner)[np.maximum(face, 0)], -1)
-    rgb = np.zeros((480, 640, 3), np.uint8)
-    for i, (_, _, col) in enumerate(parts):
-        rgb[part == i] = col
-    depth = out.depth[0].numpy().astype(np.float32)
-    depth[part < 0] = 0.0
-    return rgb, depth, [part == i + 1 for i in range(len(models))]
-
-
-@pytest.fixture(scope="module")
-def scene():
-    objs = catalog.make_targets(NAMES, np.random.default_rng(1))
-    models = [o.cad_model(i + 1) for i, o in enumerate(objs)]
-    T_world_obj = [_upright(models[0], 30.0, (0.12, -0.08)), _upright(models[1], -100.0, (-0.15, 0.05)),
-                   _upright(models[2], 0.0, (0.05, 0.15))]
-    cams = [_look_at(np.array([0.9 * np.cos(a), 0.9 * np.sin(a), 0.6]), np.zeros(3)) for a in (-2.2, 0.8)]
-    frames = []
-    for T_wc in cams:
-        rgb, depth, masks = _render_scene(models, T_world_obj, T_wc, clutter=True)
-        frames.append((Frame(rgb=rgb, K=K, depth=depth, T_world_cam=T_wc), masks))
-    return models, T_world_obj, frames
-
-
-def _pose_errors(model, T_est, T_true):
-    T_sym = closest_symmetric_pose(T_est, T_true, model.symmetry) if model.symmetry.is_symmetric else T_true
-    return float(np.linalg.norm(T_est[:3, 3] - T_sym[:3, 3])), float(np.degrees(rotation_angle(T_est[:3, :3],
-                                                                                              T_sym[:3, :3])))
 
 
 def test_proposals_find_the_table_and_each_object_with_or_without_the_camera_pose(scene):
@@ -106,7 +25,7 @@ def test_proposals_find_the_table_and_each_object_with_or_without_the_camera_pos
     frame, masks = frames[0]
     up_cam = frame.T_world_cam[2, :3]
     for T_wc in (frame.T_world_cam, None):
-        plane, props = find_proposals(frame.depth, K.K, ProposalConfig(), T_world_cam=T_wc)
+        plane, props = find_proposals(frame.depth, frame.K.K, ProposalConfig(), T_world_cam=T_wc)
         assert np.degrees(np.arccos(np.clip(plane[:3] @ up_cam, -1, 1))) < 1.0
         # the plane passes through the table: the world origin seen from the camera
         origin_cam = invert(frame.T_world_cam)[:3, 3]
@@ -151,12 +70,12 @@ def test_verification_scores_the_true_pose_above_shifted_ones(scene):
         T[0, 3] += dx
         shifted.append(T)
     scores = verify_poses(RenderMesh(models[1].vertices, models[1].faces), np.stack(shifted), frame.depth,
-                          K.K, masks[1], (0, 0, 640, 480), VerifyConfig())
+                          frame.K.K, masks[1], (0, 0, 640, 480), VerifyConfig())
     assert scores[0] > 0.95 and scores[0] > scores[1] > scores[2]
 
 
 @pytest.mark.parametrize("with_appearance", [True, False])
-def test_search_returns_every_object_at_its_true_pose_and_leaves_the_clutter(scene, with_appearance):
+def test_search_returns_every_object_at_its_true_pose_and_leaves_the_clutter(scene, with_appearance, pose_errors):
     models, T_world_obj, frames = scene
     appearance = AppearanceModel.fit(len(models), [(f.rgb, m, k) for f, masks in frames
                                                    for k, m in enumerate(masks)]) if with_appearance else None
@@ -165,7 +84,7 @@ def test_search_returns_every_object_at_its_true_pose_and_leaves_the_clutter(sce
         found = search.search(frame)
         assert sorted(f.obj_index for f in found) == [0, 1, 2]
         for f in found:
-            t_err, r_err = _pose_errors(models[f.obj_index], f.T_cam_obj,
+            t_err, r_err = pose_errors(models[f.obj_index], f.T_cam_obj,
                                         invert(frame.T_world_cam) @ T_world_obj[f.obj_index])
             assert t_err < 0.001 and r_err < 0.1, (models[f.obj_index].name, t_err, r_err)  # exact depth: exact
             assert f.confidence > 0.9
@@ -186,32 +105,20 @@ def test_search_without_depth_or_table_finds_nothing(scene):
     models, _, frames = scene
     frame = frames[0][0]
     search = TabletopSearch(models)
-    assert search.search(Frame(rgb=frame.rgb, K=K)) == []
-    assert search.search(Frame(rgb=frame.rgb, K=K, depth=np.zeros_like(frame.depth))) == []
+    assert search.search(Frame(rgb=frame.rgb, K=frame.K)) == []
+    assert search.search(Frame(rgb=frame.rgb, K=frame.K, depth=np.zeros_like(frame.depth))) == []
 
 
-def test_pose_estimator_with_depth_returns_the_true_poses_through_the_search(scene, tmp_path):
+def test_pose_estimator_with_depth_returns_the_true_poses_through_the_search(scene, random_bundle, pose_errors):
     """The whole estimator on a table frame: networks with random weights (the learned path finds nothing
     useful), so every pose comes from the search, exact on exact depth."""
     models, T_world_obj, frames = scene
-    entries = []
-    for m in models:
-        save_mesh(m, tmp_path / f"{m.name}.ply")
-        entries.append({"name": m.name, "mesh": str(tmp_path / f"{m.name}.ply"), "obj_id": m.obj_id})
-    write_objects_config(tmp_path / "objects.yaml", entries)
-    loaded = load_objects_config(tmp_path / "objects.yaml")
-    spec = BundleSpec([BundleObject.from_model(m) for m in loaded], "../objects.yaml",
-                      PoseNetSpec("correspondence", 64, BackboneConfig((8, 8, 16), 4)),
-                      DetectorConfig(BackboneConfig((8, 8, 16), 4), 160, 120, 0.3), (640, 480))
-    bundle = ModelBundle.create(spec)
-    frame, masks = frames[0]
-    bundle.appearance = AppearanceModel.fit(len(models), [(frame.rgb, m, k) for k, m in enumerate(masks)])
-    path = bundle.save(tmp_path / "bundle")
-    est = PoseEstimator(path)
+    frame = frames[0][0]
+    est = PoseEstimator(random_bundle)
     out = {e.object_name: e for e in est.estimate(frame)}
     assert set(out) == {m.name for m in models}
     for k, m in enumerate(models):
-        t_err, r_err = _pose_errors(m, out[m.name].T_cam_obj, invert(frame.T_world_cam) @ T_world_obj[k])
+        t_err, r_err = pose_errors(m, out[m.name].T_cam_obj, invert(frame.T_world_cam) @ T_world_obj[k])
         assert t_err < 0.001 and r_err < 0.1, (m.name, t_err, r_err)
         assert out[m.name].score > 0.9 and out[m.name].mask.shape == (480, 640)
 
