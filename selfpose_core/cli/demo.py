@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from selfpose_core.cli.adapt import demo_adapt
 from selfpose_core.cli.pretrain import camera_from_recording
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.sim.catalog import TARGETS
-from selfpose_core.data.sim.generate import SimConfig, simulate
+from selfpose_core.data.sim.generate import DIFFICULTIES, SimConfig, simulate
+from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
 from selfpose_core.eval.breakdown import breakdown_table
 from selfpose_core.eval.evaluate import EvalResult, evaluate_model
@@ -43,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="scene and training seed (default 0)")
     p.add_argument("--pose-net", choices=("keypoint", "correspondence"), default="correspondence",
                    help="pose network (default correspondence: the better upper bound, docs/estimator.md)")
+    p.add_argument("--difficulty", choices=DIFFICULTIES, default="normal",
+                   help="embedded scene: normal or hard (docs/demo_scene.md; default normal)")
     p.add_argument("--frames", type=int, default=96, help="frames of the training loop (default 96)")
     p.add_argument("--test-frames", type=int, default=20, help="frames per held-out trajectory (default 20)")
     p.add_argument("--pretrain-steps", type=int, default=DEMO_PRETRAIN_STEPS,
@@ -60,9 +64,13 @@ def stage_simulate(out: Path, args: argparse.Namespace) -> Path:
     """The embedded scene in ``out/sim`` (kept when a previous run completed it)."""
     sim = out / "sim"
     if (sim / "scene.yaml").is_file() and (sim / "bop" / "test").is_dir():
+        made = yaml.safe_load((sim / "scene.yaml").read_text()).get("difficulty", "normal")
+        if made != args.difficulty:
+            raise ConfigError(f"{sim} holds a {made} scene, not {args.difficulty}: use another --out")
         print(f"  reusing {sim}")
         return sim
-    config = SimConfig(seed=args.seed, objects=list(TARGETS), frames=args.frames, test_frames=args.test_frames)
+    config = SimConfig(seed=args.seed, difficulty=args.difficulty, objects=list(TARGETS), frames=args.frames,
+                       test_frames=args.test_frames)
     summary = simulate(sim, config, force=True, progress=not args.no_progress)
     print(f"  {sum(t['frames'] for t in summary['trajectories'])} frames in {summary['seconds']:.0f} s -> {sim}")
     return sim

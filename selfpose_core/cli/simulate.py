@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from selfpose_core.data.sim.catalog import TARGETS
-from selfpose_core.data.sim.generate import SimConfig, render_montage, render_preview, simulate
+from selfpose_core.data.sim.generate import DIFFICULTIES, SimConfig, render_montage, render_preview, simulate
 from selfpose_core.errors import ConfigError
 
 
@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--objects", default=None,
                    help=f"number of target objects or comma-separated names from {', '.join(TARGETS)} (default all)")
+    p.add_argument("--difficulty", choices=DIFFICULTIES, default="normal",
+                   help="normal: upright objects apart, Kinect-like depth; hard: targets lying in other resting poses, "
+                        "a pair in contact, look-alike distractors, RealSense-like depth (default normal)")
     p.add_argument("--frames", type=int, default=120, help="frames of the training loop (default 120)")
     p.add_argument("--test-frames", type=int, default=40, help="frames per held-out trajectory (default 40, 0: none)")
     p.add_argument("--width", type=int, default=640, help="image width in pixels (default 640)")
@@ -58,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     if args.width < 16 or args.height < 16:
         raise ConfigError(f"--width/--height must be >= 16, got {args.width}x{args.height}")
     focal = args.focal if args.focal is not None else 570.0 * args.width / 640.0
-    return SimConfig(seed=args.seed, objects=_objects(args.objects), frames=args.frames,
+    return SimConfig(seed=args.seed, difficulty=args.difficulty, objects=_objects(args.objects), frames=args.frames,
                      test_frames=args.test_frames, width=args.width, height=args.height, fx=focal, fy=focal,
                      depth=not args.no_depth, image_format=args.image_format, n_clutter=args.clutter,
                      shadows=not args.no_shadows)

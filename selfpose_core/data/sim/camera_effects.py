@@ -7,7 +7,9 @@ quality) are drawn once per trajectory (:func:`sample_response`); blur and noise
 
 Depth pipeline: axial noise growing with z^2 (sigma = 1.2 mm + 1.9 mm (z - 0.4 m)^2, the Kinect model of
 Nguyen et al. 2012), holes at depth discontinuities, on dark and on specular surfaces, at grazing angles and out of
-range, random dropout, quantisation to millimetres; 0 marks invalid pixels.
+range, random dropout, quantisation to millimetres; 0 marks invalid pixels. :data:`REALSENSE_DEPTH` (the hard scene)
+models an active stereo camera instead (Intel RealSense D4xx-like): noise and quantisation in disparity (depth step
+z^2 q / (f b)), more holes on dark and shiny surfaces, and flying pixels at depth edges.
 """
 from __future__ import annotations
 
@@ -51,6 +53,18 @@ class DepthEffects:
     max_range: float = 4.5
     dropout: float = 0.003  # isolated random holes
     quantum: float = 0.001  # millimetres
+    baseline: float = 0.05  # stereo baseline b for the disparity model
+    disparity_noise_px: float = 0.0  # Gaussian disparity noise (0: off); depth sigma = z^2 sigma_d / (f b)
+    disparity_quantum_px: float = 0.0  # disparity step (0: off); depth step = z^2 q / (f b)
+    flying_pixels: float = 0.0  # share of edge pixels measured between foreground and background instead of dropped
+
+
+REALSENSE_DEPTH = DepthEffects(sigma_base=0.0, sigma_quadratic=0.0, edge_drop=0.5, dark_luma=0.06, dark_drop=0.9,
+                               specular_level=0.15, dropout=0.005, disparity_noise_px=0.05,
+                               disparity_quantum_px=0.08, flying_pixels=0.4)
+"""Active stereo depth (RealSense D4xx-like, the hard scene): 0.05 px disparity noise and 0.08 px disparity steps (the
+D4xx's subpixel RMS is about 0.08 px), flying pixels on 40 % of the edge pixels, more holes on dark and shiny
+surfaces."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,9 +143,13 @@ def apply_color(linear: np.ndarray, response: CameraResponse, rng: np.random.Gen
 
 
 def apply_depth(depth: np.ndarray, rng: np.random.Generator, albedo_luma: np.ndarray, specular: np.ndarray,
-                cos_view: np.ndarray, cfg: DepthEffects = DepthEffects()) -> np.ndarray:
+                cos_view: np.ndarray, cfg: DepthEffects = DepthEffects(), focal_px: float | None = None) -> np.ndarray:
     """Sensor depth (H, W) float32 metres (0 = hole) from the exact z-depth ``depth`` (H, W) (0 = nothing) and the
-    per-pixel albedo luminance, specular term and |n . view| of the rendering (all (H, W))."""
+    per-pixel albedo luminance, specular term and |n . view| of the rendering (all (H, W)); ``focal_px``: the depth
+    camera's focal length f, needed by the disparity model."""
+    disparity = cfg.disparity_noise_px > 0 or cfg.disparity_quantum_px > 0
+    if disparity and not (focal_px and focal_px > 0):
+        raise ValueError(f"apply_depth: the disparity model needs focal_px > 0, got {focal_px}")
     z = depth.astype(np.float32)
     valid = z > 0
     pad = np.pad(z, 1, mode="edge")
@@ -143,7 +161,37 @@ def apply_depth(depth: np.ndarray, rng: np.random.Generator, albedo_luma: np.nda
     hole = (edge & (u < cfg.edge_drop)) | ((albedo_luma < cfg.dark_luma) & (u < cfg.dark_drop))
     hole |= (specular > cfg.specular_level) | (cos_view < cfg.grazing_cos) | (u > 1.0 - cfg.dropout)
     hole |= (z < cfg.min_range) | (z > cfg.max_range)
+    if cfg.flying_pixels > 0:
+        z, flying = _flying_pixels(z, valid, edge, rng, cfg.flying_pixels)
+        hole = (hole & ~flying) | (z < cfg.min_range) | (z > cfg.max_range)
     sigma = cfg.sigma_base + cfg.sigma_quadratic * (z - cfg.z_offset) ** 2
     noisy = z + sigma * rng.standard_normal(z.shape, dtype=np.float32)
+    if disparity:
+        noisy = _stereo(noisy, valid, rng, np.float32(focal_px * cfg.baseline), cfg)
     noisy = np.round(noisy / cfg.quantum) * cfg.quantum
     return np.where(valid & ~hole, noisy, 0.0).astype(np.float32)
+
+
+def _flying_pixels(z: np.ndarray, valid: np.ndarray, edge: np.ndarray, rng: np.random.Generator,
+                   share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (H, W) with a random ``share`` of the valid ``edge`` pixels moved to a depth drawn uniformly between the
+    nearest and farthest surface in their 5 x 5 neighbourhood (stereo matching windows straddling the edge), and the
+    mask of those pixels."""
+    kernel = np.ones((5, 5), np.uint8)
+    far = cv2.dilate(z, kernel)
+    near = cv2.erode(np.where(valid, z, np.float32(np.inf)), kernel)
+    flying = edge & valid & (rng.random(z.shape, dtype=np.float32) < share) & (far > near)
+    t = rng.random(z.shape, dtype=np.float32)
+    return np.where(flying, near + t * (far - near), z).astype(np.float32), flying
+
+
+def _stereo(z: np.ndarray, valid: np.ndarray, rng: np.random.Generator, fb: np.float32,
+            cfg: DepthEffects) -> np.ndarray:
+    """Depth (H, W) measured through disparity d = f b / z: Gaussian noise and quantisation in d, so that the depth
+    noise and step grow with z^2."""
+    d = fb / np.where(valid, np.maximum(z, np.float32(1e-3)), np.float32(1.0))
+    d = d + np.float32(cfg.disparity_noise_px) * rng.standard_normal(z.shape, dtype=np.float32)
+    if cfg.disparity_quantum_px > 0:
+        q = np.float32(cfg.disparity_quantum_px)
+        d = np.maximum(np.round(d / q), 1.0) * q
+    return fb / np.maximum(d, np.float32(1e-6))

@@ -1,4 +1,5 @@
-"""The objects of the embedded scene: six household-like targets and random clutter, each with a true appearance.
+"""The objects of the embedded scene: six household-like targets, random clutter and look-alikes of the targets (the
+hard scene), each with a true appearance.
 
 Object frame (all objects): metres, z up (the object stands upright on a surface), origin at the centre of the
 axis-aligned bounding box. A :class:`SimObject` holds the textured mesh used for rendering the "real" world
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import ConvexHull
 
 from selfpose_core.data.sim import textures as tx
 from selfpose_core.data.sim.shapes import (PartMesh, box, box_net_cells, merge, revolve, rounded_c_path, sweep_tube,
@@ -253,3 +255,45 @@ def clutter(rng: np.random.Generator, index: int) -> SimObject:
         img = tx.mix(tx.random_color(rng), tx.random_color(rng), tx.value_noise(rng, (64, 128), 4, 2))
     return SimObject(f"clutter_{index}_{kind}", _centred(mesh), img, Symmetry(), "clutter",
                      float(rng.uniform(0.05, 0.5)), 30.0)
+
+
+def dominant_colors(texture: np.ndarray, k: int = 2, apart: int = 48) -> list[tx.Color]:
+    """The ``k`` main colours of ``texture`` (H, W, 3), most frequent first: mean colours of the most frequent colour
+    bins (8 levels per channel) that differ from those already chosen by more than ``apart`` in some channel;
+    fewer when the texture has fewer such colours."""
+    px = texture.reshape(-1, 3)
+    code = (px // 32).astype(np.int64) @ np.array([64, 8, 1])
+    counts = np.bincount(code, minlength=512)
+    colors: list[np.ndarray] = []
+    for c in np.argsort(-counts, kind="stable"):
+        if counts[c] == 0 or len(colors) == k:
+            break
+        mean = px[code == c].mean(0)
+        if all(np.abs(mean - m).max() > apart for m in colors):
+            colors.append(mean)
+    return [tuple(int(round(x)) for x in m) for m in colors]
+
+
+def lookalike(rng: np.random.Generator, target: SimObject, index: int) -> SimObject:
+    """A distractor resembling ``target``: about its size (0.85-1.15 per axis) in its two dominant colours (jittered),
+    a cylinder with a label band when the target is round seen from above (can, mug, bottle, bowl), else a blotched
+    block (box, drill)."""
+    v = target.mesh.vertices
+    size = (v.max(0) - v.min(0)) * rng.uniform(0.85, 1.15, 3)
+    colors = dominant_colors(target.texture)
+    if len(colors) == 1:
+        colors.append(tuple(int(0.6 * c) for c in colors[0]))
+    main, second = (tuple(int(x) for x in np.clip(np.add(c, rng.integers(-12, 13, 3)), 0, 255)) for c in colors)
+    hull = ConvexHull(v[:, :2])
+    if 4 * np.pi * hull.volume / hull.area ** 2 > 0.8:  # 2D hull: volume = area, area = perimeter
+        r, h = min(size[0], size[1]) / 2, size[2]
+        mesh = revolve(np.array([[0, 0], [r, 0], [r, 0], [r, h], [r, h], [0, h]]), 48)
+        img = tx.plain(main, (64, 64))
+        tx.stripes(img, (int(rng.integers(8, 24)), int(rng.integers(32, 56))), [second])
+        kind = "cylinder"
+    else:
+        mesh = box(tuple(size))
+        img = tx.mix(main, second, np.clip((tx.value_noise(rng, (64, 128), 4, 2) - 0.55) / 0.15, 0, 1))  # blotches
+        kind = "block"
+    return SimObject(f"clutter_{index}_{kind}_like_{target.name}", _centred(mesh), img, Symmetry(), "clutter",
+                     float(target.specular * rng.uniform(0.7, 1.2)), target.shininess)

@@ -11,7 +11,7 @@ Output layout of :func:`simulate` (docs/demo_scene.md)::
     DIR/test_recordings/<name>/                rosbag2 of each held-out trajectory (marker-accurate poses)
     DIR/bop/                                   BOP copy with ground truth: split train_loop scene 1, split test
                                                scenes 1.. (one per held-out trajectory, in order)
-    DIR/scene.yaml                             seed, parameters, object poses, trajectory summaries
+    DIR/scene.yaml                             seed, difficulty, parameters, object poses, trajectory summaries
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ from tqdm import tqdm
 
 from selfpose_core.data.bop import BopWriter
 from selfpose_core.data.recording_writer import RecordingWriter
-from selfpose_core.data.sim.camera_effects import (ColorEffects, CameraResponse, DepthEffects, apply_color,
-                                                   apply_depth, sample_response)
+from selfpose_core.data.sim.camera_effects import (REALSENSE_DEPTH, ColorEffects, CameraResponse, DepthEffects,
+                                                   apply_color, apply_depth, sample_response)
 from selfpose_core.data.sim.catalog import TARGETS, SimObject, make_targets
 from selfpose_core.data.sim.odometry import OdometryNoise, base_poses, drift_poses
 from selfpose_core.data.sim.raycast_renderer import RenderOutput, SceneRaycaster, render_cad
-from selfpose_core.data.sim.scene import Scene, build_scene
+from selfpose_core.data.sim.scene import HardLayout, Scene, build_scene
 from selfpose_core.data.sim.trajectories import (TEST_TRAJECTORIES, TRAIN_LOOP, TrajectorySpec, elevation_deg,
                                                  make_trajectory)
 from selfpose_core.errors import ConfigError
@@ -49,13 +49,19 @@ log = logging.getLogger(__name__)
 STAMP0_NS = 1_700_000_000 * 10 ** 9  # start time of the first trajectory
 OUTPUTS = ("objects.yaml", "models", "recording", "test_recordings", "bop", "scene.yaml")
 _STREAM = {"objects": 1, "scene": 2, "trajectory": 3, "odometry": 4, "camera": 5, "frame": 6}
+DIFFICULTIES = ("normal", "hard")
 
 
 @dataclass(slots=True)
 class SimConfig:
-    """Parameters of the simulation (all stored in scene.yaml)."""
+    """Parameters of the simulation (all stored in scene.yaml).
+
+    difficulty "hard": the table of :class:`HardLayout` (lying targets, a pair in contact, look-alike distractors)
+    and, unless ``depth_effects`` is given, the active stereo depth of ``REALSENSE_DEPTH``.
+    """
 
     seed: int = 0
+    difficulty: str = "normal"  # normal | hard
     objects: list[str] = field(default_factory=lambda: list(TARGETS))
     frames: int = 120  # training loop
     test_frames: int = 40  # per held-out trajectory
@@ -83,6 +89,10 @@ class SimConfig:
             raise ConfigError("objects: at least one simulated object is needed")
         if len(set(self.objects)) != len(self.objects):
             raise ConfigError(f"objects: duplicate names in {self.objects}")
+        if self.difficulty not in DIFFICULTIES:
+            raise ConfigError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {self.difficulty!r}")
+        if self.difficulty == "hard" and self.depth_effects == DepthEffects():
+            self.depth_effects = REALSENSE_DEPTH
 
     @property
     def K(self) -> CameraIntrinsics:
@@ -148,8 +158,9 @@ class Simulator:
     def scene(self, style: int) -> Scene:
         """The world of background style ``style`` (0 = training; others re-arrange the objects)."""
         if style not in self._scenes:
+            hard = HardLayout() if self.config.difficulty == "hard" else None
             self._scenes[style] = build_scene(self.targets, _rng(self.config.seed, "scene", style), style,
-                                              self.config.n_clutter)
+                                              self.config.n_clutter, hard=hard)
         return self._scenes[style]
 
     def raycaster(self, style: int) -> SceneRaycaster:
@@ -175,8 +186,8 @@ class Simulator:
                                                                                    scene.table_center)
         rng = _rng(cfg.seed, "frame", traj.index, k)
         rgb = apply_color(out.color, self.response(traj.index), rng, motion, cfg.color_effects)
-        depth = apply_depth(out.depth, rng, out.albedo_luma, out.specular, out.cos_view,
-                            cfg.depth_effects) if cfg.depth else None
+        depth = apply_depth(out.depth, rng, out.albedo_luma, out.specular, out.cos_view, cfg.depth_effects,
+                            K.fx) if cfg.depth else None
         gt, vis, full = [], [], []
         for i, inst in enumerate(scene.instances):
             if inst.obj_id == 0:
@@ -299,7 +310,7 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
     bop_test.close()
     train_scene = sim.scene(config.train.style)
     summary = {
-        "seed": config.seed, "config": asdict(config), "camera": asdict(config.K),
+        "seed": config.seed, "difficulty": config.difficulty, "config": asdict(config), "camera": asdict(config.K),
         "world": "metres, z up, origin on the floor under the table-top centre",
         "table_center": train_scene.table_center,
         "objects": [{"name": o.name, "obj_id": k + 1, "category": o.category, "textureless": o.textureless,

@@ -1,10 +1,12 @@
 """The real-camera model: deterministic per generator, and each effect does what it says."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 
-from selfpose_core.data.sim.camera_effects import (ColorEffects, DepthEffects, apply_color, apply_depth,
-                                                   motion_kernel, sample_response)
+from selfpose_core.data.sim.camera_effects import (REALSENSE_DEPTH, ColorEffects, DepthEffects, apply_color,
+                                                   apply_depth, motion_kernel, sample_response)
 
 
 def _scene(h=96, w=128):
@@ -59,3 +61,48 @@ def test_depth_holes_on_dark_specular_and_grazing_surfaces():
     cosv[20:30] = 0.05
     d = apply_depth(z, np.random.default_rng(0), luma, spec, cosv, DepthEffects(dropout=0.0))
     assert (d[:10] == 0).mean() > 0.6 and (d[10:30] == 0).all() and (d[30:] > 0).all()
+
+
+def _realsense(z: np.ndarray, luma: float | np.ndarray = 0.5, spec: float | np.ndarray = 0.0,
+               cfg: DepthEffects = REALSENSE_DEPTH) -> np.ndarray:
+    ones = np.ones_like(z)
+    return apply_depth(z, np.random.default_rng(0), luma * ones, spec * ones, ones, cfg, focal_px=570.0)
+
+
+def test_realsense_noise_and_steps_grow_with_distance_squared():
+    z = np.concatenate([np.full((60, 120), 0.8), np.full((60, 120), 2.4)]).astype(np.float32)
+    d = _realsense(z)
+    near, far = d[5:55], d[65:]
+    near, far = near[near > 0], far[far > 0]
+    assert (far - 2.4).std() > 5 * (near - 0.8).std() > 0  # (2.4 / 0.8)^2 = 9 for the disparity model
+    # depth levels of the disparity steps: z^2 q / (f b) = 2.4^2 0.08 / (570 0.05) = 16 mm far, 1.8 mm near
+    assert 0.012 < np.median(np.diff(np.unique(far))) < 0.020
+    assert np.median(np.diff(np.unique(near))) < 0.003
+
+
+def test_realsense_flying_pixels_between_foreground_and_background():
+    z = np.full((80, 80), 2.0, np.float32)
+    z[20:60, 20:60] = 1.0
+    d, kinect = _realsense(z), _realsense(z, cfg=DepthEffects())
+    between = (d > 1.05) & (d < 1.95)
+    border = np.zeros(z.shape, np.uint8)
+    border[20:60, 20:60] = 1
+    border = cv2.morphologyEx(border, cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8)) > 0  # 2 px either side
+    assert between.sum() >= 20 and border[between].all()
+    assert not ((kinect > 1.05) & (kinect < 1.95)).any()  # the Kinect-like model drops edge pixels instead
+
+
+def test_realsense_loses_more_dark_and_shiny_pixels():
+    z = np.full((60, 60), 1.0, np.float32)
+    luma, spec = np.full_like(z, 0.5), np.zeros_like(z)
+    luma[:20] = 0.04
+    spec[20:40] = 0.2
+    hard, normal = _realsense(z, luma, spec), _realsense(z, luma, spec, DepthEffects())
+    assert (hard[:40] == 0).mean() > 0.8 and (normal[:40] == 0).mean() < 0.05
+    assert (hard[40:] > 0).mean() > 0.95
+
+
+def test_disparity_model_needs_the_focal_length():
+    z = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="focal_px"):
+        apply_depth(z, np.random.default_rng(0), z, 0 * z, z, REALSENSE_DEPTH)

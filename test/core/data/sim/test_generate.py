@@ -164,3 +164,15 @@ def test_relative_output_directory_gives_a_loadable_objects_config(tmp_path, mon
     assert yaml.safe_load((tmp_path / "runs/sim/objects.yaml").read_text())["objects"][0]["mesh"] == "models/mug.ply"
     monkeypatch.chdir(tmp_path / "runs")  # the config is read relative to its own folder, from anywhere
     assert [m.name for m in load_objects_config("sim/objects.yaml")] == ["mug"]
+
+
+def test_cli_difficulty(tmp_path, capsys):
+    from selfpose_core.data.sim.camera_effects import REALSENSE_DEPTH
+
+    with pytest.raises(SystemExit):
+        _run_cli(["--out", str(tmp_path / "x"), "--difficulty", "extreme"])
+    assert "argument --difficulty: invalid choice: 'extreme' (choose from" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    simulate_cli.register(parser.add_subparsers())
+    config = simulate_cli.config_from_args(parser.parse_args(["simulate", "--difficulty", "hard"]))
+    assert config.difficulty == "hard" and config.depth_effects == REALSENSE_DEPTH
