@@ -36,3 +36,8 @@ class ModelError(SelfposeError):
 
 class ShapeError(SelfposeError, ValueError):
     """An array/tensor argument has the wrong shape (the message names the argument and both shapes)."""
+
+
+class OutputError(SelfposeError):
+    """An output cannot be written as asked: it would overwrite an input or an existing result without
+    ``--overwrite``, another run holds its lock, or the path is not writable (the message names path and flag)."""

@@ -6,12 +6,18 @@ after an interruption, even kill -9), and writes the adapted bundle plus ``repor
 on CUDA) and the stages train with DistributedDataParallel. ``--eval-gt`` (a BOP directory with ground truth,
 e.g. the simulator's DIR/bop) adds held-out accuracy after each stage and the consensus error per object; only
 this module's evaluator reads it, never a stage.
+
+``--out`` is never the input model; one that already holds a bundle is refused unless ``--overwrite`` (which also
+discards an earlier run's work/) or ``--resume`` (of the run that wrote it). While a run writes to ``--out`` it holds
+``OUT/.selfpose.lock`` (see cli/output_dir.py): a second run into the same directory is refused.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
 from selfpose_core.adapt.context import DistInfo
 from selfpose_core.adapt.pipeline import STAGES, Evaluator, run_pipeline
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
+from selfpose_core.cli.output_dir import OutputLock, check_model_output
 from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
@@ -56,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help=f"adapt config (default {DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else 'built-in'})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model bundle (and the earlier run's work/) that --out holds")
     p.add_argument("--eval-gt", type=Path, default=None,
                    help="BOP directory with ground truth for held-out evaluation after each stage (never used "
                         "for adaptation)")
@@ -195,6 +204,26 @@ def demo_adapt(out: Path, sim: Path, model: Path, seed: int = 0, progress: bool 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite and --resume exclude each other: --resume continues the run in --out, "
+                          "--overwrite starts a new one")
+    state_file = args.out / "work" / "state.yaml"
+    check_model_output(args.out, overwrite=args.overwrite, model=args.model, resume=args.resume,
+                       resumable=state_file)
+    # under torchrun every process runs this command: rank 0 holds the lock for all of them
+    lock = OutputLock(args.out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
+        check_model_output(args.out, overwrite=args.overwrite, model=args.model, resume=args.resume,
+                           resumable=state_file)  # again: a run may have finished while this one started
+        if args.overwrite and state_file.is_file() and isinstance(lock, OutputLock):
+            log.warning("--overwrite: removing the earlier run's %s", args.out / "work")
+            shutil.rmtree(args.out / "work")
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)

@@ -16,7 +16,7 @@ import numpy as np
 from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
 from selfpose_core.data.recording import Recording
 from selfpose_core.geometry.projection import optical_axes_center
-from selfpose_core.errors import ConfigError
+from selfpose_core.errors import ConfigError, OutputError
 
 
 def view_angles(T_world_cam: np.ndarray, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +112,8 @@ def _parse_center(text: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     center = _parse_center(args.center) if args.center else None
+    if args.thumbs < 1:
+        raise ConfigError(f"--thumbs must be >= 1, got {args.thumbs}")
     with Recording(args.bag, topics_from_args(args), require_pose=False) as rec:
         s = rec.summary()
         print(f"recording {s.path}")
@@ -136,7 +138,11 @@ def run(args: argparse.Namespace) -> int:
                 print(line)
         if args.out:
             sheet = contact_sheet(rec, n_thumbs=args.thumbs)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            write_sheet_png(args.out, sheet, az, el, f"{s.path}: {s.frames} frames, {s.rate_hz:.1f} Hz")
+            try:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                write_sheet_png(args.out, sheet, az, el, f"{s.path}: {s.frames} frames, {s.rate_hz:.1f} Hz")
+            except (OSError, ValueError) as exc:  # ValueError: matplotlib knows no such image format
+                raise OutputError(f"--out {args.out}: cannot write the contact sheet: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from exc
             print(f"wrote {args.out}")
     return 0

@@ -3,6 +3,9 @@
 
 With ``--real-bop DIR --real-fraction F`` real frames with ground-truth poses are mixed in: that is the supervised
 upper bound of the experiments, never part of the label-free pipeline.
+
+``--out`` holding a bundle or a training checkpoint is refused unless ``--overwrite`` or ``--resume``; while the run
+writes there it holds ``OUT/.selfpose.lock`` (cli/output_dir.py).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from selfpose_core.cli.output_dir import OutputLock, check_model_output
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.errors import ConfigError, RecordingError
@@ -45,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="DataLoader worker processes (overrides workers)")
     p.add_argument("--threads", type=int, help="torch threads of the training process")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the bundle and checkpoint that --out holds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -92,6 +97,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite and --resume exclude each other: --resume continues the training in --out, "
+                          "--overwrite starts a new one")
+    checkpoint = args.out / "train" / "checkpoint.pt"
+    check_model_output(args.out, overwrite=args.overwrite, resume=args.resume, resumable=checkpoint)
+    with OutputLock(args.out):
+        check_model_output(args.out, overwrite=args.overwrite, resume=args.resume, resumable=checkpoint)
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     config = load_pretrain_config(args.config, _overrides(args))
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,6 +8,7 @@ rewritten atomically, so a killed recorder leaves a readable bag plus at most on
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -54,8 +55,10 @@ def partial_dir(bag: Path, index: int) -> Path:
     return bag / f"segment_{index}{PARTIAL_SUFFIX}"
 
 
-def write_metadata(bag: Path, storage: str, files: list[FileSummary]) -> None:
-    """Write ``bag/metadata.yaml`` (rosbag2 version 8) listing ``files``, atomically (tmp file + rename)."""
+def write_metadata(bag: Path, storage: str, files: list[FileSummary], file_name: str = "metadata.yaml"
+                   ) -> None:
+    """Write ``bag/metadata.yaml`` (rosbag2 version 8) listing ``files``, atomically (tmp file + rename); ``file_name``:
+    another file name (`selfpose recover` writes the new metadata beside the old one before swapping)."""
     files = [f for f in files if f.count > 0] or files[:1]
     topics: dict[str, TopicCount] = {}
     for f in files:
@@ -90,10 +93,13 @@ def write_metadata(bag: Path, storage: str, files: list[FileSummary]) -> None:
     yaml.default_flow_style = False
     text = StringIO()
     yaml.dump({"rosbag2_bagfile_information": info}, text)
-    tmp = bag / "metadata.yaml.tmp"
-    tmp.write_text(text.getvalue(), "utf8")
-    tmp.replace(bag / "metadata.yaml")
-    log.debug("wrote %s (%d files, %d messages)", bag / "metadata.yaml", len(files), total)
+    tmp = bag / f"{file_name}.tmp{os.getpid()}"
+    try:
+        tmp.write_text(text.getvalue(), "utf8")
+        tmp.replace(bag / file_name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.debug("wrote %s (%d files, %d messages)", bag / file_name, len(files), total)
 
 
 def summarize_storage_file(path: Path) -> FileSummary:

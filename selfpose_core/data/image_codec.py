@@ -93,6 +93,14 @@ def _as_bytes(data: Any) -> bytes | np.ndarray | memoryview:
     return bytes(data)
 
 
+def _imdecode(buf: np.ndarray) -> np.ndarray | None:
+    """cv2.imdecode, None where OpenCV refuses the buffer (it raises for some malformed inputs)."""
+    try:
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+
+
 def compressed_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg/png, incl. compressedDepth png) -> RGB uint8 (H, W, 3) or depth float32 (H, W).
 
@@ -105,7 +113,10 @@ def compressed_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     if "compresseddepth" in low:
         if "png" not in low:
             raise EncodingError(f"unsupported compressed depth format {fmt!r}{_topic_text(topic)} (only png)")
-        img = cv2.imdecode(raw[12:], cv2.IMREAD_UNCHANGED)
+        if raw.size <= 12:
+            raise EncodingError(f"compressedDepth image{_topic_text(topic)} has only {raw.size} bytes: too short "
+                                f"for the 12-byte compressedDepth header plus a PNG (format {fmt!r})")
+        img = _imdecode(raw[12:])
         if img is None:
             raise EncodingError(f"cannot decode compressedDepth png{_topic_text(topic)} (format {fmt!r})")
         if img.dtype != np.uint16:
@@ -113,7 +124,9 @@ def compressed_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
         return img.astype(np.float32) * np.float32(1e-3)
     if not any(k in low for k in ("jpeg", "jpg", "png")):
         raise EncodingError(f"unsupported compressed image format {fmt!r}{_topic_text(topic)} (jpeg or png)")
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if raw.size == 0:
+        raise EncodingError(f"compressed image{_topic_text(topic)} has no data (0 bytes, format {fmt!r})")
+    img = _imdecode(raw)
     if img is None:
         raise EncodingError(f"cannot decode compressed image{_topic_text(topic)} (format {fmt!r}, {raw.size} bytes)")
     if img.dtype == np.uint16:  # 16-bit png depth published as plain CompressedImage

@@ -185,7 +185,10 @@ class Recording:
                     infos.append(store.deserialize_cdr(raw, conn.msgtype))
                     info_stamps.append(header_stamp_ns(raw) or log_ns)
                 else:
-                    self.tf.add_message(store.deserialize_cdr(raw, conn.msgtype), static=kind == "tf_static")
+                    try:
+                        self.tf.add_message(store.deserialize_cdr(raw, conn.msgtype), static=kind == "tf_static")
+                    except RecordingError as exc:
+                        raise RecordingError(f"bag {self.path}, topic {conn.topic}: {exc}") from exc
         except SelfposeError:
             raise
         except Exception as exc:

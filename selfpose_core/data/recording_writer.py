@@ -7,8 +7,11 @@ rewritten atomically. So at any moment the directory is a valid bag of all close
 
 - Ctrl-C (SIGINT) or SIGTERM: while a writer created in the main thread is open (and the process had the default
   handlers), the signal is deferred until the message or frame being written is complete; then the bag is closed
-  and KeyboardInterrupt / SystemExit(128 + signal) is raised: nothing is lost. (ROS nodes handle signals through
-  rclpy and close the writer on shutdown.)
+  and KeyboardInterrupt / SystemExit(128 + signal) is raised in the main thread: nothing is lost. Messages may be
+  written from another thread (`selfpose estimate` writes from its worker): sections are serialised by a lock, and
+  when the signal arrives while a worker is inside one, that worker closes the bag at the end of the section and
+  sends the signal on to the main thread, which then raises. (ROS nodes handle signals through rclpy and close the
+  writer on shutdown.)
 - kill -9 / power loss: the open segment stays behind unclosed in ``segment_<k>.partial/``; the bag still reads
   without it, and `selfpose recover BAG` salvages every complete message from it (MCAP) and re-indexes the bag.
 
@@ -77,11 +80,14 @@ class BagWriter:
         self._latched: dict[str, tuple[str, bytes, int]] = {}
         self._segment_count = 0
         self._closed = False
+        self._lock = threading.RLock()  # held by the thread inside an atomic section
+        self._owner: int | None = None  # that thread's id
         self._busy = 0  # nesting depth of sections that defer SIGINT/SIGTERM
         self._pending: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self.path.mkdir(parents=True)
         write_metadata(self.path, storage, [])  # an empty, valid bag from the start
+        self._install_signal_handlers()  # now, in the constructing thread: the first write may come from a worker
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:
@@ -93,22 +99,43 @@ class BagWriter:
                 signal.signal(sig, self._on_signal)
 
     def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; it restores them when the re-sent signal arrives
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._busy:
-            self._pending = signum
+        """SIGINT/SIGTERM handler (runs in the main thread)."""
+        if self._closed:  # closed by a writing thread that sent the signal on, or a late second signal
+            self._restore_signal_handlers()
+            _raise_for(signum)
+        self._pending = signum
+        if self._owner == threading.get_ident():
+            return  # the main thread is inside a section: raised when it ends
+        self._take_pending()  # else the thread inside a section takes it when the section ends
+
+    def _take_pending(self) -> None:
+        """Act on a deferred signal if no thread is inside a section: close the bag, then raise it in the main
+        thread (from another thread: send it on to the main thread)."""
+        if not self._lock.acquire(blocking=False):
             return
-        self._stop_for(signum)
+        try:
+            if self._busy or self._pending is None:
+                return
+            signum, self._pending = self._pending, None
+            if threading.current_thread() is threading.main_thread():
+                self._stop_for(signum)
+            elif not self._closed:
+                self.close()
+                signal.pthread_kill(threading.main_thread().ident, signum)
+        finally:
+            self._lock.release()
 
     def _stop_for(self, signum: int) -> None:
         """Close the bag (we are between messages), then raise KeyboardInterrupt / SystemExit(128 + signum)."""
         self.close()
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        _raise_for(signum)
 
     # ------------------------------------------------------------------ writing
     def set_qos(self, topic: str, qos: Qos) -> None:
@@ -134,6 +161,9 @@ class BagWriter:
 
         ``msgdef``: the type's ros2msg definition (as embedded in another bag) for types the typestore lacks.
         """
+        if not 0 <= int(stamp_ns) < 2**63:
+            raise RecordingError(f"cannot write topic {topic} at log time {int(stamp_ns)} ns into bag {self.path}: "
+                                 "log times are nanoseconds since the epoch, 0 to 2^63 - 1 (a negative stamp?)")
         if self._closed:
             raise RecordingError(f"bag {self.path} is closed; cannot write topic {topic}")
         if msgtype not in typestore().types:
@@ -152,15 +182,19 @@ class BagWriter:
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
         """A section (e.g. all messages of one frame) that SIGINT/SIGTERM do not interrupt: the signal is raised
-        when the outermost section ends."""
-        self._busy += 1
-        try:
-            yield
-        finally:
-            self._busy -= 1
-        if self._busy == 0 and self._pending is not None:
-            signum, self._pending = self._pending, None
-            self._stop_for(signum)
+        when the outermost section ends. One thread at a time is inside a section (others wait)."""
+        with self._lock:
+            self._owner = threading.get_ident()
+            self._busy += 1
+            try:
+                yield
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._owner = None
+            outermost = self._busy == 0
+        if outermost and self._pending is not None:
+            self._take_pending()
 
     def _write_now(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
         assert self._writer is not None
@@ -237,6 +271,8 @@ class BagWriter:
             return
         try:
             with self.atomic():
+                if self._closed:  # closed by another thread while this one waited for the section
+                    return
                 self._close_segment()
                 self._closed = True
         finally:
@@ -261,6 +297,12 @@ class BagWriter:
                  tb: TracebackType | None) -> None:
         # Close (not abort) on errors and interrupts too: what was written is kept.
         self.close()
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 class RecordingWriter:

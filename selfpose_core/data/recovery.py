@@ -8,10 +8,16 @@
 - the unclosed segments selfpose's writer leaves in ``segment_<k>.partial/`` are salvaged the same way (MCAP) or
   taken over as they are (sqlite3 keeps every committed row) and become ``<bag>_<k>.mcap|db3``;
 - metadata.yaml (version 8) is regenerated from the storage files themselves.
+
+Nothing of the bag changes until everything new is written: the salvaged files and the new metadata.yaml are first
+written beside the originals under temporary names (unique to the process), then swapped in by renames. A failure
+before the swap (a full disk, a damaged file) removes the temporary files and leaves the bag exactly as it was, so
+it opens as before and `recover` can be run again once the cause is fixed.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import struct
@@ -120,10 +126,18 @@ def salvage_mcap(path: Path) -> SalvagedMcap:
 
 
 def write_salvaged(salvaged: SalvagedMcap, dest: Path) -> int:
-    """Write the salvaged messages to a new, closed MCAP file ``dest``; returns the number of messages."""
-    tmp = dest.parent / f"{dest.stem}.tmp"
+    """Write the salvaged messages to a new, closed MCAP file ``dest``; returns the number of messages. ``dest``
+    appears only once it is complete (written in a temporary directory beside it, removed on failure)."""
+    tmp = dest.parent / f".{dest.stem}.salvage{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        return _write_salvaged(salvaged, dest, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_salvaged(salvaged: SalvagedMcap, dest: Path, tmp: Path) -> int:
     store = typestore()
     writer = Writer(tmp, version=METADATA_VERSION, storage_plugin=StoragePlugin.MCAP)
     count = 0
@@ -144,7 +158,6 @@ def write_salvaged(salvaged: SalvagedMcap, dest: Path) -> int:
                 writer.write(conns[cid], log_time, data)
                 count += 1
     (tmp / f"{tmp.name}.mcap").replace(dest)
-    shutil.rmtree(tmp)
     return count
 
 
@@ -157,13 +170,17 @@ def _natural_key(name: str) -> tuple:
 
 
 def recover_bag(path: str | Path) -> RecoveryReport:
-    """Make the bag directory ``path`` readable: salvage unclosed storage files and rewrite metadata.yaml."""
+    """Make the bag directory ``path`` readable: salvage unclosed storage files and rewrite metadata.yaml.
+
+    Raises `RecordingError` when ``path`` is no bag or the salvage cannot be written; the bag is then unchanged.
+    """
     bag = Path(path)
     if not bag.is_dir():
         raise RecordingError(f"{bag} is not a bag directory" + ("" if bag.exists() else " (it does not exist)"))
     report = RecoveryReport(bag, [])
     partials = sorted(bag.glob(f"*{PARTIAL_SUFFIX}"), key=lambda p: _natural_key(p.name))
-    files = sorted((p for p in bag.iterdir() if p.is_file() and p.suffix in (".mcap", ".db3")),
+    files = sorted((p for p in bag.iterdir() if p.is_file() and p.suffix in (".mcap", ".db3")
+                    and not p.name.startswith(".")),  # hidden: temporary files of an interrupted recover
                    key=lambda p: _natural_key(p.name))
     storages = {_storage_of(p) for p in files} | {_storage_of(f) for d in partials for f in d.iterdir()
                                                   if f.suffix in (".mcap", ".db3")}
@@ -173,41 +190,20 @@ def recover_bag(path: str | Path) -> RecoveryReport:
         raise RecordingError(f"{bag} mixes MCAP and sqlite3 storage files; cannot index them as one bag")
     storage = storages.pop()
 
-    summaries: list[FileSummary] = []
-    for f in files:
-        try:
-            summaries.append(summarize_storage_file(f))
-        except Exception as exc:  # unreadable index: salvage
-            if f.suffix != ".mcap":
-                raise RecordingError(f"cannot read sqlite3 storage file {f}: {exc}") from exc
-            log.warning("%s has no readable index (%s); salvaging its complete messages", f, exc)
-            summaries.append(_salvage_into(f, f, report, keep_original=True))
-
-    used = {s.name for s in summaries}
-    next_index = 1 + max((int(m.group(1)) for n in used if (m := re.search(r"_(\d+)\.(mcap|db3)$", n))), default=-1)
-    for d in partials:
-        for src in sorted(d.iterdir()):
-            if src.suffix not in (".mcap", ".db3"):
-                continue
-            dest = bag / segment_name(bag, next_index, storage)
-            next_index += 1
-            if src.suffix == ".mcap":
-                summary = _salvage_into(src, dest, report, keep_original=False)
-            else:
-                for side in (src.with_name(src.name + "-journal"), src.with_name(src.name + "-wal")):
-                    if side.exists():
-                        shutil.move(str(side), str(dest.with_name(dest.name + side.name[len(src.name):])))
-                shutil.move(str(src), str(dest))
-                summary = summarize_storage_file(dest)
-                report.salvaged[dest.name] = summary.count
-            if summary.count:
-                summaries.append(summary)
-            else:
-                dest.unlink()
-                report.salvaged.pop(dest.name, None)
-        shutil.rmtree(d)
-    summaries.sort(key=lambda s: _natural_key(s.name))
-    write_metadata(bag, storage, summaries)
+    plan = _Plan(bag)
+    try:
+        summaries = _prepare(bag, storage, files, partials, report, plan)
+    except BaseException as exc:
+        plan.discard()
+        if isinstance(exc, RecordingError):
+            raise RecordingError(f"cannot recover {bag}: {exc}; the bag is unchanged") from exc
+        if isinstance(exc, OSError):
+            need = sum(f.stat().st_size for f in plan.sources if f.exists()) / 1e6
+            raise RecordingError(f"cannot recover {bag}: writing the salvage failed ({exc.strerror or exc}"
+                                 f"{': ' + str(exc.filename) if exc.filename else ''}); the bag is unchanged "
+                                 f"(the salvage needs about {need:.0f} MB free beside it)") from exc
+        raise
+    plan.commit()
     report.files = [s.name for s in summaries]
     counts: Counter[str] = Counter()
     for s in summaries:
@@ -218,13 +214,123 @@ def recover_bag(path: str | Path) -> RecoveryReport:
     return report
 
 
-def _salvage_into(src: Path, dest: Path, report: RecoveryReport, keep_original: bool) -> FileSummary:
+class _Plan:
+    """The new files of a recovery, written beside the bag's files under temporary names, and the renames that swap
+    them in (`commit`) or their removal (`discard`)."""
+
+    def __init__(self, bag: Path) -> None:
+        self.bag = bag
+        self.tag = f"recover{os.getpid()}"
+        self.replace: list[tuple[Path, Path]] = []  # (new file, the unreadable original it replaces)
+        self.add: list[tuple[Path, Path]] = []  # (new file, its final name)
+        self.moves: list[tuple[Path, Path]] = []  # sqlite3 files of partial segments: (source, final name)
+        self.sources: list[Path] = []  # files being salvaged
+        self.partials: list[Path] = []
+        self.metadata: Path | None = None
+        self._temps: list[Path] = []
+
+    def temp(self, final: Path) -> Path:
+        """A hidden temporary name beside ``final`` with its suffix (the readers go by the suffix), removed by
+        `discard`."""
+        tmp = final.with_name(f".{final.stem}.{self.tag}{final.suffix}")
+        self._temps.append(tmp)
+        return tmp
+
+    def discard(self) -> None:
+        for tmp in self._temps:
+            tmp.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Swap everything in: renames only (no new space needed), metadata.yaml last but one, partial segments
+        removed last."""
+        for tmp, original in self.replace:
+            backup = _backup_name(original)
+            try:
+                os.link(original, backup)  # the original stays in place until the salvage replaces it atomically
+            except OSError:
+                shutil.copy2(original, backup)
+            tmp.replace(original)
+        for tmp, final in self.add:
+            tmp.replace(final)
+        for src, final in self.moves:
+            for side in (src.with_name(src.name + "-journal"), src.with_name(src.name + "-wal")):
+                if side.exists():
+                    shutil.move(str(side), str(final.with_name(final.name + side.name[len(src.name):])))
+            shutil.move(str(src), str(final))
+        if self.metadata is not None:
+            self.metadata.replace(self.bag / "metadata.yaml")
+        for d in self.partials:
+            shutil.rmtree(d)
+
+
+def _backup_name(original: Path) -> Path:
+    backup = original.with_name(original.name + ".unclosed")
+    k = 1
+    while backup.exists():
+        backup = original.with_name(f"{original.name}.unclosed{k}")
+        k += 1
+    return backup
+
+
+def _prepare(bag: Path, storage: str, files: list[Path], partials: list[Path], report: RecoveryReport,
+             plan: _Plan) -> list[FileSummary]:
+    """Write every new file of the recovery under a temporary name into ``plan``; returns the final summaries."""
+    summaries: list[FileSummary] = []
+    for f in files:
+        try:
+            summaries.append(summarize_storage_file(f))
+        except Exception as exc:  # unreadable index: salvage
+            if f.suffix != ".mcap":
+                raise RecordingError(f"cannot read sqlite3 storage file {f}: {exc}") from exc
+            log.warning("%s has no readable index (%s); salvaging its complete messages", f, exc)
+            tmp = plan.temp(f)
+            plan.sources.append(f)
+            plan.replace.append((tmp, f))
+            summary = _salvage_into(f, tmp, report)
+            summary.name = f.name
+            report.salvaged[f.name] = report.salvaged.pop(tmp.name)
+            summaries.append(summary)
+
+    used = {s.name for s in summaries}
+    next_index = 1 + max((int(m.group(1)) for n in used if (m := re.search(r"_(\d+)\.(mcap|db3)$", n))), default=-1)
+    for d in partials:
+        plan.partials.append(d)
+        for src in sorted(d.iterdir()):
+            if src.suffix not in (".mcap", ".db3"):
+                continue
+            dest = bag / segment_name(bag, next_index, storage)
+            while dest.exists():
+                next_index += 1
+                dest = bag / segment_name(bag, next_index, storage)
+            next_index += 1
+            if src.suffix == ".mcap":
+                tmp = plan.temp(dest)
+                plan.sources.append(src)
+                summary = _salvage_into(src, tmp, report)
+                report.salvaged[dest.name] = report.salvaged.pop(tmp.name)
+                if summary.count:
+                    plan.add.append((tmp, dest))
+                else:
+                    tmp.unlink()
+            else:  # sqlite3 keeps every committed row: the file is taken over as it is
+                summary = summarize_storage_file(src)
+                report.salvaged[dest.name] = summary.count
+                if summary.count:
+                    plan.moves.append((src, dest))
+            summary.name = dest.name
+            if summary.count:
+                summaries.append(summary)
+            else:
+                report.salvaged.pop(dest.name, None)
+    summaries.sort(key=lambda s: _natural_key(s.name))
+    plan.metadata = plan.temp(bag / "metadata.yaml")
+    write_metadata(bag, storage, summaries, file_name=plan.metadata.name)
+    return summaries
+
+
+def _salvage_into(src: Path, dest: Path, report: RecoveryReport) -> FileSummary:
     salvaged = salvage_mcap(src)
     report.dropped_bytes += src.stat().st_size - salvaged.stopped_at if not salvaged.complete else 0
-    if keep_original:
-        backup = src.with_name(src.name + ".unclosed")
-        src.replace(backup)
-        src = backup
     n = write_salvaged(salvaged, dest)
     report.salvaged[dest.name] = n
     return summarize_storage_file(dest)

@@ -102,8 +102,13 @@ class TfBuffer:
             n = np.linalg.norm(q)
             if not np.isfinite(n) or n < 1e-9:
                 raise RecordingError(f"TF {ts.header.frame_id} -> {ts.child_frame_id} has an invalid quaternion {q}")
+            t = np.array([tr.x, tr.y, tr.z], dtype=np.float64)
+            if not np.isfinite(t).all():
+                stamp = stamp_to_ns(ts.header.stamp)
+                raise RecordingError(f"TF {ts.header.frame_id} -> {ts.child_frame_id} at stamp {stamp} ns has a "
+                                     f"non-finite translation {t}")
             self._add(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp_to_ns(ts.header.stamp),
-                      q / n, np.array([tr.x, tr.y, tr.z], dtype=np.float64), static)
+                      q / n, t, static)
 
     # ------------------------------------------------------------------ queries
     @property
