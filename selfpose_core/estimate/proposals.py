@@ -83,17 +83,24 @@ def find_proposals(depth: np.ndarray, K: np.ndarray, cfg: ProposalConfig, *,
         return plane, []
     height = pts @ plane[:3] + plane[3]
     sel = (height > cfg.min_height) & (height < cfg.max_height)
-    above, above_pix = pts[sel], pix[sel]
-    if len(above) < cfg.min_points:
-        return plane, []
-    footprint = cfg.eps_pixels * cfg.stride * float(np.median(above[:, 2])) / float(K[0, 0])
+    return plane, cluster_proposals(pts[sel], pix[sel], K, depth.shape, cfg)
+
+
+def cluster_proposals(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, shape: tuple[int, int],
+                      cfg: ProposalConfig) -> list[Proposal]:
+    """Proposals, largest first, from the Euclidean clusters of ``points`` (N, 3) (camera frame, seen at the
+    full-resolution (row, column) ``pixels`` (N, 2) of an image of ``shape`` (H, W) through ``K``); clusters
+    larger than ``max_extent`` are left out."""
+    if len(points) < cfg.min_points:
+        return []
+    footprint = cfg.eps_pixels * cfg.stride * float(np.median(points[:, 2])) / float(K[0, 0])
     out = []
-    H, W = depth.shape
-    for idx in euclidean_clusters(above, max(cfg.cluster_eps, footprint), cfg.min_points, cfg.max_fit_points // 4):
-        p, px = above[idx], above_pix[idx]
+    H, W = shape
+    for idx in euclidean_clusters(points, max(cfg.cluster_eps, footprint), cfg.min_points, cfg.max_fit_points // 4):
+        p, px = points[idx], pixels[idx]
         if np.ptp(p, axis=0).max() > cfg.max_extent:
             continue
         box = np.array([px[:, 1].min(), px[:, 0].min(), min(W, px[:, 1].max() + cfg.stride),
                         min(H, px[:, 0].max() + cfg.stride)], np.float64)
         out.append(Proposal(p, px, box))
-    return plane, out
+    return out

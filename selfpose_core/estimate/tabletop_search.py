@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
@@ -28,9 +29,10 @@ from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.depth_align import align_resting, face_normals
 from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
-from selfpose_core.estimate.proposals import Proposal, ProposalConfig, camera_up, find_proposals
+from selfpose_core.estimate.proposals import (Proposal, ProposalConfig, camera_up, cluster_proposals,
+                                               find_proposals)
 from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
-from selfpose_core.estimate.verification import VerifyConfig, verify_counts, verify_poses
+from selfpose_core.estimate.verification import VerifyConfig, render_window, verify_counts, verify_poses
 from selfpose_core.geometry.projection import Z_MIN, project, unproject
 from selfpose_core.geometry.se3 import make_T, so3_exp
 from selfpose_core.mesh.measures import mesh_diameter, sample_surface
@@ -61,15 +63,16 @@ class SearchConfig:
     candidate_ratio: float = 0.7  # ... those at least this fraction as similar as the most similar one
     size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
     min_confidence: float = 0.3  # fit x similarity below this: not the object
+    explain_rounds: int = 1  # re-cluster what the found objects leave unexplained (touching objects; 0 = none)
     use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one
 
     def validate(self, where: str = "search") -> SearchConfig:
         self.proposals.validate(f"{where}.proposals")
         require_at_least(self, ("resting_poses", "yaw_steps", "model_points", "coarse_points", "max_cluster_points",
                                 "icp_iterations", "keep", "candidates"), 1, where)
-        if self.polish_rounds < 0 or self.align_iterations < 0:
-            raise ConfigError(f"{where}.polish_rounds and align_iterations must be >= 0, got {self.polish_rounds}, "
-                              f"{self.align_iterations}")
+        if min(self.polish_rounds, self.align_iterations, self.explain_rounds) < 0:
+            raise ConfigError(f"{where}.polish_rounds, align_iterations and explain_rounds must be >= 0, got "
+                              f"{self.polish_rounds}, {self.align_iterations}, {self.explain_rounds}")
         for key in ("icp_tau", "size_margin", "lookup_voxel"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
@@ -129,17 +132,35 @@ class TabletopSearch:
 
     def search(self, frame: Frame, extra_hypotheses: dict[int, np.ndarray] | None = None) -> list[Found]:
         """Objects found in ``frame`` (needs ``frame.depth``); ``extra_hypotheses`` {object index: (E, 4, 4)
-        T_cam_obj} join the resting-pose hypotheses of the proposals they project into."""
+        T_cam_obj} join the resting-pose hypotheses of the proposals they project into.
+
+        Objects that touch or hide each other can form one cluster: after the assignment, the points of a
+        proposal that its object's rendering does not cover are clustered again, and those clusters are proposals
+        for the objects not found yet (``explain_rounds`` times)."""
         if frame.depth is None:
             return []
         c = self.config
-        s = c.proposals.stride
         K = frame.K.K
         plane, proposals = find_proposals(frame.depth, K, c.proposals, T_world_cam=frame.T_world_cam)
-        if not proposals:
-            return []
-        H, W = frame.depth.shape
         depth_grid, K_grid = self._grid(frame)
+        found: list[tuple[Found, Proposal]] = []
+        objects = list(range(len(self.models)))
+        for _ in range(1 + c.explain_rounds):
+            if not proposals or not objects:
+                break
+            new = self._assign(frame, proposals, objects, plane, depth_grid, K_grid, extra_hypotheses or {})
+            found += new
+            objects = [k for k in objects if k not in {f.obj_index for f, _ in new}]
+            proposals = [q for f, p in new for q in self._leftover(f, p, frame, K_grid, depth_grid.shape)]
+        return sorted((f for f, _ in found), key=lambda f: -f.confidence)
+
+    def _assign(self, frame: Frame, proposals: list[Proposal], objects: list[int], plane: np.ndarray,
+                depth_grid: np.ndarray, K_grid: np.ndarray, extra_hypotheses: dict[int, np.ndarray]
+                ) -> list[tuple[Found, Proposal]]:
+        """Every candidate of ``objects`` fitted to every proposal; proposals assigned to objects one-to-one."""
+        c = self.config
+        s = c.proposals.stride
+        H, W = frame.depth.shape
         O = len(self.models)
         conf = np.zeros((len(proposals), O))
         poses = np.zeros((len(proposals), O, 4, 4))
@@ -148,25 +169,42 @@ class TabletopSearch:
         grid_masks = [p.mask((H, W), s) for p in proposals]
         appearance = self.appearance if c.use_appearance else None
         for i, p in enumerate(proposals):
-            cands = self._candidates(p, plane)
+            cands = [k for k in self._candidates(p, plane) if k in objects]
             if appearance is not None and cands:
                 sims[i] = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
             for k in cands:
-                extra = self._extra_for(p, K, (extra_hypotheses or {}).get(k))
+                extra = self._extra_for(p, frame.K.K, extra_hypotheses.get(k))
                 T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_masks[i], extra)
                 poses[i, k], fits[i, k] = T, fit
                 conf[i, k] = fit * sims[i, k]
-        rows, cols = linear_sum_assignment(-conf)
-        found = []
-        for i, k in zip(rows, cols):
+        out = []
+        for i, k in zip(*linear_sum_assignment(-conf)):
             if conf[i, k] >= c.min_confidence:
-                found.append(Found(int(k), poses[i, k], float(conf[i, k]), float(fits[i, k]), float(sims[i, k]),
-                                   tuple(float(v) for v in proposals[i].box),
-                                   _upsample(grid_masks[i], s, (H, W))))
-        return sorted(found, key=lambda f: -f.confidence)
+                out.append((Found(int(k), poses[i, k], float(conf[i, k]), float(fits[i, k]), float(sims[i, k]),
+                                  tuple(float(v) for v in proposals[i].box), _upsample(grid_masks[i], s, (H, W))),
+                            proposals[i]))
+        return out
+
+    def _leftover(self, f: Found, p: Proposal, frame: Frame, K_grid: np.ndarray, shape: tuple[int, int]
+                  ) -> list[Proposal]:
+        """Proposals from the points of ``p`` that the rendering of ``f``'s object at its pose does not explain:
+        outside its silhouette (dilated by one grid cell) or more than twice ``icp_tau`` off its depth (an object
+        in front of it)."""
+        c = self.config
+        s = c.proposals.stride
+        rows, cols = p.pixels[:, 0] // s, p.pixels[:, 1] // s
+        x0, y0 = int(cols.min()), int(rows.min())
+        window = (x0, y0, min(shape[1], int(cols.max()) + 1), min(shape[0], int(rows.max()) + 1))
+        rendered, faces = render_window(self.data[f.obj_index].mesh, f.T_cam_obj[None], K_grid, window)
+        sil = faces[0] >= 0
+        ring = (cv2.dilate(sil.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & ~sil
+        r, q = rows - y0, cols - x0
+        explained = ring[r, q] | (sil[r, q] & (np.abs(p.points[:, 2] - rendered[0][r, q]) < 2 * c.icp_tau))
+        rest = ~explained
+        return cluster_proposals(p.points[rest], p.pixels[rest], frame.K.K, frame.depth.shape, c.proposals)
 
     def verify(self, frame: Frame, poses: Sequence[tuple[int, np.ndarray, np.ndarray | None]]) -> list[float]:
         """Render-and-compare scores in [0, 1] of ``poses`` = [(object index, T_cam_obj (4, 4), its visible mask
