@@ -63,6 +63,8 @@ class SearchConfig:
     candidate_ratio: float = 0.7  # ... those at least this fraction as similar as the most similar one
     size_margin: float = 0.03  # metres of slack in the size test of a cluster against an object
     min_confidence: float = 0.3  # fit x similarity below this: not the object
+    polish_floor: float = 0.5  # no polish or alignment for a pair whose fit x similarity before them is below
+                               # this fraction of min_confidence (clutter)
     explain_rounds: int = 1  # re-cluster what the found objects leave unexplained (touching objects; 0 = none)
     use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one
 
@@ -79,9 +81,9 @@ class SearchConfig:
         if not self.verify.tau > 0 or not 0 <= self.verify.occluded_weight <= 1:
             raise ConfigError(f"{where}.verify: need tau > 0 and occluded_weight in [0, 1], got "
                               f"{self.verify.tau}, {self.verify.occluded_weight}")
-        if not 0 <= self.min_confidence <= 1 or not 0 <= self.candidate_ratio <= 1:
-            raise ConfigError(f"{where}: min_confidence and candidate_ratio must be in [0, 1], got "
-                              f"{self.min_confidence}, {self.candidate_ratio}")
+        if not 0 <= self.min_confidence <= 1 or not 0 <= self.candidate_ratio <= 1 or not 0 <= self.polish_floor <= 1:
+            raise ConfigError(f"{where}: min_confidence, candidate_ratio and polish_floor must be in [0, 1], got "
+                              f"{self.min_confidence}, {self.candidate_ratio}, {self.polish_floor}")
         return self
 
 
@@ -177,7 +179,8 @@ class TabletopSearch:
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
             for k in cands:
                 extra = self._extra_for(p, frame.K.K, extra_hypotheses.get(k))
-                T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_masks[i], extra)
+                T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_masks[i], extra,
+                                   c.polish_floor * c.min_confidence / max(sims[i, k], 1e-6))
                 poses[i, k], fits[i, k] = T, fit
                 conf[i, k] = fit * sims[i, k]
         out = []
@@ -316,8 +319,9 @@ class TabletopSearch:
         return np.asarray(hyps)[inside] if inside.any() else None
 
     def _fit(self, k: int, p: Proposal, plane: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
-             grid_mask: np.ndarray, extra: np.ndarray | None) -> tuple[np.ndarray, float]:
-        """The best verified pose of object ``k`` on proposal ``p`` and its render-and-compare score."""
+             grid_mask: np.ndarray, extra: np.ndarray | None, floor: float = 0.0) -> tuple[np.ndarray, float]:
+        """The best verified pose of object ``k`` on proposal ``p`` and its render-and-compare score; polish and
+        alignment are skipped when the best hypothesis verifies below ``floor`` (not this object)."""
         c = self.config
         d = self.data[k]
         cluster = _subsample(p.points, c.max_cluster_points)
@@ -338,6 +342,8 @@ class TabletopSearch:
                   min(s[0], int(np.ceil(y1 + margin))))
         scores = verify_poses(d.mesh, T, depth_grid, K_grid, grid_mask, window, c.verify)
         j = int(np.argmax(scores))
+        if scores[j] < floor:
+            return T[j], float(scores[j])
         T, score = self._polish(d, T[j], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
         if c.align_iterations:
             aligned = align_resting(d.mesh, d.face_normals, T, plane[:3], depth_grid, K_grid, window,

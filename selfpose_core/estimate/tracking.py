@@ -24,6 +24,7 @@ from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.estimator import PoseEstimator
 from selfpose_core.estimate.verification import score_counts
+from selfpose_core.geometry.projection import Z_MIN, project
 from selfpose_core.geometry.se3 import invert, rotation_angle
 from selfpose_core.geometry.symmetry import closest_symmetric_pose
 from selfpose_core.types import Frame, PoseEstimate
@@ -31,9 +32,10 @@ from selfpose_core.types import Frame, PoseEstimate
 
 @dataclass(slots=True)
 class TrackingConfig:
-    redetect_every: int = 10  # frames between full searches (objects that came into view)
+    redetect_every: int = 5  # frames between full searches (objects that came into view)
     min_fit: float = 0.5  # an object in sight whose best hypothesis verifies below this is lost: search again
     min_pixels: int = 20  # depth-grid pixels of a hypothesis in sight (not hidden) needed to re-score it
+    min_in_image: float = 0.1  # share of an object's surface inside the image for it to be published
     max_hypotheses: int = 3  # world poses kept per object
     smoothing: float = 0.5  # weight of the newest frame in a hypothesis' running verification score
     same_translation: float = 0.1  # a new pose this close (fraction of the diameter) ...
@@ -41,9 +43,9 @@ class TrackingConfig:
 
     def validate(self, where: str = "tracking") -> TrackingConfig:
         require_at_least(self, ("redetect_every", "max_hypotheses", "min_pixels"), 1, where)
-        if not 0 < self.smoothing <= 1 or not 0 <= self.min_fit <= 1:
-            raise ConfigError(f"{where}: smoothing must be in (0, 1] and min_fit in [0, 1], got {self.smoothing}, "
-                              f"{self.min_fit}")
+        if not 0 < self.smoothing <= 1 or not 0 <= self.min_fit <= 1 or not 0 <= self.min_in_image <= 1:
+            raise ConfigError(f"{where}: smoothing must be in (0, 1], min_fit and min_in_image in [0, 1], got "
+                              f"{self.smoothing}, {self.min_fit}, {self.min_in_image}")
         if not self.same_translation > 0 or not self.same_rotation_deg > 0:
             raise ConfigError(f"{where}: same_translation and same_rotation_deg must be > 0")
         return self
@@ -87,12 +89,11 @@ class PoseTracker:
         if frame.depth is None or frame.T_world_cam is None or not self.estimator.config.use_depth:
             return self.estimator.estimate(frame)
         T_world_cam = np.asarray(frame.T_world_cam, np.float64)
+        self.since_search += 1
         if not self.tracks or self.lost or self.since_search >= self.config.redetect_every:
             self._add(self.estimator.estimate(frame), T_world_cam)
             self.since_search = 0
             self.searches += 1
-        else:
-            self.since_search += 1
         return self._update(frame, T_world_cam)
 
     def _add(self, found: list[PoseEstimate], T_world_cam: np.ndarray) -> None:
@@ -129,7 +130,7 @@ class PoseTracker:
             fits = score_counts(counts, occluded_weight)
             in_sight = counts[:, 0] + counts[:, 1] + counts[:, 3]
             support = counts[:, 0] / np.maximum(in_sight, 1e-9)
-            seen = (in_sight >= c.min_pixels) & np.array([self._in_view(T, frame) for T in T_cam])
+            seen = (in_sight >= c.min_pixels) & np.array([self._in_view(k, T, frame) for T in T_cam])
             for h, T, fit, ok in zip(track.hypotheses, aligned, fits, seen):
                 if not ok:
                     continue
@@ -140,7 +141,7 @@ class PoseTracker:
             best = max(range(len(track.hypotheses)), key=lambda j: track.hypotheses[j].score)
             if seen[best] and support[best] < c.min_fit:
                 self.lost = True
-            elif self._in_view(T_cam[best], frame) and track.hypotheses[best].score >= 0:
+            elif self._in_view(k, T_cam[best], frame) and track.hypotheses[best].score >= 0:
                 h = track.hypotheses[best]
                 out.append(replace(track.template, T_cam_obj=T_cam_world @ h.T_world_obj,
                                    score=float(h.score * h.similarity), box=None, mask=None))
@@ -148,11 +149,13 @@ class PoseTracker:
             track.hypotheses = [track.hypotheses[j] for j in order[:c.max_hypotheses]]
         return sorted(out, key=lambda e: -e.score)
 
-    @staticmethod
-    def _in_view(T_cam_obj: np.ndarray, frame: Frame) -> bool:
-        """Whether the object's origin projects into the image in front of the camera."""
-        t = T_cam_obj[:3, 3]
-        if t[2] <= 0.05:
+    def _in_view(self, k: int, T_cam_obj: np.ndarray, frame: Frame) -> bool:
+        """Whether at least ``min_in_image`` of object ``k``'s surface samples at ``T_cam_obj`` project into the
+        image, in front of the camera."""
+        X = self.estimator.search.data[k].points @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+        front = X[:, 2] > Z_MIN
+        if not front.any():
             return False
-        u, v = (frame.K.K @ (t / t[2]))[:2]
-        return 0 <= u < frame.K.width and 0 <= v < frame.K.height
+        uv = project(frame.K.K, X[front])
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < frame.K.width) & (uv[:, 1] >= 0) & (uv[:, 1] < frame.K.height)
+        return inside.sum() >= self.config.min_in_image * len(X)
