@@ -39,13 +39,16 @@ from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
 from selfpose_core.estimate.tabletop_search import SearchConfig
 from selfpose_core.estimate.tracking import PoseTracker
 from selfpose_core.data.crops import amodal_box
-from selfpose_core.eval.breakdown import breakdown_table
+from selfpose_core.eval.breakdown import breakdown_table, confidence_precision
 from selfpose_core.eval.evaluate import evaluate, evaluate_model
 from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
 from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
 from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
 from selfpose_core.models.pretrain import PretrainConfig
 from selfpose_core.types import CameraIntrinsics, Frame
+from selfpose_ros.parameters import ESTIMATOR_NODE, NODE_PARAMETERS, defaults
+
+NODE_SCORE_THRESHOLD = defaults(NODE_PARAMETERS[ESTIMATOR_NODE])["score_threshold"]
 
 GOALS = {1: 20.0, 3: 15.0}
 
@@ -184,6 +187,9 @@ def accuracy(args: argparse.Namespace) -> None:
                   f"per 640x480 image ({args.threads} torch thread(s))")
             if mode == "RGB-D tracked":
                 print(f"   full search on {searched} of {len(lat)} frames")
+            precision, n = confidence_precision(result, NODE_SCORE_THRESHOLD)
+            print(f"   published confidence: {100 * precision:.1f} % of the {n} estimates with score >= "
+                  f"{NODE_SCORE_THRESHOLD} (the estimator node's default score_threshold) are correct")
             print(breakdown_table(result))
         if args.gt_boxes:
             print("   pose network alone (true amodal boxes instead of the detector, RGB only):")

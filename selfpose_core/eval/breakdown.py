@@ -59,6 +59,17 @@ def rotation_histogram(result: EvalResult, threshold: float = 0.1) -> np.ndarray
     return np.histogram(result.targets["re"][sel], bins=ROTATION_BINS_DEG)[0]
 
 
+def confidence_precision(result: EvalResult, score_threshold: float, threshold: float = 0.1) -> tuple[float, int]:
+    """(share of the estimates with ``score >= score_threshold`` that are correct, their number): what a user of
+    the published poses above that confidence gets. Estimates matched to no target (objects not in the image,
+    surplus estimates) count as wrong; NaN when none reaches the threshold."""
+    t = result.targets
+    cause = failure_causes(result, threshold)
+    above = t["found"].astype(bool) & (np.nan_to_num(t["score"], nan=-np.inf) >= score_threshold)
+    n = int(above.sum() + (result.unmatched_scores >= score_threshold).sum())
+    return (float((cause[above] == "correct").sum() / n) if n else float("nan")), n
+
+
 def breakdown_table(result: EvalResult, threshold: float = 0.1) -> str:
     """Aligned text: per object the share (%) of targets per cause, then the rotation-failure histogram."""
     rows = breakdown(result, threshold)

@@ -90,6 +90,9 @@ class EvalResult:
     time_per_image_s: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     image_times_s: dict[ImageKey, float] = field(default_factory=dict)  # estimator wall time per image
+    # scores of the estimates matched to no target: objects not in the image, surplus estimates of one object
+    # (estimates of objects in the image but below the visibility limit are neither targets nor counted here)
+    unmatched_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def recall(self, error: str, thresholds: np.ndarray | Sequence[float] | float, obj_id: int | None = None,
                relative: bool = True) -> np.ndarray:
@@ -275,6 +278,7 @@ def score_images(images: Iterable[ImageGt], estimates: Mapping[ImageKey, Sequenc
     trees = {i: cKDTree(o.vertices) for i, o in by_id.items()}
     rows: dict[int, list[tuple[ImageGt, GtInstance, PoseEstimate | None]]] = {i: [] for i in by_id}
     seen: set[ImageKey] = set()
+    unmatched: list[float] = []
     for im in images:
         seen.add(im.key)
         per_obj: dict[int, list[PoseEstimate]] = {}
@@ -289,6 +293,11 @@ def score_images(images: Iterable[ImageGt], estimates: Mapping[ImageKey, Sequenc
         for obj_id, gts in targets.items():
             for g, e in _match(per_obj.get(obj_id, []), gts, by_id[obj_id], trees[obj_id]):
                 rows[obj_id].append((im, g, e))
+        for obj_id, ests in per_obj.items():  # estimates of objects not in the image, and surplus ones
+            if not any(g.obj_id == obj_id for g in im.gt):
+                unmatched += [float(e.score) for e in ests]
+            elif obj_id in targets:
+                unmatched += sorted((float(e.score) for e in ests), reverse=True)[len(targets[obj_id]):]
     extra = set(estimates) - seen
     if extra:
         log.warning("%d images with estimates are not in the evaluated ground truth (e.g. scene %d image %d); "
@@ -330,7 +339,8 @@ def score_images(images: Iterable[ImageGt], estimates: Mapping[ImageKey, Sequenc
     settings = {"min_visib_fract": float(min_visib_fract), "recall_threshold_diameters": 0.1,
                 "protocol": "top-1 per object and GT instance by score, misses count as failures"}
     return EvalResult(objects=list(objects), targets=targets, per_object=per_object, mean=mean, n_images=len(seen),
-                      time_per_image_s=time_per_image_s, settings=settings)
+                      time_per_image_s=time_per_image_s, settings=settings,
+                      unmatched_scores=np.array(unmatched, dtype=np.float64))
 
 
 def _image_keys(dataset: BopDataset, scene_ids: Sequence[int] | None) -> list[ImageKey]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from selfpose_core.eval.breakdown import CAUSES, breakdown, breakdown_table, failure_causes, rotation_histogram
+from selfpose_core.eval.breakdown import (CAUSES, breakdown, breakdown_table, confidence_precision, failure_causes,
+                                          rotation_histogram)
 from selfpose_core.eval.evaluate import evaluate
 from selfpose_core.types import PoseEstimate
 
@@ -44,3 +45,20 @@ def test_planted_failures_get_their_causes(tiny_bop):
     assert rotation_histogram(result).tolist() == [0, 0, 0, 0, 1, 0]  # the 100-degree turn
     table = breakdown_table(result)
     assert all(c in table for c in CAUSES) and "90-135 deg: 1" in table
+
+
+def test_confidence_precision_counts_wrong_and_unmatched_estimates_above_the_threshold(tiny_bop):
+    est = {}
+    for n, key in enumerate([(1, 0), (1, 1), (1, 2), (2, 0)]):
+        T_box = tiny_bop.gt(key, 1).copy()
+        if n == 1:
+            T_box[0, 3] += 0.3  # wrong, confident
+        est[key] = [PoseEstimate("box", T_box, 0.9 if n < 3 else 0.2, 1)]
+        if n == 2:  # a second, surplus estimate of the box
+            est[key].append(PoseEstimate("box", tiny_bop.gt(key, 1), 0.5, 1))
+    result = evaluate(est, tiny_bop.dataset, objects=[tiny_bop.objects[0]])
+    assert result.unmatched_scores.tolist() == [0.5]
+    precision, n = confidence_precision(result, 0.3)  # above: 2 correct, 1 wrong, 1 surplus
+    assert n == 4 and precision == 0.5
+    assert confidence_precision(result, 0.1) == (3 / 5, 5)
+    assert np.isnan(confidence_precision(result, 0.95)[0])
