@@ -40,7 +40,7 @@ from selfpose_core.estimate.tabletop_search import SearchConfig
 from selfpose_core.estimate.tracking import PoseTracker
 from selfpose_core.data.crops import amodal_box
 from selfpose_core.eval.breakdown import breakdown_table, confidence_precision
-from selfpose_core.eval.evaluate import evaluate, evaluate_model
+from selfpose_core.eval.evaluate import evaluate, evaluate_model, evaluate_sequences
 from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
 from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
 from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
@@ -141,21 +141,6 @@ def gt_box_result(est: PoseEstimator, dataset: BopDataset, max_images: int | Non
     return evaluate(estimates, dataset, images=keys, min_visib_fract=min_visib)
 
 
-def tracked_result(tracker: PoseTracker, dataset: BopDataset):
-    """(EvalResult, frames that ran the full search) of ``tracker`` over every frame of every scene of
-    ``dataset``, each scene a sequence in its frame order from a fresh tracker."""
-    estimates, times, searched = {}, {}, 0
-    for scene in dataset.scene_ids:
-        tracker.reset()
-        result, ests = evaluate_model(tracker, dataset, scene_ids=[scene], progress=False)
-        estimates.update(ests)
-        times.update(result.image_times_s)
-        searched += tracker.searches
-    result = evaluate(estimates, dataset, time_per_image_s=float(np.mean(list(times.values()))))
-    result.image_times_s = times
-    return result, searched
-
-
 def accuracy(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     raw: dict = {}
@@ -170,7 +155,9 @@ def accuracy(args: argparse.Namespace) -> None:
         for mode, use_depth in modes:
             est = PoseEstimator(Path(path), config=EstimatorConfig(use_depth=use_depth, search=search))
             if mode == "RGB-D tracked":
-                result, searched = tracked_result(PoseTracker(est), dataset)
+                tracker = PoseTracker(est)
+                result, _ = evaluate_sequences(tracker, dataset, progress=False)
+                searched = tracker.searches
             else:
                 result, _ = evaluate_model(est, dataset, progress=False, max_images=args.max_images)
             prov = est.spec.provenance

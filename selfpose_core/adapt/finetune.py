@@ -47,6 +47,8 @@ class FinetuneConfig:
     crop_pool: int = 2048  # synthetic samples rendered once and reused, as in pre-training (0: render every one)
     scene_pool: int = 512
     train_detector: bool = True
+    background_swap: float = 0.5  # share of the real detector images shown on a random background (objects kept
+                                  # by their pseudo visible masks): the detector learns the objects, not the room
     keypoint_sigma: float = 0.1
     symmetry_samples: int = 36
     frame_cache: int = 256  # decoded frames kept in memory
@@ -58,8 +60,9 @@ class FinetuneConfig:
     def validate(self, where: str = "pseudo_label_finetune") -> None:
         if not 0.0 < self.real_fraction <= 1.0:
             raise ConfigError(f"{where}.real_fraction must be in (0, 1], got {self.real_fraction}")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ConfigError(f"{where}.min_confidence must be in [0, 1], got {self.min_confidence}")
+        for key in ("min_confidence", "background_swap"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
         require_at_least(self, ("crop_batch", "scene_batch", "frame_cache"), 1, where)
         if self.crop_pool < 0 or self.scene_pool < 0:
             raise ConfigError(f"{where}.crop_pool and scene_pool must be >= 0, got {self.crop_pool}, {self.scene_pool}")
@@ -143,7 +146,8 @@ class PseudoLabelFinetune:
         syn_scenes = SyntheticScenes(geoms, camera, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
         real_crops = RealCrops(real, instances, geoms, n_crops, seed, crop, stride, cfg.synthetic,
                                n_sym=syn_crops.n_sym)
-        real_scenes = RealScenes(real, obj_ids, geoms, dw, dh, n_scenes, seed, det_stride, cfg.synthetic)
+        real_scenes = RealScenes(real, obj_ids, geoms, dw, dh, n_scenes, seed, det_stride, cfg.synthetic,
+                                 background_swap=cfg.background_swap)
         data = StepBatches(syn_crops, syn_scenes, cfg.crop_batch, cfg.scene_batch, steps, seed, real_crops,
                            real_scenes, cfg.real_fraction, cfg.crop_pool, cfg.scene_pool)
         log.info("pseudo_label_finetune: %d pseudo-labelled instances in %d frames, %.0f%% real samples",

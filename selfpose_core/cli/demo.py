@@ -1,8 +1,8 @@
 """`selfpose demo --out DIR`: the whole pipeline on the embedded scene, on a fresh machine, in one command.
 
 simulate (small SMOT-like scene) -> pretrain on synthetic renders of the CAD models -> adaptation stages on the
-unlabelled training recording -> estimate on the held-out trajectories, with depth and from RGB alone -> evaluate
-against their ground truth.
+unlabelled training recording -> estimate on the held-out trajectories, with depth (single frames, and each trajectory
+as a sequence through the tracker) and from RGB alone -> evaluate against their ground truth.
 Each stage writes into DIR and is skipped when its output is already complete (so an interrupted demo continues).
 Budget: about 30 minutes on 2 CPU cores (simulation ~3 min, pre-training ~8 min, adaptation ~15 min, evaluation
 ~1 min).
@@ -25,8 +25,9 @@ from selfpose_core.data.sim.catalog import TARGETS
 from selfpose_core.data.sim.generate import DIFFICULTIES, SimConfig, simulate
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
+from selfpose_core.estimate.tracking import PoseTracker
 from selfpose_core.eval.breakdown import breakdown_table
-from selfpose_core.eval.evaluate import EvalResult, evaluate_model
+from selfpose_core.eval.evaluate import EvalResult, evaluate_model, evaluate_sequences
 from selfpose_core.eval.report import write_report
 from selfpose_core.eval.results import write_results
 from selfpose_core.mesh.objects_config import load_objects_config
@@ -36,6 +37,7 @@ from selfpose_core.models.pretrain import load_pretrain_config, pretrain
 log = logging.getLogger(__name__)
 
 DEMO_PRETRAIN_STEPS = 1500  # ~10 minutes on 2 idle CPU cores
+MODES = {"RGB-D": "rgbd", "RGB-D tracked": "tracked", "RGB only": "rgb"}  # evaluation modes -> folder suffix
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,13 +99,17 @@ def stage_pretrain(out: Path, sim: Path, args: argparse.Namespace) -> Path:
 
 
 def stage_evaluate(out: Path, sim: Path, model: Path, name: str, args: argparse.Namespace,
-                   use_depth: bool = True) -> EvalResult:
-    """Estimate on the held-out trajectories (BOP split ``test``) and score against their ground truth: with depth
-    (the table-top search) or from RGB alone."""
+                   mode: str = "RGB-D") -> EvalResult:
+    """Estimate on the held-out trajectories (BOP split ``test``) and score against their ground truth, in one of
+    :data:`MODES`: with depth (the table-top search), with depth played as sequences through the tracker (camera
+    poses of the trajectories), or from RGB alone."""
     dataset = BopDataset(sim / "bop", "test")
-    estimator = PoseEstimator(model, config=EstimatorConfig(use_depth=use_depth))
-    result, estimates = evaluate_model(estimator, dataset, progress=not args.no_progress)
-    name = f"{name}_{'rgbd' if use_depth else 'rgb'}"
+    estimator = PoseEstimator(model, config=EstimatorConfig(use_depth=mode != "RGB only"))
+    if mode == "RGB-D tracked":
+        result, estimates = evaluate_sequences(PoseTracker(estimator), dataset, progress=not args.no_progress)
+    else:
+        result, estimates = evaluate_model(estimator, dataset, progress=not args.no_progress)
+    name = f"{name}_{MODES[mode]}"
     folder = out / f"eval_{name}"
     folder.mkdir(parents=True, exist_ok=True)
     write_results(folder / "results.csv", estimates, objects=dataset.objects)
@@ -130,25 +136,24 @@ def run(args: argparse.Namespace) -> int:
     model = stage_pretrain(out, sim, args)
     _banner(3, total, "adapt to the unlabelled training recording (multiview consensus + pseudo-label fine-tuning)")
     adapted = demo_adapt(out, sim, model, args.seed, not args.no_progress)
-    _banner(4, total, "estimate on the held-out trajectories and evaluate, RGB-D and RGB only: LOWER BOUND "
+    _banner(4, total, "estimate on the held-out trajectories and evaluate, RGB-D, RGB-D tracked and RGB only: LOWER BOUND "
                       "(synthetic only), ADAPTED")
     results = {}
-    for use_depth in (True, False):
-        mode = "RGB-D" if use_depth else "RGB only"
+    for mode in MODES:
         print(f"\n  -- {mode}: lower bound")
-        results[(mode, "lower")] = stage_evaluate(out, sim, model, "pretrained", args, use_depth)
+        results[(mode, "lower")] = stage_evaluate(out, sim, model, "pretrained", args, mode)
         print(f"\n  -- {mode}: adapted")
-        results[(mode, "adapted")] = stage_evaluate(out, sim, adapted, "adapted", args, use_depth)
+        results[(mode, "adapted")] = stage_evaluate(out, sim, adapted, "adapted", args, mode)
     bundle = ModelBundle.load(model)
     bundle.spec.metrics["held_out_lower_bound"] = dict(results[("RGB-D", "lower")].to_dict()["mean"])
     bundle.spec.metrics["held_out_lower_bound_rgb"] = dict(results[("RGB only", "lower")].to_dict()["mean"])
     bundle.save(model)
     _banner(5, total, "summary: AD{D|I}@0.1d on the held-out trajectories (mean over objects)")
-    print(f"  {'':<10}{'lower bound (synthetic only)':>30}{'adapted (no labels)':>22}{'detected':>12}")
-    for mode in ("RGB-D", "RGB only"):
+    print(f"  {'':<14}{'lower bound (synthetic only)':>30}{'adapted (no labels)':>22}{'detected':>12}")
+    for mode in MODES:
         lo, ad = results[(mode, "lower")], results[(mode, "adapted")]
         ms = 1000.0 * (ad.time_per_image_s or 0.0)
-        print(f"  {mode:<10}{100 * lo.mean.get('ad_di_recall', 0):>29.1f}%{100 * ad.mean.get('ad_di_recall', 0):>21.1f}%"
+        print(f"  {mode:<14}{100 * lo.mean.get('ad_di_recall', 0):>29.1f}%{100 * ad.mean.get('ad_di_recall', 0):>21.1f}%"
               f"{100 * ad.mean.get('detection_rate', 0):>11.1f}%   ({ms:.0f} ms per image adapted)")
     print(f"  report {adapted / 'report.html'}; total time {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return 0

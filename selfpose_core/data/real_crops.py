@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from selfpose_core.data.backgrounds import photometric_augment
+from selfpose_core.data.backgrounds import photometric_augment, random_background
 from selfpose_core.data.bop import BopDataset, BopSample
 from selfpose_core.data.crops import ObjectGeometry, amodal_box, crop_affine, crop_sample, render_targets, square_box
 from selfpose_core.data.synthetic import SyntheticConfig
@@ -112,7 +112,8 @@ class RealScenes(Dataset):
     """Detector images from real frames at known poses, downscaled to (width, height); keys as SyntheticScenes."""
 
     def __init__(self, dataset: BopDataset, obj_ids: Sequence[int], objects: Sequence[ObjectGeometry], width: int,
-                 height: int, length: int, seed: int = 0, stride: int = 4, config: SyntheticConfig | None = None) -> None:
+                 height: int, length: int, seed: int = 0, stride: int = 4, config: SyntheticConfig | None = None,
+                 background_swap: float = 0.0) -> None:
         self.dataset = dataset
         self.obj_ids = [int(o) for o in obj_ids]
         self.objects = list(objects)
@@ -124,10 +125,23 @@ class RealScenes(Dataset):
         self.seed = int(seed)
         self.stride = int(stride)
         self.config = config or SyntheticConfig()
+        self.background_swap = float(background_swap)
         self.cache = _SampleCache(dataset)
 
     def __len__(self) -> int:
         return self.length
+
+    def _swap_background(self, img: np.ndarray, sample: BopSample, rng: np.random.Generator) -> np.ndarray:
+        """``img`` (h, w, 3) with everything but the objects' visible masks replaced by a random background (the
+        image itself when an object in it has no mask)."""
+        h, w = img.shape[:2]
+        gts = [g for g in sample.gt if g.obj_id in self.obj_ids]
+        if not gts or any(g.mask_visib is None for g in gts):
+            return img
+        fg = np.zeros((h, w), bool)
+        for g in gts:
+            fg |= cv2.resize(g.mask_visib.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        return np.where(fg[..., None], img, random_background(h, w, rng)).astype(np.float32)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index), 3])
@@ -137,6 +151,9 @@ class RealScenes(Dataset):
         fr = sample.frame
         K = fr.K.scaled(w / fr.K.width, h / fr.K.height)
         img = cv2.resize(fr.rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        swap_rng = np.random.default_rng([self.seed, int(index), 4])  # its own stream: the rest stays the same
+        if self.background_swap and swap_rng.random() < self.background_swap:
+            img = self._swap_background(img, sample, swap_rng)
         c = self.config
         img = photometric_augment(img, rng, jitter=c.jitter * 0.5, blur_prob=c.blur_prob * 0.5,
                                   noise_std=c.noise_std * 0.5)

@@ -75,6 +75,7 @@ class PoseTracker:
         self.estimator = estimator
         self.config = (config or TrackingConfig()).validate()
         self.names = estimator.object_names
+        self.searches = 0  # full searches run so far (all scenes)
         self.reset()
 
     def reset(self) -> None:
@@ -82,7 +83,6 @@ class PoseTracker:
         self.tracks: dict[int, _Track] = {}
         self.since_search = 0
         self.lost = False
-        self.searches = 0
 
     def estimate(self, frame: Frame) -> list[PoseEstimate]:
         """Poses of the objects in ``frame``, best score first (see the module docstring)."""

@@ -405,3 +405,21 @@ def evaluate_model(estimator: Estimator, dataset: BopDataset, *, scene_ids: Sequ
                           min_visib_fract=min_visib_fract, time_per_image_s=mean_time)
     result.image_times_s = times
     return result, estimates
+
+
+def evaluate_sequences(tracker: Estimator, dataset: BopDataset, *, progress: bool = True
+                       ) -> tuple[EvalResult, dict[ImageKey, list[PoseEstimate]]]:
+    """Like :func:`evaluate_model` over every image, but each scene of ``dataset`` is played as one sequence in its
+    frame order through ``tracker`` (an estimator with ``reset()``, e.g. ``PoseTracker``), reset at its start: the
+    held-out trajectories as the robot would see them, causally."""
+    estimates: dict[ImageKey, list[PoseEstimate]] = {}
+    times: dict[ImageKey, float] = {}
+    for scene in dataset.scene_ids:
+        tracker.reset()
+        result, ests = evaluate_model(tracker, dataset, scene_ids=[scene], progress=progress)
+        estimates.update(ests)
+        times.update(result.image_times_s)
+    result = evaluate(estimates, dataset, time_per_image_s=float(np.mean(list(times.values()))) if times else None)
+    result.image_times_s = times
+    return result, estimates
+

@@ -8,7 +8,7 @@ import yaml
 from selfpose_core.data.bop import GtInstance
 from selfpose_core.errors import DatasetError
 from selfpose_core.eval import metrics
-from selfpose_core.eval.evaluate import ImageGt, evaluate, evaluate_model, score_images
+from selfpose_core.eval.evaluate import ImageGt, evaluate, evaluate_model, evaluate_sequences, score_images
 from selfpose_core.types import PoseEstimate
 
 from .conftest import IMAGES, K, NoisyGtEstimator, make_estimates, shifted
@@ -147,3 +147,21 @@ def test_mssd_uses_bop_symmetry_discretisation(tiny_bop):
     ref = min(np.linalg.norm(x_e - (pts @ (T_g[:3, :3] @ s["R"]).T + T_g[:3, :3] @ s["t"] + T_g[:3, 3]), axis=1).max()
               for s in _bop_symmetry_transformations([0, 0, 1], np.zeros(3)))
     assert t["mssd"][i] == pytest.approx(ref, rel=1e-9) and 0 < ref < 1e-3
+
+
+def test_evaluate_sequences_resets_the_tracker_at_each_scene_and_plays_frames_in_order(tiny_bop):
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def reset(self):
+            self.calls.append("reset")
+
+        def estimate(self, frame):
+            self.calls.append(frame.index)
+            return []
+
+    tracker = Recorder()
+    result, estimates = evaluate_sequences(tracker, tiny_bop.dataset, progress=False)
+    assert tracker.calls == ["reset", 0, 1, 2, "reset", 0, 1, 2]
+    assert result.n_images == 6 and set(estimates) == set(IMAGES) and len(result.image_times_s) == 6
