@@ -36,11 +36,13 @@ from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.adapt.report import write_adapt_report
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.adapt.warp_align import WarpAlign
+from selfpose_core.config_io import excerpt
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
-from selfpose_core.errors import ConfigError, DatasetError
+from selfpose_core.errors import ConfigError, DatasetError, ResumeError
 from selfpose_core.models.bundle import ModelBundle
 from selfpose_core.models.trainer import seed_everything
+from selfpose_core.saved_state import fail, load_state_yaml
 from selfpose_core.types import ObjectModel
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
     dist.barrier()
     state: dict[str, Any] = {"done": [], "results": {}}
     if resume and state_file.is_file():
-        state = yaml.safe_load(state_file.read_text(encoding="utf-8")) or state
+        state = read_state(state_file)
     done: list[str] = [s for s in state.get("done", []) if s in config.stages]
     results = {k: StageResult.from_yaml(v) for k, v in (state.get("results") or {}).items()}
 
@@ -120,6 +122,11 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
     pseudo_file = work / MultiviewConsensus.name / "pseudo_labels.npz"
     if MultiviewConsensus.name in done and pseudo_file.is_file():
         pseudo = PseudoLabels.load(pseudo_file)
+        names = [m.name for m in objects]
+        if pseudo.object_names != names or pseudo.num_frames != len(recording):
+            raise ResumeError(f"pseudo labels {pseudo_file} are for objects {excerpt(pseudo.object_names)} and "
+                              f"{pseudo.num_frames} frames, this run has {excerpt(names)} and {len(recording)} frames; "
+                              "resume with the same --bag and --objects, or start again without --resume")
     seed_everything(config.seed)
     ctx = AdaptContext(objects=objects, recording=recording, bundle=bundle, work_dir=work,
                        objects_config=Path(objects_config), device=config.device, seed=config.seed,
@@ -158,6 +165,8 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
     if dist.is_main:
         spec = ctx.bundle.spec
         spec.provenance.update(provenance or {})
+        spec.provenance["supervision"] = f"{spec.provenance.get('supervision', 'synthetic only')} + " \
+                                         f"self-supervised on {recording.path} ({', '.join(config.stages)})"
         spec.provenance["adapt"] = {"stages": list(config.stages), "config": config.to_yaml(),
                                     "recording": str(recording.path), "start_model": str(model)}
         if results:
@@ -167,6 +176,45 @@ def run_pipeline(config: AdaptConfig, *, recording: Recording, objects: list[Obj
         report = write_adapt_report(out / "report.html", config, results, ctx)
     dist.barrier()
     return PipelineResult(out, report, results)
+
+
+def _key(name: Any) -> str:
+    """A mapping key as it appears in an error: short strings as they are, anything else as a bounded excerpt."""
+    return name if isinstance(name, str) and len(name) <= 40 else excerpt(name, 40)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The pipeline state ``path`` (work/state.yaml) after checking its layout: ``done`` a list of stage names,
+    ``results`` a mapping of stage names to StageResult mappings (losses: numbers). ResumeError naming the file and
+    the key otherwise."""
+    what = "adaptation state"
+    state = load_state_yaml(path, what)
+    if state is None:
+        raise fail(path, what, "the file", "is empty")
+    if not isinstance(state, dict):
+        raise fail(path, what, "the file", f"must be a mapping (done, results), got {excerpt(state)}")
+    done = state.get("done", [])
+    if not isinstance(done, list) or not all(isinstance(s, str) for s in done):
+        raise fail(path, what, "key 'done'", f"must be a list of stage names, got {excerpt(done)}")
+    unknown = [s for s in done if s not in STAGES]
+    if unknown:
+        raise fail(path, what, "key 'done'", f"names unknown stages {excerpt(unknown)}")
+    results = state.get("results") or {}
+    if not isinstance(results, dict):
+        raise fail(path, what, "key 'results'", f"must be a mapping of stage names, got {excerpt(results)}")
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            raise fail(path, what, f"key 'results.{_key(name)}'", f"must be a mapping, got {excerpt(r)}")
+        for key in ("losses", "artefacts", "details", "metrics"):
+            if not isinstance(r.get(key) or {}, dict):
+                raise fail(path, what, f"key 'results.{_key(name)}.{key}'", "must be a mapping")
+        for key, v in (r.get("losses") or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise fail(path, what, f"key 'results.{_key(name)}.losses.{_key(key)}'",
+                           f"must be a number, got {excerpt(v)}")
+        if not all(isinstance(v, str) for v in (r.get("artefacts") or {}).values()):
+            raise fail(path, what, f"key 'results.{_key(name)}.artefacts'", "must map names to file paths")
+    return {"done": done, "results": results}
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:

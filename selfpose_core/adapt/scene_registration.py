@@ -7,8 +7,9 @@ frame they give the table and what stands on it, whatever the pre-trained estima
    pose, voxel-downsampled (Open3D). Odometry drift blurs the cloud by its size (a few cm over a loop).
 2. :func:`tabletop_clusters`: the point the cameras look at (``optical_axes_center``), the dominant
    horizontal plane near it (RANSAC, Open3D ``segment_plane``), the points above it, Euclidean clusters (DBSCAN).
-3. :func:`register_model`: each CAD model against each cluster: upright hypotheses (the model's z along the
-   table normal, yaw every 30 deg; objects.yaml meshes are z up) and, with ``upright: false``, a FPFH-RANSAC
+3. :func:`register_model`: each CAD model against each cluster: resting hypotheses (each of the mesh's stable
+   resting poses on the table, upright first, as the estimator's search uses them (``estimate/hypotheses.py``);
+   yaw every 30 deg; objects.yaml meshes are z up) and, with ``upright: false``, a FPFH-RANSAC
    global registration (any orientation), each refined by ICP (upright: over translation and yaw only,
    :func:`upright_icp`; otherwise Open3D's point-to-plane ICP); a hypothesis scores the F-score of "cluster points
    within ``tau`` of the model" and "model points the cameras could see (not on the table, not facing down) within
@@ -31,6 +32,7 @@ from scipy.spatial import cKDTree
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
+from selfpose_core.estimate.hypotheses import resting_rotations
 from selfpose_core.estimate.tabletop import (depth_points, euclidean_clusters, o3d_module, support_plane,
                                               upright_basis, upright_icp)
 from selfpose_core.geometry.projection import optical_axes_center
@@ -55,13 +57,15 @@ class RegistrationConfig:
     cluster_eps: float = 0.01  # DBSCAN neighbourhood (metres)
     min_cluster_points: int = 60
     tau: float = 0.01  # metres: a point is explained within this distance
-    yaw_steps: int = 12  # upright hypotheses per cluster
-    upright: bool = True  # objects stand upright (model z along the table normal): 4-DOF hypotheses and ICP
+    yaw_steps: int = 12  # hypotheses per resting pose and cluster
+    resting_poses: int = 4  # the mesh's distinct stable resting poses tried (upright first; 1 = upright only)
+    upright: bool = True  # objects rest on the table (in one of their resting poses): 4-DOF hypotheses and ICP
     icp_iterations: int = 20
     min_fscore: float = 0.5  # weaker matches are not assigned
 
     def validate(self, where: str = "registration") -> None:
-        require_at_least(self, ("stride", "min_cluster_points", "yaw_steps", "icp_iterations"), 1, where)
+        require_at_least(self, ("stride", "min_cluster_points", "yaw_steps", "resting_poses", "icp_iterations"), 1,
+                         where)
         for key in ("max_depth", "voxel", "registration_voxel", "table_radius", "plane_distance", "max_height",
                     "cluster_eps", "tau"):
             if not getattr(self, key) > 0:
@@ -167,25 +171,29 @@ def _any_orientation(pts: np.ndarray, nrm: np.ndarray, cluster: np.ndarray, hyps
 
 
 def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, cfg: RegistrationConfig,
-                   seed: int = 0) -> tuple[np.ndarray, float]:
-    """Best pose (4, 4) of ``model`` on the world-frame ``cluster`` (N, 3) standing on ``plane`` and its F-score."""
+                   seed: int = 0, rests: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Best pose (4, 4) of ``model`` on the world-frame ``cluster`` (N, 3) standing on ``plane`` and its F-score;
+    ``rests`` (P, 3, 3): the model's resting rotations (default: :func:`resting_rotations`)."""
     o3d = o3d_module()
     pts, nrm = sample_surface(model.vertices, model.faces, 1500, np.random.default_rng(seed))
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cluster))
     cluster = np.asarray(pcd.voxel_down_sample(cfg.registration_voxel).points)
-    # upright hypotheses: model z along the plane normal, bottom on the plane, every yaw
+    # resting hypotheses: each stable resting pose of the mesh (upright first) on the plane, every yaw
     up = plane[:3]
     R_up = upright_basis(up)
     centre = cluster.mean(0)
     foot = centre - (centre @ up + plane[3]) * up  # the cluster's centre dropped onto the plane
-    z_min = float(np.asarray(model.vertices)[:, 2].min())
+    v = np.asarray(model.vertices, np.float64)
     hyps = []
-    for yaw in np.arange(cfg.yaw_steps) * 2 * np.pi / cfg.yaw_steps:
-        c, s = np.cos(yaw), np.sin(yaw)
-        T = np.eye(4)
-        T[:3, :3] = R_up @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-        T[:3, 3] = foot - z_min * up
-        hyps.append(T)
+    for R_rest in resting_rotations(model, cfg.resting_poses) if rests is None else rests:
+        P = v @ R_rest.T
+        base = np.array([(P[:, 0].min() + P[:, 0].max()) / 2, (P[:, 1].min() + P[:, 1].max()) / 2, P[:, 2].min()])
+        for yaw in np.arange(cfg.yaw_steps) * 2 * np.pi / cfg.yaw_steps:
+            c, s = np.cos(yaw), np.sin(yaw)
+            T = np.eye(4)
+            T[:3, :3] = R_up @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ R_rest
+            T[:3, 3] = foot - T[:3, :3] @ R_rest.T @ base
+            hyps.append(T)
     if cfg.upright:
         poses = list(upright_icp(pts, cluster, np.stack(hyps), up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau),
                                  cfg.icp_iterations))
@@ -207,17 +215,19 @@ def register_objects(objects: Sequence[ObjectModel], points: np.ndarray, T_world
         return {}
     F = np.zeros((len(objects), len(clusters)))
     poses = np.zeros((len(objects), len(clusters), 4, 4))
+    rests = [resting_rotations(m, cfg.resting_poses) for m in objects]
     for k, m in enumerate(objects):
         for c, cl in enumerate(clusters):
             ext = np.ptp(cl, axis=0).max()
             if ext > 2.0 * m.diameter or ext < 0.2 * m.diameter:  # far too large or small for this object
                 continue
-            if cfg.upright:  # the top of an upright object is always seen: the cluster has about its height
-                h_obj = float(np.ptp(np.asarray(m.vertices)[:, 2]))
+            if cfg.upright:  # the top of a resting object is always seen: the cluster has its height in one rest
+                v = np.asarray(m.vertices, np.float64)
                 h_cl = float((cl @ plane[:3] + plane[3]).max())
-                if abs(h_cl - h_obj) > max(0.03, 0.3 * h_obj):
+                if all(abs(h_cl - h) > max(0.03, 0.3 * h)
+                       for h in (np.ptp(v @ R[2]) for R in rests[k])):
                     continue
-            poses[k, c], F[k, c] = register_model(m, cl, plane, cfg, seed=k)
+            poses[k, c], F[k, c] = register_model(m, cl, plane, cfg, seed=k, rests=rests[k])
     log.debug("scene registration F-scores (objects x clusters):\n%s", np.array2string(F, precision=2))
     rows, cols = linear_sum_assignment(-F)
     found = {}

@@ -78,6 +78,7 @@ def test_consensus_then_finetune_end_to_end(adapt_scene, patched_estimates, tmp_
     state = yaml.safe_load((out / "work" / "state.yaml").read_text())
     assert state["done"] == ["multiview_consensus", "pseudo_label_finetune"]
     assert "pseudo_label_finetune" in [s["stage"] for s in after.spec.provenance["stages"]]
+    assert "self-supervised on" in after.spec.provenance["supervision"]  # not the start model's label
     html = (out / "report.html").read_text()
     assert "pseudo_label_finetune" in html and "report_files/" in html
 

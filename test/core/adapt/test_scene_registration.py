@@ -140,3 +140,26 @@ def test_any_orientation_registration_finds_the_upright_box_too(scene):
     assert f > 0.8
     assert np.linalg.norm(T[:3, 3] - truth[0][:3, 3]) < 0.01
     assert np.degrees(rotation_angle(T[:3, :3], truth[0][:3, :3])) < 5.0
+
+
+def test_register_objects_finds_an_object_lying_in_another_resting_pose():
+    """A cereal box lying on its broad face: found by the resting-pose hypotheses, not by upright ones."""
+    from selfpose_core.estimate.hypotheses import resting_rotations
+
+    rng = np.random.default_rng(2)
+    box = catalog.make_targets(["cereal_box"], np.random.default_rng(1))[0].cad_model(1)
+    rests = resting_rotations(box, 4)
+    lying = next(R for R in rests if abs(R[2] @ [0.0, 0.0, 1.0]) < 0.5)  # the mesh's z lies horizontal
+    T = np.eye(4)
+    a = np.radians(20.0)
+    T[:3, :3] = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ lying
+    T[:3, 3] = (0.05, 0.0, 0.0)
+    T[2, 3] = TABLE_Z - (box.vertices @ T[:3, :3].T)[:, 2].min()
+    table = np.column_stack([rng.uniform(-0.5, 0.5, 40000), rng.uniform(-0.4, 0.4, 40000), np.full(40000, TABLE_Z)])
+    cloud = np.concatenate([table, _surface_points(box, T, 6000, rng)])
+    found = register_objects([box], cloud, _ring(), RegistrationConfig())
+    assert list(found) == [0]
+    T_found = closest_symmetric_pose(T, found[0].T_world_obj, box.symmetry)
+    assert np.linalg.norm(T_found[:3, 3] - T[:3, 3]) < 0.005
+    assert np.degrees(rotation_angle(T_found[:3, :3], T[:3, :3])) < 2.0
+    assert not register_objects([box], cloud, _ring(), RegistrationConfig(resting_poses=1))  # upright only: none
