@@ -41,3 +41,8 @@ class ShapeError(SelfposeError, ValueError):
 class OutputError(SelfposeError):
     """An output cannot be written as asked: it would overwrite an input or an existing result without
     ``--overwrite``, another run holds its lock, or the path is not writable (the message names path and flag)."""
+
+
+class ResumeError(ModelError):
+    """A file an interrupted run left to resume from (checkpoint.pt, state.yaml, pseudo labels) is empty, corrupt,
+    refused (a pickle that would run code) or does not fit the run (the message names the file and the key)."""

@@ -56,6 +56,7 @@ from selfpose_core.geometry.shapes import check_shape
 from selfpose_core.geometry.symmetry import closest_symmetric_pose
 from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.render.renderer import render
+from selfpose_core.saved_state import fail, load_npz, load_state_yaml
 from selfpose_core.types import ObjectModel, Symmetry
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,20 @@ class FrameEstimates:
 
     @classmethod
     def load(cls, path: Path) -> FrameEstimates:
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
+        what = "per-frame estimates"
+        d = load_npz(path, what, {"frame": ("i", 1), "obj_index": ("i", 1), "T_cam_obj": ("f", 3), "score": ("f", 1),
+                                  "box": ("f", 2), "mask_shape": ("i", 1), "has_mask": ("b", 1), "bits": ("u8", 2)})
+        n = len(d["frame"])
+        for key, shape in (("obj_index", (n,)), ("T_cam_obj", (n, 4, 4)), ("score", (n,)), ("box", (n, 4)),
+                           ("mask_shape", (2,)), ("has_mask", (n,))):
+            if d[key].shape != shape:
+                raise fail(path, what, f"array '{key}'", f"has shape {d[key].shape}, expected {shape}")
         h, w = (int(v) for v in d["mask_shape"])
+        if not (0 <= h <= 1 << 13 and 0 <= w <= 1 << 13) or len(d["bits"]) != int(d["has_mask"].sum()) \
+                or d["bits"].shape[1] * 8 < h * w:
+            raise fail(path, what, "arrays 'bits', 'mask_shape'", "do not match the masks flagged in 'has_mask'")
+        if (d["frame"] < 0).any() or (d["obj_index"] < 0).any():
+            raise fail(path, what, "arrays 'frame', 'obj_index'", "hold negative indices")
         it = iter(d["bits"])
         masks = [np.unpackbits(next(it), count=h * w).reshape(h, w).astype(bool) if has else None
                  for has in d["has_mask"]]
@@ -549,7 +561,10 @@ class MultiviewConsensus:
             pseudo.save(out_path)
             result_path.write_text(yaml.safe_dump({"details": details, "losses": losses}, sort_keys=False))
         ctx.dist.barrier()
-        saved = yaml.safe_load(result_path.read_text())
+        saved = load_state_yaml(result_path, "consensus result")
+        if not isinstance(saved, dict) or not isinstance(saved.get("losses"), dict) \
+                or not isinstance(saved.get("details"), dict):
+            raise fail(result_path, "consensus result", "keys 'losses', 'details'", "must be mappings")
         ctx.pseudo = PseudoLabels.load(out_path)
         ctx.bundle.appearance = learn_appearance(rec, ctx.pseudo)
         return StageResult(losses=saved["losses"], details=saved["details"],

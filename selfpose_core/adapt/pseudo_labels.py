@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selfpose_core.errors import ConfigError, ShapeError
+from selfpose_core.errors import ShapeError
+from selfpose_core.saved_state import fail, load_npz
 
 
 @dataclass(slots=True)
@@ -89,19 +90,47 @@ class PseudoLabels:
 
     @classmethod
     def load(cls, path: str | Path) -> PseudoLabels:
+        """Read a file written by :meth:`save`; every array is checked (kinds, shapes, ranges, finite poses of the
+        instances, mask offsets) before use: ResumeError naming the file and the array otherwise."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"pseudo labels {path} do not exist")
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
+        what = "pseudo labels"
+        d = load_npz(path, what, {"object_names": ("U", 1), "T_world_obj": ("f", 3), "object_confidence": ("f", 1),
+                                  "T_world_cam": ("f", 3), "frame_weight": ("f", 1), "frame": ("i", 1),
+                                  "obj_index": ("i", 1), "T_cam_obj": ("f", 3), "box": ("f", 2),
+                                  "confidence": ("f", 1), "visib_fract": ("f", 1), "has_mask": ("b", 1),
+                                  "mask_shape": ("i", 2), "mask_bits": ("u8", 1), "mask_offsets": ("i", 1)})
+        n_inst, n_frames, n_obj = len(d["frame"]), len(d["T_world_cam"]), len(d["object_names"])
+        shapes = {"T_world_obj": (n_obj, 4, 4), "object_confidence": (n_obj,), "T_world_cam": (n_frames, 4, 4),
+                  "frame_weight": (n_frames,), "obj_index": (n_inst,), "T_cam_obj": (n_inst, 4, 4),
+                  "box": (n_inst, 4), "confidence": (n_inst,), "visib_fract": (n_inst,), "has_mask": (n_inst,),
+                  "mask_shape": (n_inst, 2), "mask_offsets": (int(d["has_mask"].sum()) + 1,)}
+        for key, shape in shapes.items():
+            if d[key].shape != shape:
+                raise fail(path, what, f"array '{key}'", f"has shape {d[key].shape}, expected {shape}")
+        for key in ("T_cam_obj", "box", "confidence", "visib_fract"):
+            if not np.isfinite(d[key]).all():
+                raise fail(path, what, f"array '{key}'", "holds NaN/inf")
+        if n_inst and not (0 <= d["frame"].min() and d["frame"].max() < n_frames):
+            raise fail(path, what, "array 'frame'", f"indexes frames {d['frame'].min()}..{d['frame'].max()} of "
+                                                    f"{n_frames}")
+        if n_inst and not (0 <= d["obj_index"].min() and d["obj_index"].max() < n_obj):
+            raise fail(path, what, "array 'obj_index'", f"indexes objects outside 0..{n_obj - 1}")
+        offsets, bits = d["mask_offsets"], d["mask_bits"]
+        if offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != len(bits):
+            raise fail(path, what, "array 'mask_offsets'", f"does not partition the {len(bits)} mask bytes")
+        hw = d["mask_shape"].astype(np.int64)
+        if (hw < 0).any() or (hw[:, 0] * hw[:, 1] > 1 << 26).any():
+            raise fail(path, what, "array 'mask_shape'", "holds negative or absurd mask sizes")
         instances = []
         j = 0
-        for i in range(len(d["frame"])):
+        for i in range(n_inst):
             mask = None
             if d["has_mask"][i]:
-                h, w = d["mask_shape"][i]
-                a, b = d["mask_offsets"][j], d["mask_offsets"][j + 1]
-                mask = np.unpackbits(d["mask_bits"][a:b], count=int(h * w)).reshape(h, w).astype(bool)
+                h, w = (int(x) for x in hw[i])
+                a, b = int(offsets[j]), int(offsets[j + 1])
+                if (b - a) * 8 < h * w:
+                    raise fail(path, what, f"mask {j}", f"has {b - a} bytes, too few for {h}x{w}")
+                mask = np.unpackbits(bits[a:b], count=h * w).reshape(h, w).astype(bool)
                 j += 1
             instances.append(PseudoInstance(int(d["frame"][i]), int(d["obj_index"][i]), d["T_cam_obj"][i],
                                             d["box"][i], float(d["confidence"][i]), mask,

@@ -35,6 +35,7 @@ from selfpose_core.data.crops import crop_affine
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.shapes import check_shape
 from selfpose_core.models.losses import mask_loss
+from selfpose_core.saved_state import fail, load_npz
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,19 @@ class SegmentationLabels:
 
     @classmethod
     def load(cls, path) -> SegmentationLabels:
-        with np.load(path) as z:
-            return cls(z["crop_boxes"], z["prob"], float(z["sigma"]))
+        """Read a file written by :meth:`save`, checked (ResumeError naming the file and the array)."""
+        what = "segmentation labels"
+        d = load_npz(path, what, {"crop_boxes": ("f", 2), "prob": ("f", 3), "sigma": ("f", 0)})
+        n = len(d["prob"])
+        if d["crop_boxes"].shape != (n, 4) or d["prob"].shape[1] != d["prob"].shape[2]:
+            raise fail(path, what, "arrays 'crop_boxes', 'prob'", f"have shapes {d['crop_boxes'].shape}, "
+                                                                  f"{d['prob'].shape}; expected (N, 4), (N, h, h)")
+        if not (np.isfinite(d["crop_boxes"]).all() and np.isfinite(d["prob"]).all()):
+            raise fail(path, what, "arrays 'crop_boxes', 'prob'", "hold NaN/inf")
+        sigma = float(d["sigma"])
+        if not 0.5 <= sigma <= 1.0:
+            raise fail(path, what, "array 'sigma'", f"must be in [0.5, 1], got {sigma}")
+        return cls(d["crop_boxes"], d["prob"].astype(np.float32, copy=False), sigma)
 
     def in_crops(self, index: Sequence[int], crop_boxes: np.ndarray, out_size: int, crop_size: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:

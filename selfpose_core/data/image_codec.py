@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from selfpose_core.data.ros_types import typestore
+from selfpose_core.config_io import excerpt
 from selfpose_core.errors import CalibrationError, EncodingError, ShapeError
 from selfpose_core.types import CameraIntrinsics
 
@@ -49,7 +50,7 @@ def image_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     """
     enc = _ALIASES.get(msg.encoding, msg.encoding)
     if enc not in _LAYOUT:
-        raise EncodingError(f"unsupported image encoding {msg.encoding!r}{_topic_text(topic)} (supported: "
+        raise EncodingError(f"unsupported image encoding {excerpt(msg.encoding, 60)}{_topic_text(topic)} (supported: "
                             f"{', '.join(COLOR_ENCODINGS + DEPTH_ENCODINGS)})")
     dtype, ch = _LAYOUT[enc]
     h, w = int(msg.height), int(msg.width)
@@ -57,7 +58,8 @@ def image_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     step = int(msg.step) or w * ch * itemsize
     raw = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
     if step < w * ch * itemsize or raw.size < step * (h - 1) + w * ch * itemsize:
-        raise EncodingError(f"image{_topic_text(topic)} has {raw.size} data bytes, too few for {w}x{h} {msg.encoding} "
+        raise EncodingError(f"image{_topic_text(topic)} has {raw.size} data bytes, too few for {w}x{h} "
+                            f"{excerpt(msg.encoding, 60)} "
                             f"with step {step}")
     if raw.size < step * h:
         raw = np.concatenate([raw, np.zeros(step * h - raw.size, np.uint8)])
@@ -112,23 +114,25 @@ def compressed_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     low = fmt.lower()
     if "compresseddepth" in low:
         if "png" not in low:
-            raise EncodingError(f"unsupported compressed depth format {fmt!r}{_topic_text(topic)} (only png)")
+            raise EncodingError(f"unsupported compressed depth format {excerpt(fmt, 60)}{_topic_text(topic)} "
+                                "(only png)")
         if raw.size <= 12:
             raise EncodingError(f"compressedDepth image{_topic_text(topic)} has only {raw.size} bytes: too short "
-                                f"for the 12-byte compressedDepth header plus a PNG (format {fmt!r})")
+                                f"for the 12-byte compressedDepth header plus a PNG (format {excerpt(fmt, 60)})")
         img = _imdecode(raw[12:])
         if img is None:
-            raise EncodingError(f"cannot decode compressedDepth png{_topic_text(topic)} (format {fmt!r})")
+            raise EncodingError(f"cannot decode compressedDepth png{_topic_text(topic)} (format {excerpt(fmt, 60)})")
         if img.dtype != np.uint16:
             raise EncodingError(f"compressedDepth png{_topic_text(topic)} holds {img.dtype}, expected 16-bit mm")
         return img.astype(np.float32) * np.float32(1e-3)
     if not any(k in low for k in ("jpeg", "jpg", "png")):
-        raise EncodingError(f"unsupported compressed image format {fmt!r}{_topic_text(topic)} (jpeg or png)")
+        raise EncodingError(f"unsupported compressed image format {excerpt(fmt, 60)}{_topic_text(topic)} (jpeg or png)")
     if raw.size == 0:
-        raise EncodingError(f"compressed image{_topic_text(topic)} has no data (0 bytes, format {fmt!r})")
+        raise EncodingError(f"compressed image{_topic_text(topic)} has no data (0 bytes, format {excerpt(fmt, 60)})")
     img = _imdecode(raw)
     if img is None:
-        raise EncodingError(f"cannot decode compressed image{_topic_text(topic)} (format {fmt!r}, {raw.size} bytes)")
+        raise EncodingError(f"cannot decode compressed image{_topic_text(topic)} (format {excerpt(fmt, 60)}, "
+                            f"{raw.size} bytes)")
     if img.dtype == np.uint16:  # 16-bit png depth published as plain CompressedImage
         return img.astype(np.float32) * np.float32(1e-3)
     if img.ndim == 2:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 from rosbags.rosbag2 import Reader
 
+from selfpose_core.config_io import one_line
 from selfpose_core.data.bag_files import PARTIAL_SUFFIX
 from selfpose_core.data.image_codec import any_image_to_array, camera_info_to_intrinsics, check_image_size
 from selfpose_core.data.ros_types import typestore
@@ -94,7 +95,8 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
 def _wrap_reader_error(path: Path, exc: BaseException) -> RecordingError:
     partial = sorted(p.name for p in path.glob(f"*{PARTIAL_SUFFIX}")) if path.is_dir() else []
     hint = f"; it has unclosed segments {partial}: run `selfpose recover {path}`" if partial else ""
-    return RecordingError(f"cannot read bag {path}: corrupt or truncated ({type(exc).__name__}: {exc}){hint}")
+    return RecordingError(f"cannot read bag {path}: corrupt or truncated ({type(exc).__name__}: "
+                          f"{one_line(str(exc), 160)}){hint}")
 
 
 class Recording:

@@ -17,10 +17,16 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from selfpose_core.config_io import excerpt, one_line
 from selfpose_core.data.image_codec import MsgClasses, build_msg, make_header, stamp_to_ns
 from selfpose_core.errors import RecordingError, ShapeError
 
 log = logging.getLogger(__name__)
+
+
+def _name(frame: Any) -> str:
+    """A TF frame name as it appears in an error: plain short names as they are, others as a bounded excerpt."""
+    return frame if isinstance(frame, str) and len(frame) <= 60 and frame.isprintable() else excerpt(frame, 60)
 
 
 def transform_msg_to_matrix(transform: Any) -> np.ndarray:
@@ -101,11 +107,13 @@ class TfBuffer:
             q = np.array([rot.x, rot.y, rot.z, rot.w], dtype=np.float64)
             n = np.linalg.norm(q)
             if not np.isfinite(n) or n < 1e-9:
-                raise RecordingError(f"TF {ts.header.frame_id} -> {ts.child_frame_id} has an invalid quaternion {q}")
+                raise RecordingError(f"TF {_name(ts.header.frame_id)} -> {_name(ts.child_frame_id)} has an invalid "
+                                     f"quaternion {q}")
             t = np.array([tr.x, tr.y, tr.z], dtype=np.float64)
             if not np.isfinite(t).all():
                 stamp = stamp_to_ns(ts.header.stamp)
-                raise RecordingError(f"TF {ts.header.frame_id} -> {ts.child_frame_id} at stamp {stamp} ns has a "
+                raise RecordingError(f"TF {_name(ts.header.frame_id)} -> {_name(ts.child_frame_id)} at stamp {stamp} "
+                                     "ns has a "
                                      f"non-finite translation {t}")
             self._add(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp_to_ns(ts.header.stamp),
                       q / n, t, static)
@@ -129,7 +137,7 @@ class TfBuffer:
         while chain[-1] in self._edges:
             nxt = self._edges[chain[-1]].parent
             if nxt in chain:
-                raise RecordingError(f"TF tree has a loop through frame {nxt}")
+                raise RecordingError(f"TF tree has a loop through frame {_name(nxt)}")
             chain.append(nxt)
         return chain
 
@@ -139,8 +147,9 @@ class TfBuffer:
         up_s, up_t = self._ancestors(source), self._ancestors(target)
         common = next((f for f in up_s if f in set(up_t)), None)
         if common is None:
-            known = ", ".join(self.frames) or "none"
-            raise RecordingError(f"TF never connects frame {source!r} to frame {target!r} (frames in the tree: {known})")
+            known = one_line(", ".join(_name(f) for f in self.frames[:20]) or "none", 200)
+            raise RecordingError(f"TF never connects frame {excerpt(source, 60)} to frame {excerpt(target, 60)} "
+                                 f"(frames in the tree: {known})")
         return up_s[: up_s.index(common) + 1], up_t[: up_t.index(common) + 1]
 
     def lookup(self, target: str, source: str, stamp_ns: int | np.ndarray) -> np.ndarray:
@@ -212,8 +221,9 @@ class TfBuffer:
         why = ""
         if not np.all(valid):
             bad = int(stamps[np.argmin(valid)])
-            why = (f"TF lookup {target} <- {source} at stamp {bad} ns ({bad * 1e-9:.3f} s) would extrapolate the "
-                   f"transform {edge.parent} -> {child}, available from {int(s[0])} to {int(s[-1])} ns "
+            why = (f"TF lookup {_name(target)} <- {_name(source)} at stamp {bad} ns ({bad * 1e-9:.3f} s) would "
+                   "extrapolate the "
+                   f"transform {_name(edge.parent)} -> {_name(child)}, available from {int(s[0])} to {int(s[-1])} ns "
                    f"({s[0] * 1e-9:.3f}-{s[-1] * 1e-9:.3f} s, tolerance {tol * 1e-9:.3f} s)")
         return T, valid, why
 

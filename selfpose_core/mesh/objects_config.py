@@ -29,8 +29,9 @@ import numpy as np
 import yaml
 from scipy.spatial.transform import Rotation
 
+from selfpose_core.config_io import excerpt, load_yaml
 from selfpose_core.errors import ConfigError, MeshError
-from selfpose_core.mesh.loading import UNITS, load_object_model
+from selfpose_core.mesh.loading import FACE_BUDGET, UNITS, load_object_model
 from selfpose_core.types import ObjectModel, Symmetry
 
 TOP_KEYS = ("objects",)
@@ -38,7 +39,9 @@ OBJECT_KEYS = ("name", "mesh", "units", "symmetry", "category", "obj_id")
 SYMMETRY_KEYS = ("discrete", "continuous")
 ROTATION_KEYS = ("axis", "angle_deg", "offset")
 CONTINUOUS_KEYS = ("axis", "offset")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+MAX_OBJ_ID = 2 ** 31 - 1  # ids go into int32 fields (BOP files, ROS messages)
+MAX_PATH_CHARS = 4096
 
 
 @dataclass(slots=True)
@@ -60,16 +63,25 @@ def _fail(path: Path, key: str, msg: str) -> ConfigError:
 def _check_keys(path: Path, key: str, value: Mapping, allowed: tuple[str, ...]) -> None:
     unknown = [k for k in value if k not in allowed]
     if unknown:
-        raise _fail(path, f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(allowed)})")
+        name = unknown[0] if isinstance(unknown[0], str) and len(unknown[0]) <= 60 else excerpt(unknown[0], 60)
+        raise _fail(path, f"{key}.{name}", f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _is_file(path: str | Path) -> bool:
+    """``Path.is_file`` that says False for names the OS refuses (too long, NUL bytes) instead of raising."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _vector(path: Path, key: str, value: Any, unit: bool = False) -> np.ndarray:
     try:
-        vec = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+        vec = np.asarray(value, dtype=np.float64) if isinstance(value, list) and len(value) == 3 else np.zeros(0)
+    except (TypeError, ValueError, OverflowError):
         vec = np.zeros(0)
     if vec.shape != (3,) or not np.isfinite(vec).all():
-        raise _fail(path, key, f"must be a list of 3 finite numbers, got {value!r}")
+        raise _fail(path, key, f"must be a list of 3 finite numbers, got {excerpt(value)}")
     if unit:
         norm = float(np.linalg.norm(vec))
         if norm < 1e-12:
@@ -94,14 +106,17 @@ def _discrete(path: Path, key: str, value: Any) -> np.ndarray:
             raise _fail(path, key, "a rotation needs both axis and angle_deg")
         axis = _vector(path, f"{key}.axis", value["axis"], unit=True)
         offset = _vector(path, f"{key}.offset", value.get("offset", [0.0, 0.0, 0.0]))
+        raw_angle = value["angle_deg"]
         try:
-            angle = math.radians(float(value["angle_deg"]))
-        except (TypeError, ValueError):
-            raise _fail(path, f"{key}.angle_deg", f"must be a number, got {value['angle_deg']!r}") from None
+            angle = math.radians(float(raw_angle)) if not isinstance(raw_angle, (bool, str)) else math.nan
+        except (TypeError, ValueError, OverflowError):
+            angle = math.nan
+        if not math.isfinite(angle):
+            raise _fail(path, f"{key}.angle_deg", f"must be a finite number of degrees, got {excerpt(raw_angle)}")
         return _rotation_about(axis, angle, offset)
     try:
-        T = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+        T = np.asarray(value, dtype=np.float64) if isinstance(value, list) and len(value) <= 16 else np.zeros(0)
+    except (TypeError, ValueError, OverflowError):
         T = np.zeros(0)
     if T.shape == (16,):
         T = T.reshape(4, 4)
@@ -120,7 +135,8 @@ def parse_symmetry(value: Any, path: Path | str = "<symmetry>", key: str = "symm
     if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return Symmetry()
     if not isinstance(value, Mapping):
-        raise _fail(path, key, f"must be 'none' or a mapping with {' and/or '.join(SYMMETRY_KEYS)}, got {value!r}")
+        raise _fail(path, key, f"must be 'none' or a mapping with {' and/or '.join(SYMMETRY_KEYS)}, "
+                               f"got {excerpt(value)}")
     _check_keys(path, key, value, SYMMETRY_KEYS)
     discrete = value.get("discrete") or []
     continuous = value.get("continuous") or []
@@ -158,25 +174,26 @@ def symmetry_to_yaml(symmetry: Symmetry) -> str | dict[str, list]:
 def _entry(path: Path, index: int, raw: Any) -> ObjectEntry:
     key = f"objects[{index}]"
     if not isinstance(raw, Mapping):
-        raise _fail(path, key, f"must be a mapping with keys {', '.join(OBJECT_KEYS)}, got {raw!r}")
+        raise _fail(path, key, f"must be a mapping with keys {', '.join(OBJECT_KEYS)}, got {excerpt(raw)}")
     _check_keys(path, key, raw, OBJECT_KEYS)
     for required in ("name", "mesh"):
         if required not in raw:
             raise _fail(path, f"{key}.{required}", "missing (required)")
     name = raw["name"]
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise _fail(path, f"{key}.name", f"must be a non-empty string of letters, digits, _ - . ; got {name!r}")
-    if not isinstance(raw["mesh"], str) or not raw["mesh"]:
-        raise _fail(path, f"{key}.mesh", f"must be a file path, got {raw['mesh']!r}")
+        raise _fail(path, f"{key}.name", f"must be 1 to 128 letters, digits, _ - . ; got {excerpt(name)}")
+    if not isinstance(raw["mesh"], str) or not raw["mesh"] or len(raw["mesh"]) > MAX_PATH_CHARS:
+        raise _fail(path, f"{key}.mesh", f"must be a file path, got {excerpt(raw['mesh'])}")
     units = raw.get("units", "auto")
     if units not in UNITS:
-        raise _fail(path, f"{key}.units", f"must be one of {', '.join(UNITS)}, got {units!r}")
+        raise _fail(path, f"{key}.units", f"must be one of {', '.join(UNITS)}, got {excerpt(units)}")
     category = raw.get("category")
     if category is not None and not isinstance(category, str):
-        raise _fail(path, f"{key}.category", f"must be a string, got {category!r}")
+        raise _fail(path, f"{key}.category", f"must be a string, got {excerpt(category)}")
     obj_id = raw.get("obj_id")
-    if obj_id is not None and (isinstance(obj_id, bool) or not isinstance(obj_id, int) or obj_id < 1):
-        raise _fail(path, f"{key}.obj_id", f"must be a positive integer, got {obj_id!r}")
+    if obj_id is not None and (isinstance(obj_id, bool) or not isinstance(obj_id, int)
+                               or not 1 <= obj_id <= MAX_OBJ_ID):
+        raise _fail(path, f"{key}.obj_id", f"must be a positive integer (at most {MAX_OBJ_ID}), got {excerpt(obj_id)}")
     mesh = Path(os.path.expanduser(raw["mesh"]))
     if not mesh.is_absolute():
         mesh = path.parent / mesh
@@ -192,12 +209,7 @@ def read_objects_config(path: str | Path, *, check_files: bool = True) -> list[O
     listed), wrong types, duplicate names or ids, a mesh file that does not exist (unless ``check_files`` is off).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"objects config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = load_yaml(path, "objects config")
     if not isinstance(data, Mapping) or "objects" not in data:
         raise ConfigError(f"{path}: objects: missing (the file must be a mapping with an 'objects' list)")
     _check_keys(path, "<top level>", data, TOP_KEYS)
@@ -209,19 +221,24 @@ def read_objects_config(path: str | Path, *, check_files: bool = True) -> list[O
     seen_ids: dict[int, int] = {}
     for i, e in enumerate(entries):
         if e.name in seen_names:
-            raise _fail(path, f"objects[{i}].name", f"duplicate name {e.name!r} (also objects[{seen_names[e.name]}])")
+            raise _fail(path, f"objects[{i}].name",
+                        f"duplicate name {excerpt(e.name)} (also objects[{seen_names[e.name]}])")
         if e.obj_id in seen_ids:
             raise _fail(path, f"objects[{i}].obj_id",
                         f"duplicate obj_id {e.obj_id} (also objects[{seen_ids[e.obj_id]}]; "
                         "ids default to the position in the list + 1)")
         seen_names[e.name], seen_ids[e.obj_id] = i, i
-        if check_files and not Path(e.mesh).is_file():
+        if check_files and not _is_file(e.mesh):
             raise _fail(path, f"objects[{i}].mesh", f"mesh file {e.mesh} does not exist")
     return entries
 
 
-def load_objects_config(path: str | Path) -> list[ObjectModel]:
+def load_objects_config(path: str | Path, *, max_faces: int | None = FACE_BUDGET) -> list[ObjectModel]:
     """Read ``path`` (config/objects.yaml) and load every object's mesh, in file order, as ObjectModels in metres.
+
+    Meshes with more than ``max_faces`` faces (default :data:`~selfpose_core.mesh.loading.FACE_BUDGET`, what
+    estimation, adaptation and pre-training need) are decimated to it with a warning; diameter and keypoints stay
+    those of the full mesh. ``max_faces=None`` loads full resolution.
 
     Raises ConfigError for config mistakes (see :func:`read_objects_config`) and MeshError naming the config,
     the key and the mesh file when a mesh cannot be used.
@@ -230,7 +247,7 @@ def load_objects_config(path: str | Path) -> list[ObjectModel]:
     for i, e in enumerate(read_objects_config(path)):
         try:
             models.append(load_object_model(e.mesh, e.name, units=e.units, symmetry=e.symmetry,
-                                            category=e.category, obj_id=e.obj_id))
+                                            category=e.category, obj_id=e.obj_id, max_faces=max_faces))
         except MeshError as exc:
             raise MeshError(f"{Path(path)}: objects[{i}].mesh: {exc}") from exc
     return models

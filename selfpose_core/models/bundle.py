@@ -18,6 +18,7 @@ histograms, (objects, bins), once an adaptation learned them from a recording) a
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 import yaml
 
-from selfpose_core.errors import ModelError
+from selfpose_core.config_io import excerpt, load_yaml, one_line
+from selfpose_core.errors import ConfigError, ModelError
 from selfpose_core.models.appearance import AppearanceModel
 from selfpose_core.models.backbones import BackboneConfig
 from selfpose_core.models.correspondence_net import CorrespondenceNet, CorrespondenceNetConfig, coordinate_normaliser
@@ -37,6 +39,11 @@ from selfpose_core.types import ObjectModel
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_PARAMETERS = 50_000_000  # detector + pose net; above: refused (200 MB of float32 weights; ours have ~1M)
+MAX_LEVELS = 8  # backbone levels
+MAX_WIDTH = 4096  # channels per backbone level
+MAX_OBJECTS = 1000
+MAX_WEIGHTS_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
 POSE_NET_KINDS = ("keypoint", "correspondence")
 PoseNet = Union[KeypointNet, CorrespondenceNet]
 
@@ -101,50 +108,136 @@ class BundleSpec:
 
 
 def _get(d: Any, key: str, where: str, path: Path) -> Any:
-    if not isinstance(d, dict) or key not in d:
+    if not isinstance(d, dict):
+        raise ModelError(f"{path}: {where.rstrip('.') or 'the file'} must be a mapping, got {type(d).__name__}")
+    if key not in d:
         raise ModelError(f"{path}: missing key {where}{key}")
     return d[key]
 
 
+def _int(value: Any, key: str, path: Path, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi] (integral floats accepted), else ModelError naming ``key``."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        value, ok = int(value), True
+    if not ok or not lo <= value <= hi:
+        raise ModelError(f"{path}: {key} must be an integer in {lo}..{hi}, got {excerpt(value)}")
+    return int(value)
+
+
+def _float(value: Any, key: str, path: Path, lo: float, hi: float) -> float:
+    """``value`` as a finite float in [lo, hi], else ModelError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+        raise ModelError(f"{path}: {key} must be a number in {lo:g}..{hi:g}, got {excerpt(value)}")
+    return float(value)
+
+
+def _array(value: Any, key: str, path: Path, shape: tuple[int | None, ...]) -> np.ndarray:
+    """``value`` as a finite float64 array of ``shape`` (None: any length), else ModelError naming ``key``."""
+    want = "x".join("N" if s is None else str(s) for s in shape)
+    try:
+        a = np.asarray(value, dtype=np.float64) if isinstance(value, list) and len(value) <= 4096 else None
+    except (TypeError, ValueError, OverflowError):
+        a = None
+    if a is None or a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        got = f"shape {'x'.join(map(str, a.shape))}" if a is not None else excerpt(value)
+        raise ModelError(f"{path}: {key} must be a {want} list of numbers, got {got}")
+    if not np.isfinite(a).all():
+        raise ModelError(f"{path}: {key} holds NaN/inf")
+    return a
+
+
+def _backbone(d: dict, where: str, path: Path) -> BackboneConfig:
+    widths = _get(d, "widths", where, path)
+    if not isinstance(widths, list) or not 2 <= len(widths) <= MAX_LEVELS:
+        raise ModelError(f"{path}: {where}widths must be a list of 2..{MAX_LEVELS} channel counts, "
+                         f"got {excerpt(widths)}")
+    ws = tuple(_int(w, f"{where}widths[{i}]", path, 1, MAX_WIDTH) for i, w in enumerate(widths))
+    cfg = BackboneConfig(ws, _int(_get(d, "out_stride", where, path), f"{where}out_stride", path, 1, 2 ** MAX_LEVELS))
+    try:
+        cfg.validate(f"{where}".rstrip("."))
+    except ConfigError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    return cfg
+
+
 def parse_spec(raw: Any, path: Path) -> BundleSpec:
-    """Validate a loaded bundle.yaml; errors name the file and the key."""
+    """Validate a loaded bundle.yaml; errors name the file and the key.
+
+    Every value is checked for type, range and finiteness (a NaN diameter or keypoint, ``image_size: "640x480"``,
+    ``provenance.stages`` that is not a list of mappings are errors), and the two networks the spec describes
+    must have at most :data:`MAX_PARAMETERS` parameters together (counted without allocating them).
+    """
     version = _get(raw, "format_version", "", path)
     if version != FORMAT_VERSION:
-        raise ModelError(f"{path}: format_version {version} is not supported (this selfpose reads version "
+        raise ModelError(f"{path}: format_version {excerpt(version)} is not supported (this selfpose reads version "
                          f"{FORMAT_VERSION}); re-create the bundle with this version")
-    try:
-        objects = []
-        for i, o in enumerate(_get(raw, "objects", "", path)):
-            kp = np.asarray(_get(o, "keypoints", f"objects[{i}].", path), np.float64)
-            if kp.ndim != 2 or kp.shape[1] != 3:
-                raise ModelError(f"{path}: objects[{i}].keypoints must be a list of [x, y, z], got shape {kp.shape}")
-            objects.append(BundleObject(str(_get(o, "name", f"objects[{i}].", path)),
-                                        int(_get(o, "obj_id", f"objects[{i}].", path)),
-                                        float(_get(o, "diameter", f"objects[{i}].", path)), kp,
-                                        np.asarray(_get(o, "coord_centre", f"objects[{i}].", path), np.float64),
-                                        np.asarray(_get(o, "coord_half_extent", f"objects[{i}].", path), np.float64)))
-        if not objects:
-            raise ModelError(f"{path}: objects is empty")
-        p = _get(raw, "pose_net", "", path)
-        kind = _get(p, "kind", "pose_net.", path)
-        if kind not in POSE_NET_KINDS:
-            raise ModelError(f"{path}: pose_net.kind must be one of {POSE_NET_KINDS}, got {kind!r}")
-        pose = PoseNetSpec(kind, int(_get(p, "crop_size", "pose_net.", path)),
-                           BackboneConfig(tuple(int(w) for w in _get(p, "widths", "pose_net.", path)),
-                                          int(_get(p, "out_stride", "pose_net.", path))),
-                           int(p.get("num_keypoints", 9)))
-        d = _get(raw, "detector", "", path)
-        det = DetectorConfig(BackboneConfig(tuple(int(w) for w in _get(d, "widths", "detector.", path)),
-                                            int(_get(d, "out_stride", "detector.", path))),
-                             int(_get(d, "input_width", "detector.", path)),
-                             int(_get(d, "input_height", "detector.", path)),
-                             float(d.get("score_threshold", 0.3)))
-        size = _get(raw, "image_size", "", path)
-        return BundleSpec(objects, str(_get(raw, "objects_config", "", path)), pose, det,
-                          (int(size[0]), int(size[1])), dict(raw.get("provenance") or {}),
-                          dict(raw.get("metrics") or {}))
-    except (TypeError, ValueError, IndexError) as exc:
-        raise ModelError(f"{path}: malformed value: {exc}") from exc
+    raw_objects = _get(raw, "objects", "", path)
+    if not isinstance(raw_objects, list) or not raw_objects:
+        raise ModelError(f"{path}: objects must be a non-empty list, got {excerpt(raw_objects)}")
+    if len(raw_objects) > MAX_OBJECTS:
+        raise ModelError(f"{path}: objects lists {len(raw_objects)} objects, more than {MAX_OBJECTS}")
+    objects = []
+    for i, o in enumerate(raw_objects):
+        w = f"objects[{i}]."
+        name = _get(o, "name", w, path)
+        if not isinstance(name, str) or not name or len(name) > 128:
+            raise ModelError(f"{path}: {w}name must be a non-empty string, got {excerpt(name)}")
+        objects.append(BundleObject(
+            name, _int(_get(o, "obj_id", w, path), f"{w}obj_id", path, 1, 2 ** 31 - 1),
+            _float(_get(o, "diameter", w, path), f"{w}diameter", path, 1e-4, 100.0),
+            _array(_get(o, "keypoints", w, path), f"{w}keypoints", path, (None, 3)),
+            _array(_get(o, "coord_centre", w, path), f"{w}coord_centre", path, (3,)),
+            _array(_get(o, "coord_half_extent", w, path), f"{w}coord_half_extent", path, (3,))))
+        if not (objects[-1].coord_half_extent > 0).all():
+            raise ModelError(f"{path}: {w}coord_half_extent must be positive, got "
+                             f"{excerpt(objects[-1].coord_half_extent.tolist())}")
+    for key, values in (("name", [o.name for o in objects]), ("obj_id", [o.obj_id for o in objects])):
+        if len(set(values)) != len(values):
+            raise ModelError(f"{path}: objects[].{key} values repeat: {excerpt(values)}")
+    p = _get(raw, "pose_net", "", path)
+    kind = _get(p, "kind", "pose_net.", path)
+    if kind not in POSE_NET_KINDS:
+        raise ModelError(f"{path}: pose_net.kind must be one of {POSE_NET_KINDS}, got {excerpt(kind)}")
+    pose = PoseNetSpec(kind, _int(_get(p, "crop_size", "pose_net.", path), "pose_net.crop_size", path, 16, 1024),
+                       _backbone(p, "pose_net.", path),
+                       _int(p.get("num_keypoints", 9), "pose_net.num_keypoints", path, 1, 1024))
+    if kind == "keypoint" and any(len(o.keypoints) != pose.num_keypoints for o in objects):
+        raise ModelError(f"{path}: objects[].keypoints must have pose_net.num_keypoints = {pose.num_keypoints} rows")
+    d = _get(raw, "detector", "", path)
+    det = DetectorConfig(_backbone(d, "detector.", path),
+                         _int(_get(d, "input_width", "detector.", path), "detector.input_width", path, 16, 4096),
+                         _int(_get(d, "input_height", "detector.", path), "detector.input_height", path, 16, 4096),
+                         _float(d.get("score_threshold", 0.3), "detector.score_threshold", path, 0.0, 1.0))
+    size = _get(raw, "image_size", "", path)
+    if not isinstance(size, list) or len(size) != 2:
+        raise ModelError(f"{path}: image_size must be [width, height], got {excerpt(size)}")
+    image_size = (_int(size[0], "image_size[0]", path, 1, 65535), _int(size[1], "image_size[1]", path, 1, 65535))
+    objects_config = _get(raw, "objects_config", "", path)
+    if not isinstance(objects_config, str) or not objects_config or len(objects_config) > 4096:
+        raise ModelError(f"{path}: objects_config must be a file path, got {excerpt(objects_config)}")
+    provenance, metrics = raw.get("provenance") or {}, raw.get("metrics") or {}
+    for key, value in (("provenance", provenance), ("metrics", metrics)):
+        if not isinstance(value, dict):
+            raise ModelError(f"{path}: {key} must be a mapping, got {excerpt(value)}")
+    stages = provenance.get("stages", [])
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        raise ModelError(f"{path}: provenance.stages must be a list of mappings (one per training stage), "
+                         f"got {excerpt(stages)}")
+    spec = BundleSpec(objects, objects_config, pose, det, image_size, dict(provenance), dict(metrics))
+    n = count_parameters(spec)
+    if n > MAX_PARAMETERS:
+        raise ModelError(f"{path}: the networks described (pose_net.widths {list(pose.backbone.widths)}, "
+                         f"detector.widths {list(det.backbone.widths)}) have {n} parameters, more than the "
+                         f"{MAX_PARAMETERS} selfpose loads ({4 * n / 2**30:.1f} GiB of float32)")
+    return spec
+
+
+def count_parameters(spec: BundleSpec) -> int:
+    """Parameters of the detector and pose network ``spec`` describes, counted on torch's meta device (nothing
+    is allocated, whatever the widths)."""
+    with torch.device("meta"):
+        return sum(p.numel() for net in (build_detector(spec), build_pose_net(spec)) for p in net.parameters())
 
 
 def build_pose_net(spec: BundleSpec) -> PoseNet:
@@ -195,38 +288,53 @@ class ModelBundle:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-        """Read a bundle directory; ModelError names the file and what is wrong."""
+        """Read a bundle directory; ModelError names the file and what is wrong (one line).
+
+        bundle.yaml is validated by :func:`parse_spec`; weights.pt is read with ``weights_only=True`` (no code
+        runs), must be at most :data:`MAX_WEIGHTS_BYTES`, hold a state dict per network that fits the spec, and
+        only finite values.
+        """
         path = Path(path)
+        dev = _device(device)
         if not path.is_dir():
             raise ModelError(f"model bundle {path} does not exist or is not a directory")
         spec_path, weights_path = path / "bundle.yaml", path / "weights.pt"
         for p in (spec_path, weights_path):
             if not p.is_file():
                 raise ModelError(f"model bundle {path} has no {p.name}")
+        spec = parse_spec(load_yaml(spec_path, "bundle file", ModelError), spec_path)
+        size = weights_path.stat().st_size
+        if size > MAX_WEIGHTS_BYTES:
+            raise ModelError(f"{weights_path}: {size} bytes, more than the {MAX_WEIGHTS_BYTES} a bundle of at most "
+                             f"{MAX_PARAMETERS} parameters needs")
         try:
-            raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ModelError(f"{spec_path}: not valid YAML: {exc}") from exc
-        spec = parse_spec(raw, spec_path)
-        try:
-            weights = torch.load(weights_path, map_location=device, weights_only=True)
+            weights = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for unsafe/corrupt files
             raise ModelError(f"{weights_path}: cannot be loaded safely with torch.load(weights_only=True) "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                             f"({type(exc).__name__}: {one_line(str(exc).splitlines()[0] if str(exc) else '')})"
+                             ) from None
+        if not isinstance(weights, dict):
+            raise ModelError(f"{weights_path}: must hold a mapping of state dicts, got {type(weights).__name__}")
         bundle = cls.create(spec)
         bundle.path = path
         for key, module in (("detector", bundle.detector), ("pose_net", bundle.pose_net)):
-            if not isinstance(weights, dict) or key not in weights:
-                raise ModelError(f"{weights_path}: no '{key}' weights")
+            state = weights.get(key)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise ModelError(f"{weights_path}: no '{key}' weights (a mapping of tensor names to tensors)")
+            for name, tensor in state.items():
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise ModelError(f"{weights_path}: '{key}' tensor {excerpt(name)} holds NaN/inf values "
+                                     "(a diverged training run?)")
             try:
-                module.load_state_dict(weights[key])
-            except RuntimeError as exc:
+                module.load_state_dict(state)
+            except (RuntimeError, TypeError, ValueError, KeyError) as exc:
                 raise ModelError(f"{weights_path}: '{key}' weights do not fit the architecture in {spec_path} "
-                                 f"({str(exc).splitlines()[0]} ...)") from exc
-            module.to(device).eval()
+                                 f"({one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)} ...)"
+                                 ) from None
+            module.to(dev).eval()
         if "appearance" in weights:
             hist = weights["appearance"]
-            if not isinstance(hist, torch.Tensor) or tuple(hist.shape[:1]) != (len(spec.objects),):
+            if not isinstance(hist, torch.Tensor) or hist.ndim != 2 or tuple(hist.shape[:1]) != (len(spec.objects),):
                 raise ModelError(f"{weights_path}: 'appearance' must be a tensor with one row per object "
                                  f"({len(spec.objects)}), got {getattr(hist, 'shape', type(hist).__name__)}")
             try:
@@ -234,3 +342,20 @@ class ModelBundle:
             except ModelError as exc:
                 raise ModelError(f"{weights_path}: {exc}") from exc
         return bundle
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that exists on this machine, else ModelError saying why."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"device {excerpt(device)} is not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {dev} asked for, but CUDA is not available on this machine "
+                             "(no GPU or a CPU-only torch); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {dev} asked for, but this machine has {torch.cuda.device_count()} CUDA devices")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {dev} asked for, but MPS is not available on this machine; use --device cpu")
+    return dev

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from selfpose_core.config_io import require_at_least
+from selfpose_core.config_io import excerpt, one_line, require_at_least
 from selfpose_core.errors import ConfigError, ModelError
 from selfpose_core.models.scalar_log import ScalarLog
 
@@ -99,21 +99,75 @@ class Trainer:
         return self.checkpoint_path
 
     def load_checkpoint(self) -> None:
-        """Restore modules, optimiser, schedule, RNG and step from ``checkpoint.pt``."""
+        """Restore modules, optimiser, schedule, RNG and step from ``checkpoint.pt``.
+
+        The file is read with ``weights_only=True`` (no code runs) and checked before anything is restored: a
+        mapping with ``step`` (an integer in 0..``config.steps``), ``modules`` (a state dict per module, finite
+        values), ``optimizer``, ``scheduler`` and ``torch_rng``. Any problem is one ModelError line naming the file
+        and the key; the modules are untouched then.
+        """
         path = self.checkpoint_path
         if not path.is_file():
             raise ModelError(f"cannot resume: no checkpoint at {path}")
+        if path.stat().st_size == 0:
+            raise ModelError(f"cannot resume from {path}: the file is empty (interrupted while written?); delete it "
+                             "to start the stage again")
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # UnpicklingError (refused pickle), EOFError, RuntimeError (zip), ...
+            raise ModelError(f"cannot resume from {path}: it cannot be loaded safely with torch.load(weights_only="
+                             f"True) ({type(exc).__name__}: {one_line(str(exc).splitlines()[0] if str(exc) else '')})"
+                             ) from None
+        step = self._check_checkpoint(state, path)
+        try:
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"].cpu())
-        except (RuntimeError, KeyError, ValueError, OSError) as exc:
-            raise ModelError(f"cannot resume from {path}: {exc}") from exc
-        self.step = int(state["step"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError, OSError) as exc:
+            raise ModelError(f"cannot resume from {path}: it does not fit this run ({type(exc).__name__}: "
+                             f"{one_line(str(exc).splitlines()[0] if str(exc) else '')})") from None
+        self.step = step
         log.info("%s: resumed from %s at step %d", self.name, path, self.step)
+
+    def _check_checkpoint(self, state: Any, path: Path) -> int:
+        """The step of the loaded checkpoint ``state`` after checking its layout (ModelError naming the key)."""
+        where = f"cannot resume from {path}"
+        if not isinstance(state, dict):
+            raise ModelError(f"{where}: it must hold a mapping (step, modules, optimizer, ...), got "
+                             f"{type(state).__name__}")
+        for key in ("step", "modules", "optimizer", "scheduler", "torch_rng"):
+            if key not in state:
+                raise ModelError(f"{where}: key '{key}' is missing")
+        step = state["step"]
+        if isinstance(step, torch.Tensor) and step.numel() == 1 and not step.is_floating_point():
+            step = int(step.item())
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ModelError(f"{where}: key 'step' must be an integer, got {excerpt(step)}")
+        if not 0 <= step <= self.config.steps:
+            raise ModelError(f"{where}: key 'step' is {excerpt(step)}, outside 0..{self.config.steps} (the steps this "
+                             "run is configured for)")
+        modules = state["modules"]
+        if not isinstance(modules, dict):
+            raise ModelError(f"{where}: key 'modules' must be a mapping, got {type(modules).__name__}")
+        for k in self.modules:
+            sd = modules.get(k)
+            if not isinstance(sd, dict):
+                raise ModelError(f"{where}: key 'modules.{k}' is missing or not a state dict")
+            for name, t in sd.items():
+                key = f"modules.{k}.{name if isinstance(name, str) and len(name) <= 60 else excerpt(name, 60)}"
+                if not isinstance(t, torch.Tensor):
+                    raise ModelError(f"{where}: key '{key}' is not a tensor")
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ModelError(f"{where}: key '{key}' holds NaN/inf values")
+        for key in ("optimizer", "scheduler"):
+            if not isinstance(state[key], dict):
+                raise ModelError(f"{where}: key '{key}' must be a mapping, got {type(state[key]).__name__}")
+        rng = state["torch_rng"]
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+            raise ModelError(f"{where}: key 'torch_rng' must be a uint8 tensor (torch.get_rng_state())")
+        return step
 
     def fit(self, batches: Callable[[int], Iterator[Any]], step_fn: StepFn, resume: bool = False) -> dict[str, float]:
         """Train until ``config.steps``; returns the mean of each scalar over the last logging window.

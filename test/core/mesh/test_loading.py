@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,67 @@ def test_two_textured_objs_in_one_folder_keep_their_own_textures(tmp_path, rng):
         save_mesh(models[-1], tmp_path / f"{name}.obj")
     for model in models:
         np.testing.assert_array_equal(load_object_model(tmp_path / f"{model.name}.obj", "x").texture, model.texture)
+
+
+# --------------------------------------------------------------------------------------------- #17: validation
+def test_all_faces_of_zero_area_are_refused(tmp_path):
+    box = _box()
+    flat = box.vertices.copy()
+    flat[:, 1:] = 0.0  # every vertex on the x axis: every triangle collinear
+    trimesh.Trimesh(flat, box.faces, process=False).export(tmp_path / "line.ply")
+    with pytest.raises(MeshError, match=r"line.ply: all 12 faces have zero area"):
+        load_object_model(tmp_path / "line.ply", "line")
+
+
+@pytest.mark.parametrize("scale, units, expect", [
+    (2.6, "auto", r"bounding-box diagonal 2\.6 m \(units=auto\) is large .* this is a 2\.6 mm part: set units: mm"),
+    (0.004, "auto", r"bounding-box diagonal 0\.004 m \(units=auto\): a part this small"),
+    (1.5 / 1000, "m", r"bounding-box diagonal 0\.0015 m \(units=m\): a part this small"),
+])
+def test_suspicious_sizes_warn_naming_the_value(tmp_path, caplog, scale, units, expect):
+    box = _box((1.0, 1.0, 1.0))
+    box.apply_scale(scale / np.sqrt(3.0))  # diagonal = scale
+    box.export(tmp_path / "part.ply")
+    with caplog.at_level(logging.WARNING):
+        load_object_model(tmp_path / "part.ply", "part", units=units)
+    assert "part.ply" in caplog.text
+    assert any(re.search(expect, r.getMessage()) for r in caplog.records), caplog.text
+
+
+def test_mesh_above_the_face_budget_is_decimated_keeping_the_exact_diameter(tmp_path, caplog):
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=0.05)  # 5120 faces
+    ball.export(tmp_path / "ball.ply")
+    full = load_object_model(tmp_path / "ball.ply", "ball")
+    with caplog.at_level(logging.WARNING):
+        small = load_object_model(tmp_path / "ball.ply", "ball", max_faces=600)
+    assert "above the face budget of 600" in caplog.text
+    assert 100 <= len(small.faces) <= 600
+    assert small.diameter == full.diameter and np.array_equal(small.keypoints, full.keypoints)
+    np.testing.assert_allclose(np.linalg.norm(small.vertices, axis=1), 0.05, atol=0.004)
+    assert load_object_model(tmp_path / "ball.ply", "ball", max_faces=10 ** 6).faces.shape == full.faces.shape
+
+
+def test_huge_meshes_are_refused_from_the_ply_header(tmp_path, monkeypatch):
+    header = "ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\nproperty float y\n" \
+             "property float z\nelement face 50000000\nproperty list uchar int vertex_indices\nend_header\n"
+    (tmp_path / "huge.ply").write_bytes(header.encode() + bytes(36))
+    with pytest.raises(MeshError, match=r"huge.ply: 50000000 faces, more than the 10000000 selfpose reads"):
+        load_object_model(tmp_path / "huge.ply", "huge")
+    from selfpose_core.mesh import loading
+    monkeypatch.setattr(loading, "MAX_MESH_FILE_BYTES", 100)
+    _box().export(tmp_path / "box.ply")
+    with pytest.raises(MeshError, match=r"box.ply: \d+ bytes, more than the 100 bytes"):
+        load_object_model(tmp_path / "box.ply", "box")
+
+
+def test_cluster_vertices_merges_cells_and_drops_collapsed_and_repeated_faces():
+    from selfpose_core.mesh.loading import cluster_vertices
+
+    grid = trimesh.creation.box((1.0, 1.0, 1.0)).subdivide().subdivide()  # 192 faces
+    v, f, rep = cluster_vertices(grid.vertices, grid.faces, 0.6)
+    assert len(v) < len(grid.vertices) and len(f) < len(grid.faces) and len(rep) == len(v)
+    assert (f[:, 0] != f[:, 1]).all() and (f[:, 1] != f[:, 2]).all() and (f[:, 0] != f[:, 2]).all()
+    assert len(np.unique(np.sort(f, axis=1), axis=0)) == len(f)
+    assert np.isin(np.arange(len(v)), f).all()  # no unreferenced vertex
+    v2, f2, _ = cluster_vertices(grid.vertices, grid.faces, 1e-6)  # no merging: the same mesh
+    assert len(v2) == len(grid.vertices) and len(f2) == len(grid.faces)

@@ -90,12 +90,31 @@ def test_load_objects_config(meshes):
     ("models:\n  - {name: a, mesh: models/box.ply}\n", r"objects: missing"),
     ("objects: [\n", r"not valid YAML"),
     ("objects: []\n", r"objects: must be a non-empty list"),
+    # issue 17: NaN symmetry angle, ids beyond int32, duplicate keys, bounded excerpts, alias bombs
+    ("objects:\n  - {name: a, mesh: models/box.ply, symmetry: {discrete: [{axis: [0, 0, 1], angle_deg: .nan}]}}\n",
+     r"objects\[0\]\.symmetry\.discrete\[0\]\.angle_deg: must be a finite number of degrees, got nan"),
+    ("objects:\n  - {name: a, mesh: models/box.ply, symmetry: {discrete: [{axis: [0, 0, 1], angle_deg: '90'}]}}\n",
+     r"angle_deg: must be a finite number of degrees, got '90'"),
+    ("objects:\n  - {name: a, mesh: models/box.ply, obj_id: 2147483648}\n",
+     r"objects\[0\]\.obj_id: must be a positive integer \(at most 2147483647\), got 2147483648"),
+    ("objects:\n  - name: a\n    mesh: models/box.ply\n    name: b\n",
+     r"bad.yaml:4:5: not valid YAML: duplicate key 'name'"),
+    ("objects:\n  - {name: a, mesh: models/box.ply, symmetry: {discrete: [{axis: [0, 0, 1], angle_deg: .inf}]}}\n",
+     r"angle_deg: must be a finite number of degrees, got inf"),
+    ("objects:\n  - {name: " + "a" * 200 + ", mesh: models/box.ply}\n",
+     r"objects\[0\]\.name: must be 1 to 128 letters, digits, _ - \. ; got 'a+\.\.\.a+'$"),
+    ("objects:\n  - {name: a, mesh: " + "m" * 5000 + "}\n",
+     r"objects\[0\]\.mesh: must be a file path, got 'm+\.\.\.m+'$"),
+    ("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n"
+                                                           for i in range(1, 9)) + "objects: *l8\n",
+     r"bad.yaml:\d+:\d+: expands to more than 1000000 YAML nodes"),
 ])
 def test_config_errors_name_file_and_key(meshes, text, match):
     path = _write(meshes / "bad.yaml", text)
     with pytest.raises(ConfigError, match=match) as info:
         load_objects_config(path)
     assert str(path) in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < len(str(path)) + 300
 
 
 def test_unusable_mesh_names_config_key_and_mesh(meshes):

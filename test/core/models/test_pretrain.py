@@ -33,7 +33,7 @@ def test_config_defaults_overrides_and_errors(tmp_path):
         load_pretrain_config(bad)
     with pytest.raises(ConfigError, match="pose_net"):
         load_pretrain_config(None, {"pose_net": "transformer"})
-    with pytest.raises(ConfigError, match="crop_batch must be a int"):
+    with pytest.raises(ConfigError, match=r"crop_batch must be a number \(int\), got .many."):
         load_pretrain_config(None, {"crop_batch": "many"})
 
 

@@ -142,3 +142,122 @@ def test_bundle_carries_the_appearance_model_and_refuses_a_broken_one(tmp_path):
     torch.save(weights, path / "weights.pt")
     with pytest.raises(ModelError, match="one row per object"):
         ModelBundle.load(path)
+
+
+# --------------------------------------------------------------------------------------------- #17: validation
+def _edit_bundle(path, edit):
+    raw = yaml.safe_load((path / "bundle.yaml").read_text())
+    edit(raw)
+    (path / "bundle.yaml").write_text(yaml.safe_dump(raw))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r["objects"][0].update(diameter=float("nan")), r"objects\[0\]\.diameter must be a number in .*got nan"),
+    (lambda r: r["objects"][0]["keypoints"][2].__setitem__(1, float("inf")), r"objects\[0\]\.keypoints holds NaN/inf"),
+    (lambda r: r.update(image_size="640x480"), r"image_size must be \[width, height\], got '640x480'"),
+    (lambda r: r.update(image_size=[640, -1]), r"image_size\[1\] must be an integer in 1\.\.65535, got -1"),
+    (lambda r: r["provenance"].update(stages="pretrain"), r"provenance\.stages must be a list of mappings"),
+    (lambda r: r["provenance"].update(stages=[1, 2]), r"provenance\.stages must be a list of mappings"),
+    (lambda r: r.update(provenance=[1]), r"provenance must be a mapping, got \[1\]"),
+    (lambda r: r["pose_net"].update(crop_size=0), r"pose_net\.crop_size must be an integer in 16\.\.1024, got 0"),
+    (lambda r: r["detector"].update(input_width=100000), r"detector\.input_width must be an integer in 16\.\.4096"),
+    (lambda r: r["pose_net"].update(widths=[4096, 4096, 4096, 4096]),
+     r"have \d+ parameters, more than the 50000000 selfpose loads \(\d+\.\d GiB of float32\)"),
+    (lambda r: r["detector"].update(widths=[8] * 100), r"detector\.widths must be a list of 2\.\.8 channel counts"),
+    (lambda r: r["objects"][0].update(obj_id=2 ** 31), r"objects\[0\]\.obj_id must be an integer in 1\.\.2147483647"),
+    (lambda r: r["objects"][0].update(name="x" * 10 ** 6), r"objects\[0\]\.name must be a non-empty string, got 'x+"),
+])
+def test_bundle_values_are_validated_with_one_line_naming_the_key(tmp_path, edit, match):
+    path = ModelBundle.create(_spec()).save(tmp_path / "m")
+    _edit_bundle(path, edit)
+    with pytest.raises(ModelError, match=match) as info:
+        ModelBundle.load(path)
+    assert str(path / "bundle.yaml") in str(info.value) and len(str(info.value)) < 400
+
+
+def test_bundle_yaml_limits_and_nan_weights(tmp_path):
+    path = ModelBundle.create(_spec()).save(tmp_path / "m")
+    text = (path / "bundle.yaml").read_text()
+    (path / "bundle.yaml").write_text(text + "format_version: 1\n")
+    with pytest.raises(ModelError, match=r"bundle.yaml:\d+:1: not valid YAML: duplicate key 'format_version'"):
+        ModelBundle.load(path)
+    (path / "bundle.yaml").write_text(text)
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    name = next(k for k, v in weights["pose_net"].items() if v.is_floating_point())
+    weights["pose_net"][name][0] = float("nan")
+    torch.save(weights, path / "weights.pt")
+    with pytest.raises(ModelError, match=rf"weights.pt: 'pose_net' tensor '{name}' holds NaN/inf values"):
+        ModelBundle.load(path)
+    torch.save([1, 2], path / "weights.pt")
+    with pytest.raises(ModelError, match=r"weights.pt: must hold a mapping of state dicts, got list"):
+        ModelBundle.load(path)
+
+
+def test_absurd_widths_are_refused_without_allocating(tmp_path):
+    path = ModelBundle.create(_spec()).save(tmp_path / "m")
+    _edit_bundle(path, lambda r: r["pose_net"].update(widths=[4096] * 8, out_stride=2))  # about 1.4 TB before
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelError, match="parameters, more than the 50000000"):
+        ModelBundle.load(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # kB
+
+
+def test_unavailable_device_is_named(tmp_path, monkeypatch):
+    path = ModelBundle.create(_spec()).save(tmp_path / "m")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelError, match=r"device cuda asked for, but CUDA is not available on this machine"):
+        ModelBundle.load(path, device="cuda")
+    with pytest.raises(ModelError, match=r"device 'gpu0' is not a torch device"):
+        ModelBundle.load(path, device="gpu0")
+
+
+def _checkpointed(tmp_path, steps=20):
+    torch.manual_seed(1)
+    tr = Trainer({"m": torch.nn.Linear(2, 1)}, tmp_path / "run", TrainerConfig(steps=steps, progress=False))
+    tr.step = 10
+    tr.save_checkpoint()
+    return tr
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("state, match", [
+    (b"", r"checkpoint.pt: the file is empty"),
+    ([1, 2], r"checkpoint.pt: it must hold a mapping \(step, modules, optimizer, \.\.\.\), got list"),
+    ("drop-step", r"checkpoint.pt: key 'step' is missing"),
+    ("step=ten", r"checkpoint.pt: key 'step' must be an integer, got 'ten'"),
+    ("step=1.5", r"checkpoint.pt: key 'step' must be an integer, got 1\.5"),
+    ("step=1000000000", r"checkpoint.pt: key 'step' is 1000000000, outside 0\.\.20"),
+    ("step=-1", r"checkpoint.pt: key 'step' is -1, outside 0\.\.20"),
+    ("nan", r"checkpoint.pt: key 'modules.m.weight' holds NaN/inf values"),
+    ("evil", r"checkpoint.pt: it cannot be loaded safely with torch.load\(weights_only=True\) \(UnpicklingError"),
+])
+def test_resume_refuses_bad_checkpoints_with_one_line(tmp_path, state, match):
+    tr = _checkpointed(tmp_path)
+    path = tr.checkpoint_path
+    if isinstance(state, bytes):
+        path.write_bytes(state)
+    elif isinstance(state, list):
+        torch.save(state, path)
+    else:
+        saved = torch.load(path, weights_only=True)
+        if state == "drop-step":
+            del saved["step"]
+        elif state.startswith("step="):
+            v = state[5:]
+            saved["step"] = int(v) if v.lstrip("-").isdigit() else (float(v) if "." in v else v)
+        elif state == "nan":
+            saved["modules"]["m"]["weight"][:] = float("nan")
+        else:
+            saved["optimizer"] = _Evil()
+        torch.save(saved, path)
+    fresh = Trainer({"m": torch.nn.Linear(2, 1)}, tmp_path / "run", TrainerConfig(steps=20, progress=False))
+    before = fresh.modules["m"].weight.detach().clone()
+    with pytest.raises(ModelError, match=match) as info:
+        fresh.load_checkpoint()
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+    assert torch.equal(fresh.modules["m"].weight, before) and fresh.step == 0

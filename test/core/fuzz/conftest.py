@@ -1,0 +1,60 @@
+"""The fuzz suite's shared pieces: hypothesis settings and the properties every hostile input must satisfy.
+
+Default run: derandomized (the same cases every run, no example database), a bounded number of examples per
+family, no deadline. ``-m slow`` runs each family's ``_long`` twin with ten times the examples.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from selfpose_core.errors import SelfposeError
+
+MAX_MESSAGE_CHARS = 500
+LONG_FACTOR = 10
+
+_BASE = dict(derandomize=True, database=None, deadline=None, print_blob=False,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                    HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+
+
+def fuzz(examples: int, **strategies: Any) -> Callable[[Callable], tuple[Callable, Callable]]:
+    """Decorator: the property as two tests, ``examples`` derandomized cases and a ``slow``-marked twin with
+    ``LONG_FACTOR`` times as many. Use as ``test_x, test_x_long = fuzz(50, value=...)(_property)``."""
+    def make(prop: Callable) -> tuple[Callable, Callable]:
+        fast = settings(max_examples=examples, **_BASE)(given(**strategies)(prop))
+        long = pytest.mark.slow(settings(max_examples=examples * LONG_FACTOR, **_BASE)(given(**strategies)(prop)))
+        return fast, long
+    return make
+
+
+def digest(*paths: Path) -> str:
+    """One hash of the bytes of every file under ``paths`` (to check that reading changed nothing)."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(p for p in Path(root).rglob("*") if p.is_file()) if Path(root).is_dir() else [Path(root)]
+        for p in files:
+            h.update(str(p).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def expect_clean(call: Callable[[], Any], *inputs: Path) -> SelfposeError | None:
+    """Run ``call``: it must succeed or raise a SelfposeError whose message is one line of < 500 characters, and
+    leave the files ``inputs`` unchanged. Returns the error (None on success)."""
+    before = digest(*inputs)
+    error = None
+    try:
+        call()
+    except SelfposeError as exc:
+        error = exc
+        text = str(exc)
+        assert "\n" not in text and "\r" not in text, f"message is not one line: {text[:300]!r}"
+        assert len(text) < MAX_MESSAGE_CHARS, f"message of {len(text)} characters: {text[:300]!r}..."
+    assert digest(*inputs) == before, "reading changed its input files"
+    return error
