@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from selfpose_core.config_io import load_yaml
 from selfpose_core.errors import ConfigError
 
 ESTIMATOR_NODE = "selfpose_estimator"
@@ -86,10 +85,7 @@ def load_node_yaml(path: str | Path, node: str) -> dict[str, Any]:
     """The ``<node>: ros__parameters:`` mapping of a ROS 2 parameter file, checked against the node's parameters
     (an unknown name or a value of the wrong type raises `ConfigError` naming the file and the key)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read parameter file {path}: {exc}") from exc
+    raw = load_yaml(path, "parameter file")  # one-line errors; duplicate keys, alias bombs refused
     section = (raw or {}).get(node, {}) if isinstance(raw, dict) else None
     if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
         raise ConfigError(f"{path}: no '{node}: ros__parameters:' section")
