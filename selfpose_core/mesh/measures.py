@@ -15,9 +15,22 @@ FACE_CHUNK = 1 << 18  # faces whose areas/normals are computed at once (sampling
 
 
 def _hull_candidates(v: np.ndarray) -> np.ndarray:
-    """Points that can be an end of the farthest pair: the convex hull vertices (all points when the hull is flat,
-    or when there are more than ``_HULL_MAX_POINTS``: the branch and bound then prunes the interior itself)."""
-    if len(v) < 5 or len(v) > _HULL_MAX_POINTS:
+    """Points that can be an end of the farthest pair: the convex hull vertices (all points when the hull is flat).
+
+    Above ``_HULL_MAX_POINTS`` points the hull is taken chunk by chunk (the hull vertices of the whole set are among
+    those of the chunks), as long as the chunks' hulls keep few of their points; when they keep most (a finely
+    tessellated ball: Qhull would take minutes and GBs for nothing), all points go to the branch and bound, which
+    prunes the interior itself."""
+    if len(v) > _HULL_MAX_POINTS:
+        kept = []
+        for s in range(0, len(v), _HULL_MAX_POINTS):
+            part = _hull_candidates(v[s:s + _HULL_MAX_POINTS])
+            if len(part) > _HULL_MAX_POINTS // 4:
+                return v
+            kept.append(part)
+        merged = np.concatenate(kept)
+        return merged if len(merged) > _HULL_MAX_POINTS else _hull_candidates(merged)
+    if len(v) < 5:
         return v
     try:
         return v[ConvexHull(v).vertices]
@@ -125,8 +138,9 @@ def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def mesh_diameter(vertices: np.ndarray) -> float:
     """Largest distance between two of ``vertices`` (N, 3), exact (BOP's model diameter).
 
-    The farthest pair of a point set lies on its convex hull, so only hull vertices are compared (below
-    ``_HULL_MAX_POINTS`` points; above, all points go into the search, which prunes the interior). Small sets are
+    The farthest pair of a point set lies on its convex hull, so only hull vertices are compared (above
+    ``_HULL_MAX_POINTS`` points the hulls of chunks; all points when those keep most of theirs, see
+    :func:`_hull_candidates`; the search then prunes the interior itself). Small sets are
     compared all-pairs; large ones (scanned meshes, balls) by a dual-tree branch and bound: node pairs of a
     median-split tree are refined depth first, in chunks of ``_PAIR_CHUNK`` pairs, and dropped when their bounding
     boxes, balls or cones about the centre (the bound that stays tight on round objects) cannot be farther apart

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-from selfpose_core.config_io import require_at_least
+from selfpose_core.config_io import excerpt, one_line, require_at_least
 from selfpose_core.data.nol_training_set import NolTrainingConfig, NolTrainingSets
 from selfpose_core.errors import ConfigError, ModelError, ShapeError
 from selfpose_core.geometry.shapes import check_shape
@@ -51,6 +50,7 @@ log = logging.getLogger(__name__)
 
 #: channels of a projected map P_k: colour (3), encoder features (13), face angle (1)
 COLOUR = slice(0, 3)
+MAX_NOL_PARAMETERS = 50_000_000  # load_nol refuses configs describing more (200 MB of float32)
 
 
 @dataclass(slots=True)
@@ -426,12 +426,30 @@ def load_nol(path: str | Path, device: str = "cpu") -> NolNet:
     if not p.is_file():
         raise ModelError(f"NOL weights {p} do not exist (make them with `selfpose nol-train --out DIR`)")
     try:
-        state = torch.load(p, map_location=device, weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError (refused pickle), EOFError, RuntimeError (zip), ...
+        raise ModelError(f"cannot load NOL weights {p} safely with torch.load(weights_only=True) "
+                         f"({type(exc).__name__}: {one_line(str(exc), 160)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) \
+            or not isinstance(state.get("state_dict"), dict):
+        raise ModelError(f"cannot load NOL weights {p}: must hold a mapping with 'config' and 'state_dict'")
+    for name, t in state["state_dict"].items():
+        if not isinstance(t, torch.Tensor) or (t.is_floating_point() and not bool(torch.isfinite(t).all())):
+            raise ModelError(f"cannot load NOL weights {p}: 'state_dict' entry {excerpt(name, 60)} is not a tensor "
+                             "of finite values")
+    try:
         cfg = NolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+        with torch.device("meta"):  # count first: absurd widths must not allocate
+            n = sum(t.numel() for t in NolNet(cfg).parameters())
+        if n > MAX_NOL_PARAMETERS:
+            raise ModelError(f"cannot load NOL weights {p}: its config describes {n} parameters, more than the "
+                             f"{MAX_NOL_PARAMETERS} selfpose loads")
         net = NolNet(cfg)
         net.load_state_dict(state["state_dict"])
-    except (RuntimeError, KeyError, TypeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"cannot load NOL weights {p}: {exc}") from exc
+    except ModelError:
+        raise
+    except Exception as exc:  # a config NolNet cannot be built from, weights that do not fit it
+        raise ModelError(f"cannot load NOL weights {p}: {type(exc).__name__}: {one_line(str(exc), 160)}") from None
     return net.to(device).eval()
 
 

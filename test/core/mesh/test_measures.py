@@ -31,6 +31,8 @@ def test_exact_diameter_on_a_ball_without_the_hull_and_in_small_chunks(monkeypat
     for v in (np.asarray(ball.vertices), rng.normal(size=(3000, 3)) * [1.0, 2.0, 0.5], rng.random((3000, 3))):
         expected = pdist(v).max()
         assert measures.mesh_diameter(v) == expected
+        monkeypatch.setattr(measures, "_HULL_MAX_POINTS", 600)  # hulls of chunks (the ball: every point kept)
+        assert measures.mesh_diameter(v) == expected
         monkeypatch.setattr(measures, "_HULL_MAX_POINTS", 10)  # the branch and bound over every point ...
         monkeypatch.setattr(measures, "_PAIR_CHUNK", 4)  # ... refining 4 node pairs at a time
         monkeypatch.setattr(measures, "FACE_CHUNK", 64)

@@ -169,6 +169,15 @@ def test_weights_round_trip(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="bad.pt"):
         load_nol(tmp_path / "bad.pt")
+    state["state_dict"][next(iter(state["state_dict"]))].fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ModelError, match=r"nan.pt: 'state_dict' entry '.*' is not a tensor of finite values"):
+        load_nol(tmp_path / "nan.pt")
+    state = torch.load(tmp_path / "nol.pt", weights_only=True)
+    state["config"]["encoder_widths"] = [4096] * 4  # about 1 GB of weights, refused before anything is allocated
+    torch.save(state, tmp_path / "wide.pt")
+    with pytest.raises(ModelError, match=r"wide.pt: its config describes \d+ parameters, more than the 50000000"):
+        load_nol(tmp_path / "wide.pt")
 
 
 def test_config_is_validated():
