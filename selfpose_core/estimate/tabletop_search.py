@@ -66,7 +66,8 @@ class SearchConfig:
     polish_floor: float = 0.5  # no polish or alignment for a pair whose fit x similarity before them is below
                                # this fraction of min_confidence (clutter)
     explain_rounds: int = 1  # re-cluster what the found objects leave unexplained (touching objects; 0 = none)
-    use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one
+    use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one ...
+    appearance_weight: float = 1.0  # ... with this weight: similarity used = 1 - w + w x colour similarity
 
     def validate(self, where: str = "search") -> SearchConfig:
         self.proposals.validate(f"{where}.proposals")
@@ -81,9 +82,9 @@ class SearchConfig:
         if not self.verify.tau > 0 or not 0 <= self.verify.occluded_weight <= 1:
             raise ConfigError(f"{where}.verify: need tau > 0 and occluded_weight in [0, 1], got "
                               f"{self.verify.tau}, {self.verify.occluded_weight}")
-        if not 0 <= self.min_confidence <= 1 or not 0 <= self.candidate_ratio <= 1 or not 0 <= self.polish_floor <= 1:
-            raise ConfigError(f"{where}: min_confidence, candidate_ratio and polish_floor must be in [0, 1], got "
-                              f"{self.min_confidence}, {self.candidate_ratio}, {self.polish_floor}")
+        for key in ("min_confidence", "candidate_ratio", "polish_floor", "appearance_weight"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
         return self
 
 
@@ -173,7 +174,8 @@ class TabletopSearch:
         for i, p in enumerate(proposals):
             cands = [k for k in self._candidates(p, plane) if k in objects]
             if appearance is not None and cands:
-                sims[i] = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
+                raw = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
+                sims[i] = 1.0 - c.appearance_weight + c.appearance_weight * raw
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
