@@ -188,14 +188,13 @@ class PublishConfig:
 def publish_config_for_bundle(bundle: str | Path, **kwargs: Any) -> PublishConfig:
     """`PublishConfig` with the meshes, boxes and sizes of the objects of model bundle ``bundle`` (read from the
     objects config its bundle.yaml names); without them (file missing) markers fall back to plain boxes."""
-    import yaml
-
+    from selfpose_core.config_io import load_yaml
     from selfpose_core.mesh.objects_config import load_objects_config
     spec_path = Path(bundle) / "bundle.yaml"
     try:
-        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(spec_path, "model bundle spec") or {}
         objects_config = Path(str(raw["objects_config"]))
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+    except (SelfposeError, KeyError, TypeError) as exc:
         log.warning("no objects config from %s (%s): markers and overlays show no meshes", spec_path, exc)
         return PublishConfig(**kwargs)
     if not objects_config.is_absolute():

@@ -225,3 +225,12 @@ def test_diagnostics_message_and_missing_ros_install():
     assert d.level == 1 and d.values[0].key == "rate (Hz)" and d.values[0].value == "3.00"
     with pytest.raises(RecordingError, match="not installed.*no_such_pkg"):
         import_message_classes(["no_such_pkg/msg/Thing"])
+
+
+def test_publish_config_for_a_broken_bundle_falls_back_to_boxes(tmp_path, caplog):
+    from selfpose_core.estimate.publishing import publish_config_for_bundle
+
+    (tmp_path / "bundle.yaml").write_text("objects_config: a.yaml\nobjects_config: b.yaml\n")  # duplicate key
+    cfg = publish_config_for_bundle(tmp_path)
+    assert isinstance(cfg, PublishConfig) and not cfg.mesh_resources
+    assert "duplicate" in caplog.text and "bundle.yaml" in caplog.text
