@@ -6,7 +6,7 @@ frame they give the table and what stands on it, whatever the pre-trained estima
 1. :func:`fuse_depth`: every frame's depth (every ``stride``-th pixel) back-projected through the recorded camera
    pose, voxel-downsampled (Open3D). Odometry drift blurs the cloud by its size (a few cm over a loop).
 2. :func:`tabletop_clusters`: the point the cameras look at (``optical_axes_center``), the dominant
-   horizontal plane near it (RANSAC, Open3D ``segment_plane``), the points above it, Euclidean clusters (DBSCAN).
+   horizontal plane near it (RANSAC, :func:`~selfpose_core.estimate.tabletop.ransac_plane`), the points above it, Euclidean clusters (DBSCAN).
 3. :func:`register_model`: each CAD model against each cluster: resting hypotheses (each of the mesh's stable
    resting poses on the table, upright first, as the estimator's search uses them (``estimate/hypotheses.py``);
    yaw every 30 deg; objects.yaml meshes are z up) and, with ``upright: false``, a FPFH-RANSAC

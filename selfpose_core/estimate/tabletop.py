@@ -3,8 +3,9 @@
 One implementation serves both users: the per-frame object proposals of the estimator
 (:mod:`selfpose_core.estimate.proposals`, camera frame, one depth image) and the scene registration of the
 ``multiview_consensus`` stage (world frame, the recording's fused depth).
-Plane: RANSAC (Open3D ``segment_plane``, Fischler & Bolles 1981); clusters: DBSCAN (Open3D ``cluster_dbscan``,
-Ester et al. 1996). Both are seeded, so the same points give the same result whatever ran before.
+Plane: RANSAC (Fischler & Bolles 1981) with a fixed draw, in numpy (Open3D's multithreaded ``segment_plane`` gave
+different planes in different processes despite its seed); clusters: DBSCAN (Open3D ``cluster_dbscan``, Ester et
+al. 1996). The same points give the same result whatever ran before.
 """
 from __future__ import annotations
 
@@ -42,19 +43,40 @@ def upright_basis(up: np.ndarray) -> np.ndarray:
     return np.stack([x, np.cross(up, x), up], 1)
 
 
+def ransac_plane(points: np.ndarray, distance: float, iterations: int = 500, seed: int = 0
+                 ) -> tuple[np.ndarray, float, np.ndarray]:
+    """The plane ``n . x + d = 0`` (unit ``n``, ``d``) through three of ``points`` (N, 3) with the most points
+    within ``distance``, and the indices of those inliers. Deterministic (a fixed draw of ``iterations`` triples,
+    scored in chunks; ties go to the first): the same points give the same plane whatever the thread count."""
+    rng = np.random.default_rng(seed)
+    tri = points[rng.integers(0, len(points), (iterations, 3))]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(n, axis=1)
+    ok = norm > 1e-12
+    n, tri = n[ok] / norm[ok, None], tri[ok]
+    d = -np.einsum("ij,ij->i", n, tri[:, 0])
+    counts = np.zeros(len(n), np.int64)
+    chunk = max(1, (1 << 22) // max(len(points), 1))
+    for i in range(0, len(n), chunk):
+        counts[i:i + chunk] = (np.abs(points @ n[i:i + chunk].T + d[i:i + chunk]) <= distance).sum(0)
+    if not len(counts):
+        return np.array([0.0, 0.0, 1.0]), 0.0, np.zeros(0, np.int64)
+    best = int(np.argmax(counts))
+    inliers = np.nonzero(np.abs(points @ n[best] + d[best]) <= distance)[0]
+    return n[best], float(d[best]), inliers
+
+
 def support_plane(points: np.ndarray, up: np.ndarray, distance: float, min_points: int, *, min_cos: float = 0.95,
                   tries: int = 3, pick: str = "first", max_points: int | None = None,
                   min_extent: float = 0.0) -> np.ndarray:
     """The support plane (4,) = (n, d), ``n . x + d = 0``, ``n`` pointing along ``up``; NaN when none is found.
 
-    RANSAC planes are peeled off ``points`` (N, 3) up to ``tries`` times; those whose normal is within
+    RANSAC planes (:func:`ransac_plane`) are peeled off ``points`` (N, 3) up to ``tries`` times; those whose normal is within
     ``arccos(min_cos)`` of ``up`` and that hold at least ``min_points`` inliers are candidates. ``pick="first"``
     takes the dominant candidate; ``"highest"`` the one farthest along ``up`` (a table top above the floor).
     ``max_points``: RANSAC runs on that many of the points (evenly spread), ``min_points`` is scaled alike.
     ``min_extent``: a candidate's inliers must span at least this many metres (a table, not an object's face).
     """
-    o3d = o3d_module()
-    o3d.utility.random.seed(0)
     up = np.asarray(up, np.float64) / np.linalg.norm(up)
     rest = points
     if max_points is not None and len(points) > max_points:
@@ -65,13 +87,9 @@ def support_plane(points: np.ndarray, up: np.ndarray, distance: float, min_point
     for _ in range(tries):
         if len(rest) < max(3, min_points):
             break
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(rest))
-        model, inl = pcd.segment_plane(distance, 3, 500)
+        n, d, inl = ransac_plane(rest, distance)
         if len(inl) < min_points:
             break
-        n = np.asarray(model[:3], np.float64).reshape(-1)
-        norm = np.linalg.norm(n)
-        n, d = n / norm, float(np.asarray(model).reshape(-1)[3]) / norm
         if abs(n @ up) >= min_cos and np.ptp(rest[inl], axis=0).max() >= min_extent:
             found.append(np.append(n, d) * (1.0 if n @ up > 0 else -1.0))
             if pick == "first":

@@ -159,3 +159,18 @@ def test_touching_objects_in_one_cluster_are_both_found(scene, render_scene, loo
     for k, max_deg in ((0, 0.1), (1, 1.0)):  # the mug's alignment pairs some pixels across the contact
         t_err, r_err = pose_errors(models[k], found[k].T_cam_obj, invert(T_wc) @ touching[k])
         assert t_err < 0.001 and r_err < max_deg, (models[k].name, t_err, r_err)
+
+
+def test_ransac_plane_finds_the_plane_among_outliers_and_is_repeatable(rng):
+    from selfpose_core.estimate.tabletop import ransac_plane
+
+    n_true = np.array([0.1, -0.2, 1.0]) / np.linalg.norm([0.1, -0.2, 1.0])
+    xy = rng.uniform(-0.5, 0.5, (3000, 2))
+    on = np.column_stack([xy, (-0.7 - xy @ n_true[:2]) / n_true[2]]) + rng.normal(0, 0.002, (3000, 3))
+    points = np.concatenate([on, rng.uniform(-0.5, 0.5, (2000, 3))])
+    n, d, inliers = ransac_plane(points, 0.006)
+    n, d = (n, d) if n @ n_true > 0 else (-n, -d)
+    assert np.degrees(np.arccos(min(1.0, n @ n_true))) < 1.0 and abs(d - 0.7) < 0.005
+    assert 2900 <= np.sum(inliers < 3000) and np.sum(inliers >= 3000) < 100
+    again = ransac_plane(points.copy(), 0.006)
+    assert np.array_equal(again[2], inliers) and again[1] == ransac_plane(points, 0.006)[1]
