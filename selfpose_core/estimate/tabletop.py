@@ -46,7 +46,7 @@ def upright_basis(up: np.ndarray) -> np.ndarray:
 def ransac_plane(points: np.ndarray, distance: float, iterations: int = 500, seed: int = 0
                  ) -> tuple[np.ndarray, float, np.ndarray]:
     """The plane ``n . x + d = 0`` (unit ``n``, ``d``) through three of ``points`` (N, 3) with the most points
-    within ``distance``, and the indices of those inliers. Deterministic (a fixed draw of ``iterations`` triples,
+    within ``distance``, refitted to those by least squares, and the indices of its inliers. Deterministic (a fixed draw of ``iterations`` triples,
     scored in chunks; ties go to the first): the same points give the same plane whatever the thread count."""
     rng = np.random.default_rng(seed)
     tri = points[rng.integers(0, len(points), (iterations, 3))]
@@ -62,8 +62,14 @@ def ransac_plane(points: np.ndarray, distance: float, iterations: int = 500, see
     if not len(counts):
         return np.array([0.0, 0.0, 1.0]), 0.0, np.zeros(0, np.int64)
     best = int(np.argmax(counts))
-    inliers = np.nonzero(np.abs(points @ n[best] + d[best]) <= distance)[0]
-    return n[best], float(d[best]), inliers
+    n, d = n[best], float(d[best])
+    inliers = np.nonzero(np.abs(points @ n + d) <= distance)[0]
+    if len(inliers) >= 3:  # least-squares refit on the inliers (the triple's noise tilts the plane)
+        centre = points[inliers].mean(0)
+        normal = np.linalg.svd(points[inliers] - centre, full_matrices=False)[2][2]
+        n, d = (normal, float(-normal @ centre)) if normal @ n >= 0 else (-normal, float(normal @ centre))
+        inliers = np.nonzero(np.abs(points @ n + d) <= distance)[0]
+    return n, d, inliers
 
 
 def support_plane(points: np.ndarray, up: np.ndarray, distance: float, min_points: int, *, min_cos: float = 0.95,
