@@ -32,9 +32,9 @@ from scipy.spatial import cKDTree
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
-from selfpose_core.estimate.hypotheses import resting_rotations
+from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.tabletop import (depth_points, euclidean_clusters, o3d_module, support_plane,
-                                              upright_basis, upright_icp)
+                                              upright_icp)
 from selfpose_core.geometry.projection import optical_axes_center
 from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.types import CameraIntrinsics, ObjectModel
@@ -180,20 +180,8 @@ def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, c
     cluster = np.asarray(pcd.voxel_down_sample(cfg.registration_voxel).points)
     # resting hypotheses: each stable resting pose of the mesh (upright first) on the plane, every yaw
     up = plane[:3]
-    R_up = upright_basis(up)
-    centre = cluster.mean(0)
-    foot = centre - (centre @ up + plane[3]) * up  # the cluster's centre dropped onto the plane
-    v = np.asarray(model.vertices, np.float64)
-    hyps = []
-    for R_rest in resting_rotations(model, cfg.resting_poses) if rests is None else rests:
-        P = v @ R_rest.T
-        base = np.array([(P[:, 0].min() + P[:, 0].max()) / 2, (P[:, 1].min() + P[:, 1].max()) / 2, P[:, 2].min()])
-        for yaw in np.arange(cfg.yaw_steps) * 2 * np.pi / cfg.yaw_steps:
-            c, s = np.cos(yaw), np.sin(yaw)
-            T = np.eye(4)
-            T[:3, :3] = R_up @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ R_rest
-            T[:3, 3] = foot - T[:3, :3] @ R_rest.T @ base
-            hyps.append(T)
+    rests = resting_rotations(model, cfg.resting_poses) if rests is None else rests
+    hyps = list(tabletop_hypotheses(pts, rests, cluster, plane, cfg.yaw_steps, push_back=0.0))
     if cfg.upright:
         poses = list(upright_icp(pts, cluster, np.stack(hyps), up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau),
                                  cfg.icp_iterations))

@@ -29,7 +29,7 @@ from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
 from selfpose_core.adapt.context import DistInfo
 from selfpose_core.adapt.pipeline import STAGES, Evaluator, run_pipeline
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
-from selfpose_core.cli.output_dir import OutputLock, check_model_output
+from selfpose_core.cli.output_dir import OutputLock, check_model_output, check_run_flags
 from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
@@ -204,11 +204,7 @@ def demo_adapt(out: Path, sim: Path, model: Path, seed: int = 0, progress: bool 
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if args.overwrite and args.resume:
-        raise ConfigError("--overwrite and --resume exclude each other: --resume continues the run in --out, "
-                          "--overwrite starts a new one")
+    check_run_flags(args, "the run")
     state_file = args.out / "work" / "state.yaml"
     check_model_output(args.out, overwrite=args.overwrite, model=args.model, resume=args.resume,
                        resumable=state_file)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from selfpose_core.errors import OutputError
+from selfpose_core.errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,16 @@ def same_or_inside(path: Path, other: Path) -> bool:
     """Whether ``path`` is ``other`` or lies inside it (symlinks resolved)."""
     a, b = Path(path).resolve(), Path(other).resolve()
     return a == b or b in a.parents
+
+
+def check_run_flags(args, run: str) -> None:
+    """The flags every model-writing command shares: ``--threads`` >= 1, ``--overwrite`` without ``--resume``
+    (``run`` names what --resume continues, e.g. "the training")."""
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.overwrite and args.resume:
+        raise ConfigError(f"--overwrite and --resume exclude each other: --resume continues {run} in --out, "
+                          "--overwrite starts a new one")
 
 
 def check_model_output(out: Path, *, overwrite: bool, model: Path | None = None, resume: bool = False,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from selfpose_core.cli.output_dir import OutputLock, check_model_output
+from selfpose_core.cli.output_dir import OutputLock, check_model_output, check_run_flags
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.errors import ConfigError, RecordingError
@@ -97,11 +97,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if args.overwrite and args.resume:
-        raise ConfigError("--overwrite and --resume exclude each other: --resume continues the training in --out, "
-                          "--overwrite starts a new one")
+    check_run_flags(args, "the training")
     checkpoint = args.out / "train" / "checkpoint.pt"
     check_model_output(args.out, overwrite=args.overwrite, resume=args.resume, resumable=checkpoint)
     with OutputLock(args.out):

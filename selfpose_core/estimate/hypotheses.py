@@ -41,11 +41,11 @@ def resting_rotations(model: ObjectModel, max_poses: int = 4, min_probability: f
 
 
 def tabletop_hypotheses(model_points: np.ndarray, rests: np.ndarray, cluster: np.ndarray, plane: np.ndarray,
-                        yaw_steps: int) -> np.ndarray:
+                        yaw_steps: int, push_back: float = 0.5) -> np.ndarray:
     """(P * yaw_steps, 4, 4) camera-frame poses ``T_cam_obj`` of the object (surface samples ``model_points``
     (M, 3)) resting on ``plane`` (4,) in each of ``rests`` (P, 3, 3) at ``yaw_steps`` yaws, centred on the
-    footprint of ``cluster`` (N, 3, camera frame) moved away from the camera by half the object's radius (the
-    cluster holds only the side facing the camera)."""
+    footprint of ``cluster`` (N, 3, camera frame) moved away from the camera by ``push_back`` x the object's radius
+    (one camera's cluster holds only the side facing it; 0 for a cloud fused from all around, in any frame)."""
     n = plane[:3]
     B = upright_basis(n)
     centre = cluster.mean(0)
@@ -57,7 +57,7 @@ def tabletop_hypotheses(model_points: np.ndarray, rests: np.ndarray, cluster: np
         P = model_points @ R_rest.T
         c = np.array([P[:, 0].mean(), P[:, 1].mean(), P[:, 2].min()])
         radius = float(np.mean(np.linalg.norm(P[:, :2] - c[:2], axis=1)))
-        pos = foot + 0.5 * radius * away
+        pos = foot + push_back * radius * away
         for yaw in np.arange(yaw_steps) * 2 * np.pi / yaw_steps:
             cz, sz = np.cos(yaw), np.sin(yaw)
             Rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])

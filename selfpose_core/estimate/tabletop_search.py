@@ -66,8 +66,7 @@ class SearchConfig:
     polish_floor: float = 0.5  # no polish or alignment for a pair whose fit x similarity before them is below
                                # this fraction of min_confidence (clutter)
     explain_rounds: int = 1  # re-cluster what the found objects leave unexplained (touching objects; 0 = none)
-    use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one ...
-    appearance_weight: float = 1.0  # ... with this weight: similarity used = 1 - w + w x colour similarity
+    use_appearance: bool = True  # tell objects apart by the bundle's appearance model when it has one
 
     def validate(self, where: str = "search") -> SearchConfig:
         self.proposals.validate(f"{where}.proposals")
@@ -82,7 +81,7 @@ class SearchConfig:
         if not self.verify.tau > 0 or not 0 <= self.verify.occluded_weight <= 1:
             raise ConfigError(f"{where}.verify: need tau > 0 and occluded_weight in [0, 1], got "
                               f"{self.verify.tau}, {self.verify.occluded_weight}")
-        for key in ("min_confidence", "candidate_ratio", "polish_floor", "appearance_weight"):
+        for key in ("min_confidence", "candidate_ratio", "polish_floor"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
         return self
@@ -174,8 +173,7 @@ class TabletopSearch:
         for i, p in enumerate(proposals):
             cands = [k for k in self._candidates(p, plane) if k in objects]
             if appearance is not None and cands:
-                raw = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
-                sims[i] = 1.0 - c.appearance_weight + c.appearance_weight * raw
+                sims[i] = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
@@ -234,31 +232,31 @@ class TabletopSearch:
                                           self.config.verify)[0]))
         return out
 
-    def refine(self, frame: Frame, k: int, T_cam_obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Poses (H, 4, 4) of object ``k`` near the hypotheses ``T_cam_obj`` (H, 4, 4), e.g. a tracked object
-        moved by the camera motion, aligned to ``frame``'s depth over the 4 DOF of a resting object (about the
-        world's up from ``frame.T_world_cam``), and their render-and-compare evidence (H, 4)
-        (:func:`~selfpose_core.estimate.verification.verify_counts`; zero out of view). No plane or clusters
-        are needed: the object's segment is the depth inside its bounding sphere above its lowest point."""
-        T_cam_obj = np.asarray(T_cam_obj, np.float64).reshape(-1, 4, 4)
-        if frame.depth is None or not len(T_cam_obj):
-            return T_cam_obj, np.zeros((len(T_cam_obj), 4))
+    def refine(self, frame: Frame, hypotheses: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """{object index k: (poses (H, 4, 4), evidence (H, 4))} for ``hypotheses`` {k: T_cam_obj (H, 4, 4)}, e.g.
+        tracked objects moved by the camera motion: each pose aligned to ``frame``'s depth over the 4 DOF of a
+        resting object (about the world's up from ``frame.T_world_cam``) and scored by render-and-compare
+        (:func:`~selfpose_core.estimate.verification.verify_counts`; zero out of view). No plane or clusters are
+        needed: an object's segment is the depth inside its bounding sphere above its lowest point."""
+        hypotheses = {k: np.asarray(T, np.float64).reshape(-1, 4, 4) for k, T in hypotheses.items()}
+        if frame.depth is None:
+            return {k: (T, np.zeros((len(T), 4))) for k, T in hypotheses.items()}
         c = self.config
-        d = self.data[k]
-        depth_grid, K_grid = self._grid(frame)
+        depth_grid, K_grid = self._grid(frame)  # once per frame, for every object
         up, _ = camera_up(frame.T_world_cam)
-        window = self._window(d, T_cam_obj, K_grid, depth_grid.shape)
-        if window is None:
-            return T_cam_obj, np.zeros((len(T_cam_obj), 4))
-        out = T_cam_obj.copy()
-        counts = np.zeros((len(T_cam_obj), 4))
-        for j, T in enumerate(T_cam_obj):
-            if c.align_iterations:
-                out[j] = align_resting(d.mesh, d.face_normals, T, up, depth_grid, K_grid, window,
-                                       gate=c.icp_tau, iterations=c.align_iterations)
-            mask = self._segment(d, out[j], up, depth_grid, K_grid, window)
-            counts[j] = verify_counts(d.mesh, out[j][None], depth_grid, K_grid, mask, window, c.verify)[0]
-        return out, counts
+        out = {}
+        for k, T_cam_obj in hypotheses.items():
+            d = self.data[k]
+            aligned, counts = T_cam_obj.copy(), np.zeros((len(T_cam_obj), 4))
+            window = self._window(d, T_cam_obj, K_grid, depth_grid.shape) if len(T_cam_obj) else None
+            for j, T in enumerate(T_cam_obj if window is not None else ()):
+                if c.align_iterations:
+                    aligned[j] = align_resting(d.mesh, d.face_normals, T, up, depth_grid, K_grid, window,
+                                               gate=c.icp_tau, iterations=c.align_iterations)
+                mask = self._segment(d, aligned[j], up, depth_grid, K_grid, window)
+                counts[j] = verify_counts(d.mesh, aligned[j][None], depth_grid, K_grid, mask, window, c.verify)[0]
+            out[k] = (aligned, counts)
+        return out
 
     def _window(self, d: _ObjectData, T_cam_obj: np.ndarray, K_grid: np.ndarray, shape: tuple[int, int]
                 ) -> tuple[int, int, int, int] | None:

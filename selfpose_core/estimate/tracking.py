@@ -3,7 +3,7 @@
 The robot knows its camera pose in the world from TF (``Frame.T_world_cam``) and the objects do not move, so an
 object found once has a pose in the world. Per frame, each object's world-pose hypotheses are brought into the
 camera (``T_cam_obj = inv(T_world_cam) @ T_world_obj``), aligned to the depth over a resting object's 4 DOF and
-verified by render-and-compare (:meth:`TabletopSearch.refine`): a few renders per object instead of the full
+verified by render-and-compare (:meth:`TabletopSearch.refine`, one depth grid for all objects): a few renders per object instead of the full
 search. The full search (:meth:`PoseEstimator.estimate`) runs on the first frame, every ``redetect_every``
 frames (objects that came into view) and right after an object in view failed verification.
 
@@ -124,9 +124,12 @@ class PoseTracker:
         T_cam_world = invert(T_world_cam)
         self.lost = False
         out = []
+        moved = {k: np.stack([T_cam_world @ h.T_world_obj for h in track.hypotheses])
+                 for k, track in self.tracks.items()}
+        refined = self.estimator.search.refine(frame, moved)
         for k, track in self.tracks.items():
-            T_cam = np.stack([T_cam_world @ h.T_world_obj for h in track.hypotheses])
-            aligned, counts = self.estimator.search.refine(frame, k, T_cam)
+            T_cam = moved[k]
+            aligned, counts = refined[k]
             fits = score_counts(counts, occluded_weight)
             in_sight = counts[:, 0] + counts[:, 1] + counts[:, 3]
             support = counts[:, 0] / np.maximum(in_sight, 1e-9)

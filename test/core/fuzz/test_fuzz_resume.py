@@ -16,7 +16,7 @@ from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
 from selfpose_core.models.trainer import Trainer, TrainerConfig
 
 from .conftest import expect_clean, fuzz
-from .test_fuzz_configs import BOMBS, FLIPS, TREES, _apply, _mutations, _text
+from .test_fuzz_configs import BOMBS, FLIPS, TREES, _mutations, _text
 
 _counter = itertools.count()
 NUMBERS = st.one_of(st.integers(), st.integers(-2 ** 70, 2 ** 70), st.just(10 ** 9), st.just(-1), st.just(3),
@@ -24,6 +24,17 @@ NUMBERS = st.one_of(st.integers(), st.integers(-2 ** 70, 2 ** 70), st.just(10 **
 
 
 # ------------------------------------------------------------------------------------------------- checkpoint.pt
+
+def _damaged(data: bytes, how: str, flips) -> bytes:
+    """``data`` truncated at the first flip's position (``how == "truncate"``) or with the flips' bytes XOR-ed."""
+    out = bytearray(data)
+    if how == "truncate":
+        del out[int(flips[0][0] * len(out)):]
+    else:
+        for where, v in flips:
+            out[int(where * (len(out) - 1))] ^= v
+    return bytes(out)
+
 def _trainer(out):
     torch.manual_seed(0)
     return Trainer({"m": torch.nn.Linear(2, 1)}, out, TrainerConfig(steps=5, progress=False))
@@ -69,13 +80,7 @@ def _checkpoint(checkpoint_dir, how, step, value, flips):
     if how == "empty":
         path.write_bytes(b"")
     elif how in ("flip", "truncate"):
-        data = bytearray(path.read_bytes())
-        if how == "truncate":
-            del data[int(flips[0][0] * len(data)):]
-        else:
-            for where, v in flips:
-                data[int(where * (len(data) - 1))] ^= v
-        path.write_bytes(bytes(data))
+        path.write_bytes(_damaged(path.read_bytes(), how, flips))
     elif how == "text":
         path.write_text(yaml.safe_dump(value))
     else:
@@ -155,13 +160,7 @@ def _pseudo(pseudo_file, how, key, array, flips):
         with open(path, "wb") as f:  # a pickled object array: must never be unpickled
             np.save(f, np.array([{"frame": 1}], dtype=object), allow_pickle=True)
     else:
-        data = bytearray(pseudo_file.read_bytes())
-        if how == "truncate":
-            del data[int(flips[0][0] * len(data)):]
-        else:
-            for where, v in flips:
-                data[int(where * (len(data) - 1))] ^= v
-        path.write_bytes(bytes(data))
+        path.write_bytes(_damaged(pseudo_file.read_bytes(), how, flips))
     expect_clean(lambda: PseudoLabels.load(path), path)
     path.unlink()
 
