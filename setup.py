@@ -28,7 +28,7 @@ setup(
         "matplotlib>=3.7",
         "pillow>=9.0",
     ],
-    extras_require={"test": ["pytest>=7.4", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=7.4", "hypothesis>=6.100", "import-linter>=2.1"]},
     entry_points={
         "console_scripts": [
             "selfpose = selfpose_core.cli.main:main",
