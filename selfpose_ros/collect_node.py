@@ -2,11 +2,12 @@
 
 Synchronised colour (+ depth) + camera_info in (sensor-data QoS); the camera pose ``world_frame <- camera_frame`` is
 looked up in tf2 at each image stamp; `selfpose_core.data.keyframes.SequenceCollector` keeps the keyframes and writes
-the recording. Ctrl-C / SIGTERM: the frame being written is completed, frames still waiting for TF are decided, the
-bag is closed and readable.
+the recording. Ctrl-C / SIGTERM (handled in `main`, not in the library): the frame being written is completed, frames
+still waiting for TF are decided, the bag is closed and readable; a second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -20,6 +21,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from tf2_ros import Buffer, TransformException, TransformListener
 
+from selfpose_core.cli.signals import StopSignals
 from selfpose_core.data.keyframes import KeyframeConfig, SequenceCollector
 from selfpose_core.data.tf_buffer import transform_msg_to_matrix
 from selfpose_core.errors import SelfposeError
@@ -85,20 +87,22 @@ class CollectSequenceNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # No rclpy signal handlers: Ctrl-C / SIGTERM reach the recording writer, which finishes the frame it is
-    # writing, and then the finally clause closes the bag.
+    # Signals are handled here, not by rclpy: the first Ctrl-C / SIGTERM is raised once the frame being written is
+    # complete, a second one at once (cli/signals.py); the finally clause closes the bag.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
+    log = get_logger(COLLECT_NODE)
     try:
-        node = CollectSequenceNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
+        with StopSignals(on_signal=lambda sig: log.info(f"{signal.Signals(sig).name}: closing the recording")):
+            node = CollectSequenceNode()
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            while rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except SystemExit as exc:  # SIGTERM raised by the recording writer after finishing a frame
+    except SystemExit as exc:  # SIGTERM, raised by StopSignals once the frame being written is complete
         code = 0 if exc.code in (0, 143) else int(exc.code or 1)
     except SelfposeError as exc:
         get_logger(COLLECT_NODE).fatal(str(exc))

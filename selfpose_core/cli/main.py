@@ -7,7 +7,8 @@ and sets ``func(args) -> int``. Exit codes (docs/cli.md):
   an environment `OSError` (full disk, read-only or unwritable path): one line on stderr;
 - 3: anything else, a bug: one line "internal error: <type>: <message> (run with --debug for the traceback, please
   report)";
-- 130: Ctrl-C, 143: SIGTERM, each after the command has closed what it was writing (one line on stderr).
+- 130: Ctrl-C, 143: SIGTERM, each after the command has closed what it was writing (one line on stderr); a second
+  Ctrl-C/SIGTERM stops at once, a third kills (cli/signals.py).
 
 ``--debug`` prints the traceback too (same exit codes) and turns on debug logging.
 """
@@ -21,6 +22,7 @@ import signal
 import sys
 import traceback
 
+from selfpose_core.cli.signals import StopSignals
 from selfpose_core.errors import SelfposeError
 
 # Subcommand modules, in the order `selfpose --help` lists them.
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     name = f"selfpose {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with StopSignals():  # the only place `selfpose` handles SIGINT/SIGTERM (cli/signals.py)
+            return int(args.func(args) or 0)
     except SelfposeError as exc:
         if args.debug:
             traceback.print_exc()

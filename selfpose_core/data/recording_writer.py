@@ -5,13 +5,13 @@ request, metadata version 8 for Humble and Jazzy). It writes a *split* bag: ever
 ``segment_messages`` messages) the current storage file is closed, moved next to the others and metadata.yaml is
 rewritten atomically. So at any moment the directory is a valid bag of all closed segments:
 
-- Ctrl-C (SIGINT) or SIGTERM: while a writer created in the main thread is open (and the process had the default
-  handlers), the signal is deferred until the message or frame being written is complete; then the bag is closed
-  and KeyboardInterrupt / SystemExit(128 + signal) is raised in the main thread: nothing is lost. Messages may be
-  written from another thread (`selfpose estimate` writes from its worker): sections are serialised by a lock, and
-  when the signal arrives while a worker is inside one, that worker closes the bag at the end of the section and
-  sends the signal on to the main thread, which then raises. (ROS nodes handle signals through rclpy and close the
-  writer on shutdown.)
+- Interrupts: the writer installs no signal handlers (signals belong to the process's entry point). Writing
+  happens in `atomic` sections (all messages of one frame); an entry point's SIGINT/SIGTERM handler calls
+  `raise_after_sections(exc)`, which raises ``exc`` at once, or, when the main thread is inside a section, at the
+  end of its outermost one, so the frame being written is complete; the ``with`` block (or ``finally: close()``)
+  then closes the bag: nothing is lost. Sections of other threads (`selfpose estimate` writes from its worker) are
+  serialised by a lock, so a ``close()`` from the main thread waits for the frame a worker is writing.
+  `selfpose_core.cli.signals.StopSignals` is that handler for `selfpose` and the ROS nodes.
 - kill -9 / power loss: the open segment stays behind unclosed in ``segment_<k>.partial/``; the bag still reads
   without it, and `selfpose recover BAG` salvages every complete message from it (MCAP) and re-indexes the bag.
 
@@ -24,11 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -81,61 +80,8 @@ class BagWriter:
         self._segment_count = 0
         self._closed = False
         self._lock = threading.RLock()  # held by the thread inside an atomic section
-        self._owner: int | None = None  # that thread's id
-        self._busy = 0  # nesting depth of sections that defer SIGINT/SIGTERM
-        self._pending: int | None = None
-        self._old_handlers: dict[int, Any] = {}
         self.path.mkdir(parents=True)
         write_metadata(self.path, storage, [])  # an empty, valid bag from the start
-        self._install_signal_handlers()  # now, in the constructing thread: the first write may come from a worker
-
-    # ------------------------------------------------------------------ signals
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-            if signal.getsignal(sig) is default:
-                self._old_handlers[sig] = default
-                signal.signal(sig, self._on_signal)
-
-    def _restore_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread may set handlers; it restores them when the re-sent signal arrives
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        """SIGINT/SIGTERM handler (runs in the main thread)."""
-        if self._closed:  # closed by a writing thread that sent the signal on, or a late second signal
-            self._restore_signal_handlers()
-            _raise_for(signum)
-        self._pending = signum
-        if self._owner == threading.get_ident():
-            return  # the main thread is inside a section: raised when it ends
-        self._take_pending()  # else the thread inside a section takes it when the section ends
-
-    def _take_pending(self) -> None:
-        """Act on a deferred signal if no thread is inside a section: close the bag, then raise it in the main
-        thread (from another thread: send it on to the main thread)."""
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            if self._busy or self._pending is None:
-                return
-            signum, self._pending = self._pending, None
-            if threading.current_thread() is threading.main_thread():
-                self._stop_for(signum)
-            elif not self._closed:
-                self.close()
-                signal.pthread_kill(threading.main_thread().ident, signum)
-        finally:
-            self._lock.release()
-
-    def _stop_for(self, signum: int) -> None:
-        """Close the bag (we are between messages), then raise KeyboardInterrupt / SystemExit(128 + signum)."""
-        self.close()
-        _raise_for(signum)
 
     # ------------------------------------------------------------------ writing
     def set_qos(self, topic: str, qos: Qos) -> None:
@@ -181,20 +127,10 @@ class BagWriter:
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
-        """A section (e.g. all messages of one frame) that SIGINT/SIGTERM do not interrupt: the signal is raised
-        when the outermost section ends. One thread at a time is inside a section (others wait)."""
-        with self._lock:
-            self._owner = threading.get_ident()
-            self._busy += 1
-            try:
-                yield
-            finally:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._owner = None
-            outermost = self._busy == 0
-        if outermost and self._pending is not None:
-            self._take_pending()
+        """A section (e.g. all messages of one frame) that an entry point's stop signal does not cut: see
+        `raise_after_sections`. One thread at a time is inside a section of this writer (others wait)."""
+        with self._lock, _section():
+            yield
 
     def _write_now(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
         assert self._writer is not None
@@ -217,8 +153,6 @@ class BagWriter:
         conn = getattr(self._writer.storage, "conn", None)
         if conn is not None:  # rosbags Sqlite3Writer: like rosbag2's default, let the OS write the pages (survives
             conn.execute("PRAGMA synchronous=OFF")  # a killed process; commits in `flush` mark complete frames)
-        if not self._old_handlers:
-            self._install_signal_handlers()
         for topic, (msgtype, data, _) in self._latched.items():
             self._write_now(topic, msgtype, data, stamp_ns)
 
@@ -269,14 +203,11 @@ class BagWriter:
         """Close the last segment and write the final metadata.yaml. Idempotent."""
         if self._closed:
             return
-        try:
-            with self.atomic():
-                if self._closed:  # closed by another thread while this one waited for the section
-                    return
-                self._close_segment()
-                self._closed = True
-        finally:
-            self._restore_signal_handlers()
+        with self.atomic():
+            if self._closed:  # closed by another thread while this one waited for the section
+                return
+            self._close_segment()
+            self._closed = True
         log.info("wrote bag %s (%d segments, %d messages)", self.path, len(self._files),
                  sum(f.count for f in self._files))
 
@@ -299,10 +230,36 @@ class BagWriter:
         self.close()
 
 
-def _raise_for(signum: int) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + signum)
+class _MainThreadSections:
+    """Depth of the `BagWriter.atomic` sections the main thread is in, and the interrupt waiting for their end."""
+
+    depth = 0
+    pending: BaseException | None = None
+
+
+@contextlib.contextmanager
+def _section() -> Iterator[None]:
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _MainThreadSections.depth += 1
+    try:
+        yield
+    finally:
+        if main:
+            _MainThreadSections.depth -= 1
+    if main and _MainThreadSections.depth == 0 and _MainThreadSections.pending is not None:
+        exc, _MainThreadSections.pending = _MainThreadSections.pending, None
+        raise exc
+
+
+def raise_after_sections(exc: BaseException, at_once: bool = False) -> None:
+    """For an entry point's signal handler (it runs in the main thread): raise ``exc`` now, or, while the main
+    thread is inside a `BagWriter.atomic` section, when its outermost section ends (the frame is then complete).
+    With ``at_once``, or a second call before that, it raises now (an interrupt already waiting is dropped)."""
+    if at_once or _MainThreadSections.depth == 0 or _MainThreadSections.pending is not None:
+        _MainThreadSections.pending = None
+        raise exc
+    _MainThreadSections.pending = exc
 
 
 class RecordingWriter:

@@ -151,6 +151,7 @@ def test_disk_filling_up_stops_and_closes_a_readable_bag(drive, tmp_path):
 SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
+    from selfpose_core.cli.signals import StopSignals
     from selfpose_core.data.keyframes import KeyframeConfig, SequenceCollector
     from selfpose_core.types import CameraIntrinsics, Frame
     K = CameraIntrinsics(40.0, 40.0, 15.5, 11.5, 32, 24)
@@ -160,7 +161,7 @@ SCRIPT = textwrap.dedent("""
                                   config=KeyframeConfig(min_translation_m=0.05, min_free_gb=0.0),
                                   segment_frames=4)
     try:
-        with collector:
+        with StopSignals(), collector:  # the entry point's handlers, as in collect_node.main
             for i in range(100000):
                 rgb = np.full((24, 32, 3), i % 256, np.uint8)
                 n = len(collector.add_frame(Frame(rgb=rgb, K=K, stamp_ns=i * 10**8, index=i)))

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[3]
 WRITER = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
+    from selfpose_core.cli.signals import StopSignals
     from selfpose_core.data.recording_writer import RecordingWriter
     from selfpose_core.types import CameraIntrinsics, Frame
     bag, storage, n, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -33,18 +34,21 @@ WRITER = textwrap.dedent("""
         T = np.eye(4); T[:3, 3] = [0.1 * i, 0.0, 1.0]
         return Frame(rgb=rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), K=K, stamp_ns=10**18 + i * 10**8,
                      depth=np.full((24, 32), 1.5, np.float32), T_world_cam=T)
-    w = RecordingWriter(bag, storage=storage, segment_frames=4)  # no `with`: the writer must close itself
-    w.write_static_tf("world", "table", np.eye(4))
-    for i in range(n):
-        w.write_frame(frame(i))
-    if how == "kill":
-        os._exit(9)  # like kill -9: no close, no flush of Python buffers
-    if how == "sigterm":
-        with w.bag.atomic():  # a signal arriving mid-frame is delivered after the frame is complete
-            os.kill(os.getpid(), signal.SIGTERM)
-            w.write_frame(frame(n))
-        w.write_frame(frame(n + 1))  # never reached
-    w.close()
+    w = RecordingWriter(bag, storage=storage, segment_frames=4)
+    with StopSignals():  # what an entry point does; the writer itself installs no handler
+        try:
+            w.write_static_tf("world", "table", np.eye(4))
+            for i in range(n):
+                w.write_frame(frame(i))
+            if how == "kill":
+                os._exit(9)  # like kill -9: no close, no flush of Python buffers
+            if how == "sigterm":
+                with w.bag.atomic():  # a signal arriving mid-frame is delivered after the frame is complete
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    w.write_frame(frame(n))
+                w.write_frame(frame(n + 1))  # never reached
+        finally:
+            w.close()
 """)
 
 
