@@ -7,20 +7,7 @@ from __future__ import annotations
 import sys
 
 from selfpose_core.cli.main import main as selfpose_main
-
-
-def strip_ros_args(argv: list[str]) -> list[str]:
-    """``argv`` without a ``--ros-args ... [--]`` section."""
-    out: list[str] = []
-    skipping = False
-    for arg in argv:
-        if arg == "--ros-args":
-            skipping = True
-        elif skipping and arg == "--":
-            skipping = False
-        elif not skipping:
-            out.append(arg)
-    return out
+from selfpose_ros.command import strip_ros_args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,17 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from selfpose_ros.input_watch import InputWatch
 
-def subscribe_camera(node: Node, p: dict[str, Any],
-                     callback: Callable[..., None]) -> tuple[ApproximateTimeSynchronizer, str]:
+
+def subscribe_camera(node: Node, p: dict[str, Any], callback: Callable[..., None],
+                     warn_after_s: float = 5.0) -> tuple[ApproximateTimeSynchronizer, InputWatch]:
     """Subscribe colour (raw, or ``<color_topic>/compressed``) + camera_info (+ depth when ``use_depth``) with
     sensor-data QoS through an ApproximateTimeSynchronizer calling ``callback(color, info[, depth])``.
 
     ``p`` holds the node's parameter values (color_topic, camera_info_topic, depth_topic, use_depth,
-    image_transport, sync_queue_size, sync_slop). Returns the synchroniser (keep a reference) and the colour topic.
+    image_transport, sync_queue_size, sync_slop). Returns the synchroniser (keep a reference) and an `InputWatch`
+    over the topics' resolved (remapped) names; a timer of ``node`` logs its warning while nothing synchronises.
     """
     compressed = p["image_transport"] == "compressed"
     color_type, color_topic = (CompressedImage, p["color_topic"] + "/compressed") if compressed else \
@@ -24,6 +27,22 @@ def subscribe_camera(node: Node, p: dict[str, Any],
             Subscriber(node, CameraInfo, p["camera_info_topic"], qos_profile=qos_profile_sensor_data)]
     if p["use_depth"]:
         subs.append(Subscriber(node, Image, p["depth_topic"], qos_profile=qos_profile_sensor_data))
+    names = [s.sub.topic_name for s in subs]  # after remapping and namespace expansion
+    watch = InputWatch(names, warn_after_s, float(p["sync_slop"]))
+    for sub, name in zip(subs, names):
+        sub.registerCallback(lambda *_, name=name: watch.message(name))
     sync = ApproximateTimeSynchronizer(subs, int(p["sync_queue_size"]), float(p["sync_slop"]))
-    sync.registerCallback(callback)
-    return sync, color_topic
+
+    def on_frame(*msgs: Any) -> None:
+        watch.frame()
+        callback(*msgs)
+
+    sync.registerCallback(on_frame)
+
+    def warn() -> None:
+        text = watch.check()
+        if text:
+            node.get_logger().warn(text)
+
+    node.create_timer(warn_after_s, warn)
+    return sync, watch

@@ -51,14 +51,13 @@ class CollectSequenceNode(Node):
         self.collector = SequenceCollector(p["output"], self._pose_at, config, storage=p["storage"],
                                            image_format=p["image_format"], depth_format=p["depth_format"],
                                            segment_frames=int(p["segment_frames"]))
-        self.assemble = FrameAssembler(p["color_topic"], p["camera_info_topic"],
-                                       p["depth_topic"] if p["use_depth"] else None)
         self._last_tf_error = ""
 
-        self.sync, color_topic = subscribe_camera(self, p, self._on_frame)
+        self.sync, self.input_watch = subscribe_camera(self, p, self._on_frame)
+        self.assemble = FrameAssembler(*self.input_watch.topics)  # errors name the resolved topics
         self.create_timer(float(p["progress_period"]), self._report)
-        self.get_logger().info(f"recording keyframes to {p['output']} from {color_topic} with poses "
-                               f"{self.world_frame} <- {self.camera_frame or '<image frame_id>'}")
+        self.get_logger().info(f"recording keyframes to {p['output']} from {' + '.join(self.input_watch.topics)} "
+                               f"with poses {self.world_frame} <- {self.camera_frame or '<image frame_id>'}")
 
     def _pose_at(self, stamp_ns: int) -> np.ndarray | None:
         try:

@@ -51,8 +51,6 @@ class EstimatorNode(Node):
             p["model"], detections=p["publish_detections"], transforms=p["publish_tf"], markers=p["publish_markers"],
             overlay=p["publish_overlay"], tf_prefix=p["tf_prefix"], marker_lifetime_s=p["marker_lifetime"])
         self.builder = PoseMessageBuilder(config, self.classes)
-        self.assemble = FrameAssembler(p["color_topic"], p["camera_info_topic"],
-                                       p["depth_topic"] if p["use_depth"] else None)
         self.min_rate_warn = float(p["min_rate_warn"])
 
         reliable = QoSProfile(depth=10)
@@ -69,10 +67,11 @@ class EstimatorNode(Node):
             self._estimate, self._publish, max_rate_hz=float(p["max_rate"]),
             age_clock_ns=lambda: self.get_clock().now().nanoseconds)
 
-        self.sync, color_topic = subscribe_camera(self, p, self._on_frame)
+        self.sync, self.input_watch = subscribe_camera(self, p, self._on_frame)
+        self.assemble = FrameAssembler(*self.input_watch.topics)  # errors name the resolved topics
         self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
-        self.get_logger().info(f"estimating with {p['model']} on {color_topic} + {p['camera_info_topic']}"
-                               + (f" + {p['depth_topic']}" if p["use_depth"] else ""))
+        # the resolved names: what the remapping made of color_topic, camera_info_topic (, depth_topic)
+        self.get_logger().info(f"estimating with {p['model']} on {' + '.join(self.input_watch.topics)}")
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         for param in params:

@@ -26,21 +26,23 @@ class ParamSpec:
     read_only: bool = True
 
 
-_TOPICS = (
-    ParamSpec("color_topic", "color/image_raw", "colour image topic (sensor_msgs/Image; with image_transport="
-              "compressed the node subscribes to <color_topic>/compressed)"),
-    ParamSpec("camera_info_topic", "color/camera_info", "sensor_msgs/CameraInfo of the colour camera"),
-    ParamSpec("depth_topic", "aligned_depth_to_color/image_raw", "depth image registered to the colour image "
-              "(16UC1 mm or 32FC1 m), used when use_depth is true"),
-    ParamSpec("use_depth", False, "also synchronise the depth image"),
-    ParamSpec("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
-    ParamSpec("sync_slop", 0.02, "ApproximateTimeSynchronizer slop in seconds"),
-    ParamSpec("sync_queue_size", 10, "ApproximateTimeSynchronizer queue size per topic"),
-)
+def _topics(use_depth: bool) -> tuple[ParamSpec, ...]:
+    return (
+        ParamSpec("color_topic", "color/image_raw", "colour image topic (sensor_msgs/Image; with image_transport="
+                  "compressed the node subscribes to <color_topic>/compressed)"),
+        ParamSpec("camera_info_topic", "color/camera_info", "sensor_msgs/CameraInfo of the colour camera"),
+        ParamSpec("depth_topic", "aligned_depth_to_color/image_raw", "depth image registered to the colour image "
+                  "(16UC1 mm or 32FC1 m), used when use_depth is true"),
+        ParamSpec("use_depth", use_depth, "also synchronise the depth image"),
+        ParamSpec("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
+        ParamSpec("sync_slop", 0.02, "ApproximateTimeSynchronizer slop in seconds"),
+        ParamSpec("sync_queue_size", 10, "ApproximateTimeSynchronizer queue size per topic"),
+    )
+
 
 ESTIMATOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model", "", "model bundle directory written by `selfpose adapt` (bundle.yaml + weights.pt)"),
-    *_TOPICS,
+    *_topics(use_depth=False),
     ParamSpec("score_threshold", 0.3, "publish only objects with confidence >= this", read_only=False),
     ParamSpec("max_rate", 0.0, "estimate at most this many frames per second of image time (0: as fast as the "
               "model runs; older frames are always dropped, never queued)"),
@@ -58,7 +60,7 @@ ESTIMATOR_PARAMETERS: tuple[ParamSpec, ...] = (
 
 COLLECT_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("output", "", "rosbag2 directory to create (refused if it exists)"),
-    *_TOPICS,
+    *_topics(use_depth=True),  # as collect.launch.py: keyframes with depth
     ParamSpec("world_frame", "odom", "fixed TF frame of the camera poses (odom or map)"),
     ParamSpec("camera_frame", "", "TF frame of the colour camera's optical frame ('' = the images' frame_id)"),
     ParamSpec("tf_timeout", 0.5, "how long (image time, s) a frame waits for its camera pose in TF"),

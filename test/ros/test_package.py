@@ -12,12 +12,12 @@ from catkin_pkg.package import parse_package
 from rosbags.typesys import get_types_from_msg
 
 from selfpose_core.errors import ConfigError
-from selfpose_ros.adapt import strip_ros_args
+from selfpose_ros.command import strip_ros_args
 from selfpose_ros.parameters import (COLLECT_NODE, ESTIMATOR_NODE, NODE_PARAMETERS, defaults, load_node_yaml)
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = {"estimator": "selfpose_ros.estimator_node", "collect_sequence": "selfpose_ros.collect_node",
-         "adapt": "selfpose_ros.adapt"}
+         "adapt": "selfpose_ros.adapt", "selfpose": "selfpose_ros.command"}
 # Python modules the nodes import -> the ROS package (rosdep key) that provides them
 ROS_PYTHON_PACKAGES = {"rclpy": "rclpy", "message_filters": "message_filters", "tf2_ros": "tf2_ros",
                        "rcl_interfaces": "rcl_interfaces", "sensor_msgs": "sensor_msgs",
@@ -67,13 +67,14 @@ def test_cmakelists_generates_the_messages_and_installs_the_executables():
         assert f'"msg/{msg.name}"' in text
     for exe, module in NODES.items():
         assert f'"{exe}={module}"' in text
-        assert callable(getattr(importlib.import_module(module), "main", None)) if module.endswith("adapt") else \
+        assert callable(getattr(importlib.import_module(module), "main", None)) if module.endswith(("adapt", "command")) \
+            else \
             "def main(" in (REPO / (module.replace(".", "/") + ".py")).read_text()
     assert "ament_python_install_package(selfpose_core)" in text
     assert re.search(r"install\(DIRECTORY launch config DESTINATION share/\$\{PROJECT_NAME\}\)", text)
     setup = (REPO / "setup.py").read_text()
-    for module in NODES.values():
-        assert f"{module}:main" in setup
+    for exe, module in NODES.items():
+        assert f"{module}:main" in setup or (exe == "selfpose" and "selfpose = selfpose_core.cli.main:main" in setup)
 
 
 def launch_overrides(path: Path) -> dict[str, tuple]:
@@ -135,6 +136,14 @@ def test_adapt_entry_point_passes_arguments_to_selfpose_adapt(monkeypatch):
     assert strip_ros_args(["--bag", "b", "--ros-args", "-p", "a:=1"]) == ["--bag", "b"]
 
 
+def test_selfpose_executable_runs_the_selfpose_command(tmp_path, capsys):
+    """`ros2 run selfpose_ros selfpose recover BAG` is `selfpose recover BAG` (ROS arguments ignored)."""
+    from selfpose_ros.command import main
+    assert main(["recover", str(tmp_path / "nothing"), "--ros-args", "-r", "__node:=x"]) == 2
+    assert "selfpose recover: error:" in capsys.readouterr().err
+
+
 def test_selfpose_core_does_not_know_about_rclpy_node_modules():
-    for module in ("selfpose_ros.conversions", "selfpose_ros.parameters", "selfpose_ros.adapt"):
+    for module in ("selfpose_ros.conversions", "selfpose_ros.parameters", "selfpose_ros.adapt",
+                   "selfpose_ros.command", "selfpose_ros.input_watch"):
         importlib.import_module(module)  # importable without ROS
