@@ -93,10 +93,14 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
 
 
 def _wrap_reader_error(path: Path, exc: BaseException) -> RecordingError:
+    text = one_line(str(exc), 160)
+    if "is not supported" in text:  # rosbags: a serialization format, storage plugin or version it cannot read
+        return RecordingError(f"cannot read bag {path}: unsupported by selfpose's reader (rosbags): {text}; "
+                              "selfpose reads rosbag2 bags with CDR messages in MCAP or sqlite3 storage "
+                              "(`ros2 bag convert` writes one)")
     partial = sorted(p.name for p in path.glob(f"*{PARTIAL_SUFFIX}")) if path.is_dir() else []
     hint = f"; it has unclosed segments {partial}: run `selfpose recover {path}`" if partial else ""
-    return RecordingError(f"cannot read bag {path}: corrupt or truncated ({type(exc).__name__}: "
-                          f"{one_line(str(exc), 160)}){hint}")
+    return RecordingError(f"cannot read bag {path}: corrupt or truncated ({type(exc).__name__}: {text}){hint}")
 
 
 class Recording:
@@ -135,6 +139,10 @@ class Recording:
             if partial:
                 raise RecordingError(f"recording {p} was not closed (no metadata.yaml, unclosed segments "
                                      f"{partial}): run `selfpose recover {p}`")
+            storage = sorted(x.name for x in p.iterdir() if x.suffix in (".mcap", ".db3"))
+            if storage:  # a recorder killed before writing it, or a file lost in a copy
+                raise RecordingError(f"bag {p} has no metadata.yaml but storage files {storage[:5]}"
+                                     f"{' ...' if len(storage) > 5 else ''}: `selfpose recover {p}` rebuilds it")
             raise RecordingError(f"{p} is not a rosbag2 directory (no metadata.yaml)")
         partial = sorted(x.name for x in p.glob(f"*{PARTIAL_SUFFIX}")) if p.is_dir() else []
         if partial:

@@ -102,13 +102,42 @@ def test_truncated_mcap_salvages_complete_messages(tmp_path, rng):
     with pytest.raises(RecordingError, match="corrupt or truncated"):
         Recording(bag)
     (bag / "metadata.yaml").unlink()  # like a killed `ros2 bag record`
-    with pytest.raises(RecordingError, match="not a rosbag2 directory"):
+    with pytest.raises(RecordingError, match=r"no metadata.yaml but storage files \['bag_0.mcap'\]: "
+                                             r"`selfpose recover .*bag` rebuilds it"):
         Recording(bag)
     report = recover_bag(bag)
     assert report.dropped_bytes > 0 and (bag / f"{f.name}.unclosed").exists()
     with Recording(bag) as rec:
         assert 3 <= len(rec) < 6
         assert rec[0].rgb.shape == (24, 32, 3)
+
+
+def test_split_bag_without_metadata_points_to_recover_which_repairs_it(tmp_path, rng):
+    bag = tmp_path / "bag"
+    K = CameraIntrinsics(60.0, 60.0, 15.5, 11.5, 32, 24)
+    with RecordingWriter(bag, segment_frames=2) as w:
+        for i in range(5):
+            w.write_frame(Frame(rgb=rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), K=K, stamp_ns=10**18 + i,
+                                T_world_cam=np.eye(4)))
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(RecordingError, match=r"storage files \['bag_0.mcap', 'bag_1.mcap', 'bag_2.mcap'\]: "
+                                             r"`selfpose recover"):
+        Recording(bag)
+    assert main(["recover", str(bag)]) == 0
+    with Recording(bag) as rec:
+        assert len(rec) == 5
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordingError, match="not a rosbag2 directory"):
+        Recording(tmp_path / "empty")
+
+
+def test_unsupported_serialization_format_is_named_as_such(tmp_path, rng):
+    bag = _write(tmp_path / "bag", rng, 2)
+    meta = bag / "metadata.yaml"
+    meta.write_text(meta.read_text().replace("serialization_format: cdr", "serialization_format: ros1"))
+    with pytest.raises(RecordingError, match=r"unsupported by selfpose's reader .*ros1.*CDR messages") as info:
+        Recording(bag)
+    assert "corrupt" not in str(info.value)
 
 
 def test_salvage_of_a_complete_file_finds_everything(tmp_path, rng):
