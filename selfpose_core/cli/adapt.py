@@ -68,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-gt", type=Path, default=None,
                    help="BOP directory with ground truth for held-out evaluation after each stage (never used "
                         "for adaptation)")
+    p.add_argument("--eval-split", default=None,
+                   help="held-out split of --eval-gt that is scored (default: the config's eval.split)")
+    p.add_argument("--eval-recording-split", default="train_loop",
+                   help="split of --eval-gt holding the recording's own ground truth (im_id = frame index), for the "
+                        "consensus and camera errors (default train_loop)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. multiview_consensus.refine_iterations=20 or "
                         "stages=[multiview_consensus] (YAML values; repeatable)")
@@ -166,6 +171,10 @@ def make_evaluator(eval_gt: Path, objects_config: Path, config: AdaptConfig, pro
     for multiview_consensus the consensus error against split ``train_split`` (scene 1)."""
     test = BopDataset(eval_gt, config.eval.split)
     train = BopDataset(eval_gt, train_split) if (Path(eval_gt) / train_split).is_dir() else None
+    if train is None:
+        splits = sorted(p.name for p in Path(eval_gt).iterdir() if p.is_dir() and p.name != "models")
+        log.warning("adapt: %s has no split %s (splits: %s): no consensus or camera errors; name the recording's "
+                    "split with --eval-recording-split", eval_gt, train_split, ", ".join(splits) or "none")
 
     def evaluate(bundle: ModelBundle, stage: str, pseudo: PseudoLabels | None) -> dict[str, Any]:
         est = PoseEstimator(bundle.path or eval_gt, config.device, objects_config=objects_config, bundle=bundle)
@@ -230,7 +239,10 @@ def _run_locked(args: argparse.Namespace) -> int:
     objects = load_objects_config(args.objects)
     recording = Recording(args.bag, topics_from_args(args))
     try:
-        evaluator = make_evaluator(args.eval_gt, args.objects, config, progress=False) \
+        if args.eval_split:
+            config.eval.split = args.eval_split
+        evaluator = make_evaluator(args.eval_gt, args.objects, config, progress=False,
+                                   train_split=args.eval_recording_split) \
             if args.eval_gt is not None and dist.is_main else None
         result = run_pipeline(config, recording=recording, objects=objects, objects_config=args.objects,
                               model=args.model, out=args.out, resume=args.resume, evaluator=evaluator, dist=dist,

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -373,6 +373,50 @@ def evaluate(estimates: Mapping[ImageKey, Sequence[PoseEstimate]], dataset: BopD
                         time_per_image_s=time_per_image_s)
 
 
+def _same_symmetry(a: ObjectModel, b: ObjectModel, tol_deg: float = 1.0) -> bool:
+    """Whether the symmetries of ``a`` and ``b`` give the same transforms (12 samples per continuous axis; rotations
+    within ``tol_deg``, translations within 1 % of the diameter)."""
+    if a.symmetry.is_symmetric != b.symmetry.is_symmetric:
+        return False
+    A, B = symmetry_transforms(a.symmetry, 12), symmetry_transforms(b.symmetry, 12)
+    tol_t = 0.01 * max(float(a.diameter), 1e-9)
+    cos_tol = np.cos(np.radians(tol_deg))
+
+    def covered(X: np.ndarray, Y: np.ndarray) -> bool:
+        cos = (np.einsum("xij,yij->xy", X[:, :3, :3], Y[:, :3, :3]) - 1.0) / 2.0  # cos of the relative angle
+        dist = np.linalg.norm(X[:, None, :3, 3] - Y[None, :, :3, 3], axis=-1)
+        return bool(((cos >= cos_tol - 1e-9) & (dist <= tol_t)).any(axis=1).all())
+
+    return covered(A, B) and covered(B, A)
+
+
+def with_declared_objects(dataset_objects: Sequence[ObjectModel],
+                          declared: Sequence[ObjectModel] | None) -> list[ObjectModel]:
+    """The dataset's objects with the name and symmetries ``declared`` for the same obj_id (the objects.yaml the
+    model was trained with): one symmetry source for training and scoring, one name in every table. A symmetry
+    that differs from the dataset's (models_info.json) is logged as a warning naming both."""
+    by_id = {int(o.obj_id): o for o in declared or ()}
+    out = []
+    for obj in dataset_objects:
+        mine = by_id.get(int(obj.obj_id))
+        if mine is None:
+            out.append(obj)
+            continue
+        if not _same_symmetry(mine, obj):
+            log.warning("object %s (obj_id %d): the symmetries of objects.yaml (%s) differ from the dataset's "
+                        "models_info.json (%s); scoring with objects.yaml's, as training used them",
+                        mine.name, obj.obj_id, _describe(mine), _describe(obj))
+        out.append(replace(obj, name=mine.name, symmetry=mine.symmetry))
+    return out
+
+
+def _describe(obj: ObjectModel) -> str:
+    s = obj.symmetry
+    if not s.is_symmetric:
+        return "none"
+    return f"{len(s.discrete)} discrete, {len(s.continuous)} continuous"
+
+
 def evaluate_model(estimator: Estimator, dataset: BopDataset, *, scene_ids: Sequence[int] | None = None,
                    objects: Sequence[ObjectModel] | None = None, max_images: int | None = None,
                    min_visib_fract: float = 0.1, progress: bool = True
@@ -382,15 +426,17 @@ def evaluate_model(estimator: Estimator, dataset: BopDataset, *, scene_ids: Sequ
     lower bound vs the adapted model.
 
     Returns: (EvalResult, {(scene_id, im_id): [PoseEstimate]}); ``result.image_times_s`` holds the wall time of
-    each ``estimate`` call and ``result.time_per_image_s`` their mean.
+    each ``estimate`` call and ``result.time_per_image_s`` their mean. Names and symmetries come from the
+    estimator's ``models`` (its objects.yaml) where it has them (`with_declared_objects`).
     """
     from tqdm import tqdm
 
     keys = _image_keys(dataset, scene_ids)
     if max_images is not None and max_images < len(keys):
         keys = [keys[i] for i in np.linspace(0, len(keys) - 1, max(1, max_images)).round().astype(int)]
-    dataset_objects = dataset.objects
-    objects = dataset_objects if objects is None else objects
+    dataset_objects = with_declared_objects(dataset.objects, getattr(estimator, "models", None))
+    objects = dataset_objects if objects is None else with_declared_objects(objects, getattr(estimator, "models",
+                                                                                             None))
     estimates: dict[ImageKey, list[PoseEstimate]] = {}
     images: list[ImageGt] = []
     times: dict[ImageKey, float] = {}

@@ -165,3 +165,42 @@ def test_evaluate_sequences_resets_the_tracker_at_each_scene_and_plays_frames_in
     result, estimates = evaluate_sequences(tracker, tiny_bop.dataset, progress=False)
     assert tracker.calls == ["reset", 0, 1, 2, "reset", 0, 1, 2]
     assert result.n_images == 6 and set(estimates) == set(IMAGES) and len(result.image_times_s) == 6
+
+
+class _FlippedBoxEstimator:
+    """Estimates the box turned 180 deg about its z axis (a symmetry objects.yaml declares and the dataset's
+    models_info.json does not) and names it as objects.yaml does; ``models`` as `PoseEstimator` has them."""
+
+    def __init__(self, tiny_bop, models):
+        self._samples = list(tiny_bop.dataset.samples(load_depth=False, load_masks=False))
+        self.models = models
+
+    def estimate(self, frame):
+        sample = next(s for s in self._samples if np.array_equal(s.frame.rgb, frame.rgb))
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        return [PoseEstimate("cereal_box", g.T_cam_obj @ flip, 1.0, object_id=1) for g in sample.gt
+                if g.obj_id == 1]
+
+
+def test_evaluate_model_scores_with_the_declared_symmetries_and_names_and_warns(tiny_bop, caplog):
+    from dataclasses import replace as dc_replace
+
+    from selfpose_core.types import Symmetry
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])[None]
+    declared = [dc_replace(tiny_bop.objects[0], name="cereal_box", symmetry=Symmetry(discrete=flip)),
+                dc_replace(tiny_bop.objects[1], name="soup_can")]
+    with caplog.at_level("WARNING"):
+        res, _ = evaluate_model(_FlippedBoxEstimator(tiny_bop, declared), tiny_bop.dataset, progress=False)
+    assert set(res.per_object) == {"cereal_box", "soup_can"}  # objects.yaml's names, not the dataset's
+    box = res.per_object["cereal_box"]
+    assert box["ad_di_recall"] == 1.0 and box["mean_re_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert box["add_recall"] == 0.0  # the flip is a 180 deg error for ADD, which ignores symmetries
+    warned = [r.getMessage() for r in caplog.records if "differ from the dataset" in r.getMessage()]
+    assert len(warned) == 1 and "cereal_box (obj_id 1)" in warned[0] and "1 discrete" in warned[0]
+    # without a declaration the dataset's symmetries (none for the box) are used: the flip is wrong
+    class Plain(_FlippedBoxEstimator):
+        models = None
+
+    est = Plain(tiny_bop, None)
+    res, _ = evaluate_model(est, tiny_bop.dataset, progress=False)
+    assert res.per_object["box"]["ad_di_recall"] == 0.0
