@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from selfpose_core.cli.output_dir import OutputLock, check_model_output, check_run_flags
+from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
 from selfpose_core.data.bop import BopDataset
-from selfpose_core.data.recording import Recording
+from selfpose_core.data.recording import Recording, RecordingTopics
 from selfpose_core.errors import ConfigError, RecordingError
 from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.pretrain import load_pretrain_config, pretrain
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the bundle and checkpoint that --out holds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_topic_options(p)  # which camera_info of --bag
     p.set_defaults(func=run)
 
 
@@ -67,9 +69,9 @@ def parse_camera(text: str) -> CameraIntrinsics:
         raise ConfigError(f"--camera {text!r}: {exc}") from exc
 
 
-def camera_from_recording(path: Path) -> CameraIntrinsics:
-    """Intrinsics of the first frame of a recording."""
-    for frame in Recording(path, require_pose=False):
+def camera_from_recording(path: Path, topics: RecordingTopics | None = None) -> CameraIntrinsics:
+    """Intrinsics of the first frame of a recording (topics: selfpose's unless given)."""
+    for frame in Recording(path, topics, require_pose=False):
         return frame.K
     raise RecordingError(f"{path}: the recording holds no image with camera_info")
 
@@ -110,7 +112,7 @@ def _run_locked(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     objects = load_objects_config(args.objects)
-    camera = (camera_from_recording(args.bag) if args.bag else
+    camera = (camera_from_recording(args.bag, topics_from_args(args)) if args.bag else
               parse_camera(args.camera or "570,570,319.5,239.5,640,480"))
     real = BopDataset(args.real_bop, args.real_split) if args.real_bop is not None else None
     provenance = {"command": "selfpose " + " ".join(sys.argv[1:]) if sys.argv else "selfpose pretrain",
