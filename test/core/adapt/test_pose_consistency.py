@@ -25,6 +25,7 @@ from selfpose_core.mesh.objects_config import load_objects_config
 from selfpose_core.models.backbones import BackboneConfig
 from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
 from selfpose_core.models.detector import DetectorConfig
+from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.models.pretrain import PretrainConfig
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.types import CameraIntrinsics, Symmetry
@@ -225,3 +226,48 @@ def test_without_pseudo_labels_the_detector_is_asked_and_nothing_found_is_an_err
     with pytest.raises(DatasetError, match="recording"):
         recording_instances(ctx, min_score=1.01, max_frames=2)  # no score reaches 1.01
     assert ctx.bundle.pose_net.training  # modes restored after detecting
+
+
+class ShiftingPoseOracle(KeypointNet):
+    """A keypoint network that votes every cell for the keypoints of ``poses[b]`` seen by crop camera ``K[b]``; on
+    the doubled batch (masked real crops, then renders) the renders' poses are moved by ``shift`` (camera frame)."""
+
+    def __init__(self, net, objects, poses, K, shift):
+        super().__init__(net.num_objects, net.config)
+        self.objects, self.poses, self.K, self.shift = objects, poses, K, shift
+
+    def forward(self, image, obj_index):
+        b, h = len(obj_index), image.shape[-1] // self.config.backbone.out_stride
+        poses = list(self.poses)
+        if b == 2 * len(poses):
+            poses += [np.r_[T[:3], [[0, 0, 0, 1]]] + np.pad(self.shift[:, None], ((0, 1), (3, 0))) for T in poses]
+        votes = torch.zeros(b, 9, 2, h, h)
+        for i, (T, k) in enumerate(zip(poses, obj_index.tolist())):
+            x = self.objects[k].keypoints @ T[:3, :3].T + T[:3, 3]
+            uvw = x @ self.K[i % len(self.poses)].T
+            votes[i] = torch.as_tensor(uvw[:, :2] / uvw[:, 2:])[..., None, None]
+        return {"mask_logits": torch.full((b, h, h), 10.0), "votes": votes, "attention": torch.zeros(b, 9, h, h)}
+
+
+def test_pose_term_is_the_vertex_distance_between_the_real_and_the_rendered_views(adapt_scene, tmp_path):
+    """Eq. 1 and 3 with an oracle whose poses on the renders are off by a known 1 cm: L_pose = 1 cm / diameter
+    (weighted over the crops) and the loss is pose_weight L_pose + sup_weight L_sup + percep_weight L_percep."""
+    ctx = gt_context(adapt_scene, tmp_path, "keypoint")
+    instances = recording_instances(ctx)[:3]
+    store = FrameStore(ctx, [i.frame for i in instances])
+    objs = ObjectTensors(ctx.geometries(4), 64, 0)
+    real = crop_batch(store, instances, 32, np.random.default_rng(0), PoseConsistencyConfig().jitter())
+    shift = np.array([0.01, 0.0, 0.0])
+    oracle = ShiftingPoseOracle(ctx.bundle.pose_net, ctx.bundle.spec.objects, [i.T_cam_obj for i in instances],
+                                real["K"].double().numpy(), shift)
+    assert isinstance(ctx.bundle.pose_net, KeypointNet)
+    diam = np.array([ctx.objects[i.obj_index].diameter for i in instances])
+    weight = real["weight"].double().numpy()
+    for pose_weight in (1.0, 3.0):
+        cfg = PoseConsistencyConfig(vertex_samples=64, pose_weight=pose_weight, occlusion_prob=0.0)
+        res = pose_consistency_losses(oracle, real, None, objs, ctx.bundle.spec.objects, cfg,
+                                      PretrainConfig(offset_warmup_steps=0), torch.Generator().manual_seed(0), 32, 4)
+        assert float(res["valid"]) == 1.0
+        assert float(res["pose"]) == pytest.approx(np.sum(weight * 0.01 / diam) / np.sum(weight), rel=1e-3)
+        rest = cfg.sup_weight * float(res["sup_render"]) + cfg.percep_weight * float(res["percep"])
+        assert float(res["loss"]) == pytest.approx(pose_weight * float(res["pose"]) + rest, rel=1e-5)
