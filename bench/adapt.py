@@ -34,8 +34,7 @@ from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
 from selfpose_core.adapt.consensus import FrameEstimates, MultiviewConsensus
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pipeline import STAGES, run_pipeline
-from selfpose_core.cli.adapt import (DEFAULT_CONFIG, camera_errors, consensus_errors, make_evaluator,
-                                     parse_overrides)
+from selfpose_core.cli.adapt import camera_errors, consensus_errors, make_evaluator, parse_overrides
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.geometry.se3 import make_T, so3_exp
@@ -161,7 +160,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--upper", type=Path, default=None, help="GT-supervised bundle (default: trained here)")
     p.add_argument("--upper-steps", type=int, default=None, help="steps of the upper bound (default: as --model)")
     p.add_argument("--out", type=Path, default=None, help="work directory (default SIM/bench_adapt)")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--config", type=Path, default=None, help="adapt config (default: the built-in defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-images", type=int, default=None, help="held-out images per evaluation (0 = all)")
     p.add_argument("--consensus-noise", default=None, metavar="M,DEG,OUTLIERS",

@@ -20,7 +20,7 @@ from selfpose_core.errors import ConfigError
 from selfpose_core.models.trainer import TrainerConfig
 
 TOP_LEVEL = ("stages", "seed", "device", "trainer", "eval")
-DEFAULT_STAGES = ("multiview_consensus", "pseudo_label_finetune")  # when a config lists no stages
+DEFAULT_STAGES = ("multiview_consensus", "pseudo_label_finetune", "pose_consistency")  # when a config lists none
 
 
 @dataclass(slots=True)

@@ -53,9 +53,9 @@ class FinetuneConfig:
     symmetry_samples: int = 36
     frame_cache: int = 256  # decoded frames kept in memory
     losses: LossWeights = field(default_factory=LossWeights)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig.tabletop)  # the pre-training's view prior
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-3, warmup_steps=20,
-                                                                         checkpoint_every=50, log_every=10))
+                                                                         checkpoint_every=100, log_every=10))
 
     def validate(self, where: str = "pseudo_label_finetune") -> None:
         if not 0.0 < self.real_fraction <= 1.0:

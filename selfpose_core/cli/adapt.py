@@ -1,6 +1,7 @@
 """`selfpose adapt --bag B --objects O --model M_pre --out M [--config C] [--resume] [--eval-gt BOP]`.
 
-Runs the stages of config/adapt.yaml on an unlabelled recording, checkpointing each stage (``--resume`` continues
+Runs the adaptation stages (the defaults of selfpose_core/adapt/config.py, which config/adapt.yaml documents; a
+``--config`` file or ``--set`` overrides them) on an unlabelled recording, checkpointing each stage (``--resume`` continues
 after an interruption, even kill -9), and writes the adapted bundle plus ``report.html`` to ``--out``. Under
 ``torchrun --nproc_per_node=N`` every process runs this same command; they form a process group (gloo on CPU, nccl
 on CUDA) and the stages train with DistributedDataParallel. ``--eval-gt`` (a BOP directory with ground truth,
@@ -44,7 +45,6 @@ from selfpose_core.types import ObjectModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "adapt.yaml"
 # `selfpose demo`'s reduced configuration (about 10 minutes on 2 CPU cores for the embedded scene)
 DEMO_OVERRIDES: dict[str, Any] = {"stages": ["multiview_consensus", "pseudo_label_finetune"]}
 
@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="pre-trained model bundle (e.g. from selfpose pretrain)")
     p.add_argument("--out", type=Path, required=True, help="output bundle directory (with report.html and work/)")
     p.add_argument("--config", type=Path, default=None,
-                   help=f"adapt config (default {DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else 'built-in'})")
+                   help="adapt config overriding the built-in defaults (config/adapt.yaml lists them)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the model bundle (and the earlier run's work/) that --out holds")
@@ -201,8 +201,7 @@ def demo_adapt(out: Path, sim: Path, model: Path, seed: int = 0, progress: bool 
     if (adapted / "bundle.yaml").is_file() and (adapted / "report.html").is_file():
         print(f"  reusing {adapted}")
         return adapted
-    config = load_adapt_config(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, STAGES,
-                               {**DEMO_OVERRIDES, "seed": seed})
+    config = load_adapt_config(None, STAGES, {**DEMO_OVERRIDES, "seed": seed})
     objects_yaml = sim / "objects.yaml"
     with Recording(sim / "recording") as recording:
         run_pipeline(config, recording=recording, objects=load_objects_config(objects_yaml),
@@ -228,13 +227,18 @@ def run(args: argparse.Namespace) -> int:
         return _run_locked(args)
 
 
+def adapt_config(args: argparse.Namespace) -> AdaptConfig:
+    """The run's config: the built-in defaults, overridden by ``--config``, ``--set`` and ``--device``."""
+    config = load_adapt_config(args.config, STAGES, parse_overrides(args.set))
+    if args.device:
+        config.device = args.device
+    return config
+
+
 def _run_locked(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    config = load_adapt_config(config_path, STAGES, parse_overrides(args.set))
-    if args.device:
-        config.device = args.device
+    config = adapt_config(args)
     dist = init_distributed(config.device)
     objects = load_objects_config(args.objects)
     recording = Recording(args.bag, topics_from_args(args))

@@ -34,7 +34,7 @@ class SyntheticConfig:
     size_px: tuple[float, float] = (40.0, 260.0)
     # View prior: the camera looks at the object from an elevation (degrees above the object's x-y plane, z up)
     # and any azimuth, rolled about the optical axis by up to roll_deg. (-90, 90) and 180 = the whole view sphere
-    # with any in-plane rotation (uniform on SO(3)); a tabletop prior is e.g. (-10, 90) and 25.
+    # with any in-plane rotation (uniform on SO(3)); the tabletop prior is (-10, 90) and 25 (tabletop()).
     elevation_deg: tuple[float, float] = (-90.0, 90.0)
     roll_deg: float = 180.0
     crop_padding: float = 1.3
@@ -47,6 +47,11 @@ class SyntheticConfig:
     noise_std: float = 0.04
     jitter: float = 0.3
     max_objects_per_scene: int = 4
+
+    @classmethod
+    def tabletop(cls) -> SyntheticConfig:
+        """The view prior of a robot looking at a table: from above or slightly below the horizon, little roll."""
+        return cls(elevation_deg=(-10.0, 90.0), roll_deg=25.0)
 
 
 def random_rotation(rng: np.random.Generator, elevation_deg: tuple[float, float] = (-90.0, 90.0),
