@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["selfpose_core", "selfpose_core.*", "selfpose_ros", "selfpose_ros.*"]),
     package_data={"selfpose_core": ["resources/*", "resources/**/*"]},
-    data_files=[("share/selfpose_ros/msg", ["msg/ObjectPose.msg", "msg/ObjectPoseArray.msg"])],
+    data_files=[("share/selfpose_ros/msg", ["msg/ObjectPose.msg", "msg/ObjectPoseArray.msg"]),
+                ("share/selfpose_ros/action", ["action/Adapt.action"])],
     install_requires=[
         # torch is installed first by the Makefile (pip install torch==2.13.0 takes the local CPU build).
         "torch>=2.1",
@@ -35,6 +36,7 @@ setup(
             "selfpose-estimator = selfpose_ros.estimator_node:main",
             "selfpose-collect-sequence = selfpose_ros.collect_node:main",
             "selfpose-adapt = selfpose_ros.adapt:main",
+            "selfpose-adapt-server = selfpose_ros.adapt_server_node:main",
         ],
     },
 )

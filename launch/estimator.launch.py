@@ -23,6 +23,7 @@ OVERRIDES = {
     "publish_markers": ("publish_markers", bool, "true", "publish RViz mesh markers"),
     "publish_overlay": ("publish_overlay", bool, "true", "publish the overlay image"),
     "image_transport": ("image_transport", str, "raw", "raw or compressed colour images"),
+    "reload_on_adapt": ("reload_on_adapt", bool, "false", "swap in each bundle the adapt_server announces"),
 }
 
 

@@ -11,14 +11,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from selfpose_ros.input_watch import InputWatch
 
 
-def subscribe_camera(node: Node, p: dict[str, Any], callback: Callable[..., None],
-                     warn_after_s: float = 5.0) -> tuple[ApproximateTimeSynchronizer, InputWatch]:
+def subscribe_camera(node: Node, p: dict[str, Any],
+                     callback: Callable[..., None]) -> tuple[ApproximateTimeSynchronizer, InputWatch]:
     """Subscribe colour (raw, or ``<color_topic>/compressed``) + camera_info (+ depth when ``use_depth``) with
     sensor-data QoS through an ApproximateTimeSynchronizer calling ``callback(color, info[, depth])``.
 
     ``p`` holds the node's parameter values (color_topic, camera_info_topic, depth_topic, use_depth,
-    image_transport, sync_queue_size, sync_slop). Returns the synchroniser (keep a reference) and an `InputWatch`
-    over the topics' resolved (remapped) names; a timer of ``node`` logs its warning while nothing synchronises.
+    image_transport, sync_queue_size, sync_slop, input_timeout). Returns the synchroniser (keep a reference) and an
+    `InputWatch` over the topics' resolved (remapped) names; a timer of ``node`` logs its warning while nothing
+    synchronises for ``input_timeout`` seconds.
     """
     compressed = p["image_transport"] == "compressed"
     color_type, color_topic = (CompressedImage, p["color_topic"] + "/compressed") if compressed else \
@@ -27,6 +28,7 @@ def subscribe_camera(node: Node, p: dict[str, Any], callback: Callable[..., None
             Subscriber(node, CameraInfo, p["camera_info_topic"], qos_profile=qos_profile_sensor_data)]
     if p["use_depth"]:
         subs.append(Subscriber(node, Image, p["depth_topic"], qos_profile=qos_profile_sensor_data))
+    warn_after_s = float(p["input_timeout"])
     names = [s.sub.topic_name for s in subs]  # after remapping and namespace expansion
     watch = InputWatch(names, warn_after_s, float(p["sync_slop"]))
     for sub, name in zip(subs, names):

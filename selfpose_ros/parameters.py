@@ -14,6 +14,8 @@ from selfpose_core.errors import ConfigError
 
 ESTIMATOR_NODE = "selfpose_estimator"
 COLLECT_NODE = "collect_sequence"
+ADAPT_SERVER_NODE = "adapt_server"
+BUNDLE_TOPIC = "selfpose/adapted_bundle"
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,11 +39,15 @@ def _topics(use_depth: bool) -> tuple[ParamSpec, ...]:
         ParamSpec("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
         ParamSpec("sync_slop", 0.02, "ApproximateTimeSynchronizer slop in seconds"),
         ParamSpec("sync_queue_size", 10, "ApproximateTimeSynchronizer queue size per topic"),
+        ParamSpec("input_timeout", 5.0, "warn, naming the topics it listens on, when no synchronised frame "
+                  "arrived for this long (s)"),
     )
 
 
 ESTIMATOR_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", "", "model bundle directory written by `selfpose adapt` (bundle.yaml + weights.pt)"),
+    ParamSpec("model", "", "model bundle directory written by `selfpose adapt` (bundle.yaml + weights.pt); setting "
+              "it while running loads that bundle and swaps it in between two frames (a bundle that does not load "
+              "is refused, the old one keeps serving)", read_only=False),
     *_topics(use_depth=False),
     ParamSpec("score_threshold", 0.3, "publish only objects with confidence >= this", read_only=False),
     ParamSpec("max_rate", 0.0, "estimate at most this many frames per second of image time (0: as fast as the "
@@ -56,10 +62,15 @@ ESTIMATOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("num_threads", 0, "torch CPU threads (0: torch's default)"),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
     ParamSpec("min_rate_warn", 0.0, "diagnostics warn when the estimation rate falls below this (Hz, 0: never)"),
+    ParamSpec("reload_on_adapt", False, "load the bundle the adapt_server announces on bundle_topic when an "
+              "adaptation succeeds"),
+    ParamSpec("bundle_topic", BUNDLE_TOPIC, "std_msgs/String topic of adapted bundles (with reload_on_adapt)"),
 )
 
 COLLECT_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("output", "", "rosbag2 directory to create (refused if it exists)"),
+    ParamSpec("output", "", "rosbag2 directory to create (refused if it exists); the ~/start service records to "
+              "its current value", read_only=False),
+    ParamSpec("autostart", True, "start recording at start-up (false: wait for the ~/start service)"),
     *_topics(use_depth=True),  # as collect.launch.py: keyframes with depth
     ParamSpec("world_frame", "odom", "fixed TF frame of the camera poses (odom or map)"),
     ParamSpec("camera_frame", "", "TF frame of the colour camera's optical frame ('' = the images' frame_id)"),
@@ -73,9 +84,24 @@ COLLECT_PARAMETERS: tuple[ParamSpec, ...] = (
               "before `selfpose recover`)"),
     ParamSpec("min_free_gb", 1.0, "refuse to start, and stop, when less disk than this is free"),
     ParamSpec("progress_period", 2.0, "seconds between progress lines"),
+    ParamSpec("adapt_on_finish", False, "send the Adapt goal for each recording closed by ~/stop"),
+    ParamSpec("adapt_action", "adapt", "Adapt action of the adapt_server"),
+    ParamSpec("adapt_objects", "", "objects.yaml of the Adapt goal"),
+    ParamSpec("adapt_base_model", "", "pre-trained bundle of the Adapt goal"),
+    ParamSpec("adapt_output", "", "bundle the Adapt goal writes ('' = <output>_model)"),
 )
 
-NODE_PARAMETERS = {ESTIMATOR_NODE: ESTIMATOR_PARAMETERS, COLLECT_NODE: COLLECT_PARAMETERS}
+ADAPT_SERVER_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("action_name", "adapt", "name of the Adapt action"),
+    ParamSpec("feedback_period", 1.0, "seconds between feedback messages"),
+    ParamSpec("device", "", "torch device of the adaptation ('' = the config's)"),
+    ParamSpec("cancel_grace", 30.0, "after a cancel, seconds before SIGTERM (and twice that before SIGKILL) if "
+              "the run has not stopped"),
+    ParamSpec("bundle_topic", BUNDLE_TOPIC, "std_msgs/String topic (latched) announcing each adapted bundle"),
+)
+
+NODE_PARAMETERS = {ESTIMATOR_NODE: ESTIMATOR_PARAMETERS, COLLECT_NODE: COLLECT_PARAMETERS,
+                   ADAPT_SERVER_NODE: ADAPT_SERVER_PARAMETERS}
 
 
 def defaults(specs: tuple[ParamSpec, ...]) -> dict[str, Any]:

@@ -13,16 +13,19 @@ from rosbags.typesys import get_types_from_msg
 
 from selfpose_core.errors import ConfigError
 from selfpose_ros.command import strip_ros_args
-from selfpose_ros.parameters import (COLLECT_NODE, ESTIMATOR_NODE, NODE_PARAMETERS, defaults, load_node_yaml)
+from selfpose_ros.parameters import (ADAPT_SERVER_NODE, COLLECT_NODE, ESTIMATOR_NODE, NODE_PARAMETERS, defaults,
+                                     load_node_yaml)
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = {"estimator": "selfpose_ros.estimator_node", "collect_sequence": "selfpose_ros.collect_node",
-         "adapt": "selfpose_ros.adapt", "selfpose": "selfpose_ros.command"}
+         "adapt": "selfpose_ros.adapt", "selfpose": "selfpose_ros.command",
+         "adapt_server": "selfpose_ros.adapt_server_node"}
 # Python modules the nodes import -> the ROS package (rosdep key) that provides them
 ROS_PYTHON_PACKAGES = {"rclpy": "rclpy", "message_filters": "message_filters", "tf2_ros": "tf2_ros",
                        "rcl_interfaces": "rcl_interfaces", "sensor_msgs": "sensor_msgs",
                        "vision_msgs": "vision_msgs", "visualization_msgs": "visualization_msgs",
-                       "diagnostic_msgs": "diagnostic_msgs", "launch": "launch", "launch_ros": "launch_ros"}
+                       "diagnostic_msgs": "diagnostic_msgs", "launch": "launch", "launch_ros": "launch_ros",
+                       "std_srvs": "std_srvs", "std_msgs": "std_msgs"}
 
 
 def test_package_xml_is_valid_and_declares_every_dependency():
@@ -61,10 +64,25 @@ def test_msg_files_parse_and_match_the_documented_fields():
     assert afields["objects"][1][0][1] == "selfpose_ros/msg/ObjectPose"
 
 
+def test_adapt_action_parses_and_carries_the_job_fields():
+    from dataclasses import fields as dc_fields
+
+    from selfpose_ros.adapt_job import AdaptGoal, Progress
+    goal, result, feedback = ((REPO / "action" / "Adapt.action").read_text().split("\n---\n"))
+    parts = {}
+    for name, text in (("Goal", goal), ("Result", result), ("Feedback", feedback)):
+        types = get_types_from_msg(text, f"selfpose_ros/action/Adapt_{name}")
+        parts[name] = dict(types[f"selfpose_ros/action/Adapt_{name}"][1])
+    assert set(parts["Goal"]) == {f.name for f in dc_fields(AdaptGoal)} - {"device"}  # device: a node parameter
+    assert set(parts["Feedback"]) == {f.name for f in dc_fields(Progress)}
+    assert {"success", "bundle", "report", "message", "figure_names", "figure_values"} == set(parts["Result"])
+    assert parts["Goal"]["overrides"][1][0][1][0] == "string" and parts["Feedback"]["loss"][1][0] == "float64"
+
+
 def test_cmakelists_generates_the_messages_and_installs_the_executables():
     text = (REPO / "CMakeLists.txt").read_text()
-    for msg in (REPO / "msg").glob("*.msg"):
-        assert f'"msg/{msg.name}"' in text
+    for msg in list((REPO / "msg").glob("*.msg")) + list((REPO / "action").glob("*.action")):
+        assert f'"{msg.parent.name}/{msg.name}"' in text
     for exe, module in NODES.items():
         assert f'"{exe}={module}"' in text
         assert callable(getattr(importlib.import_module(module), "main", None)) if module.endswith(("adapt", "command")) \
@@ -107,7 +125,8 @@ def test_launch_files_compile_and_name_only_existing_parameters_and_files(launch
 
 
 def test_config_files_hold_every_parameter_with_its_default(tmp_path):
-    for name, node in (("estimator.yaml", ESTIMATOR_NODE), ("collect.yaml", COLLECT_NODE)):
+    for name, node in (("estimator.yaml", ESTIMATOR_NODE), ("collect.yaml", COLLECT_NODE),
+                       ("adapt_server.yaml", ADAPT_SERVER_NODE)):
         assert load_node_yaml(REPO / "config" / name, node) == defaults(NODE_PARAMETERS[node])
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"{ESTIMATOR_NODE}:\n  ros__parameters:\n    scor_threshold: 0.5\n")
