@@ -73,8 +73,10 @@ class RecordingControl:
             self.stop()
 
 
-def adapt_goal_for(recording: Path, objects: str, base_model: str, output: str = "",
+def adapt_goal_for(recording: Path, objects: str, base_model: str, output: str = "", overrides: str = "",
                    profile: str = "") -> AdaptGoal:
-    """The Adapt goal for a finished recording: ``output`` '' writes ``<recording>_model`` beside it."""
+    """The Adapt goal for a finished recording: ``output`` '' writes ``<recording>_model`` beside it; ``overrides``
+    holds KEY=VALUE items separated by ';' (a ROS parameter cannot be an empty list)."""
     return AdaptGoal(recording=str(recording), objects=objects, base_model=base_model,
-                     output=output or f"{recording}_model", profile=profile)
+                     output=output or f"{recording}_model",
+                     overrides=[item.strip() for item in overrides.split(";") if item.strip()], profile=profile)

@@ -95,13 +95,14 @@ class CollectSequenceNode(Node):
         if self.adapt_client is None:
             return
         p = self.p
-        goal = adapt_goal_for(path, p["adapt_objects"], p["adapt_base_model"], p["adapt_output"])
+        goal = adapt_goal_for(path, p["adapt_objects"], p["adapt_base_model"], p["adapt_output"],
+                              p["adapt_overrides"])
         if not self.adapt_client.server_is_ready():
             self.get_logger().error(f"no Adapt action server on {p['adapt_action']}: {path} not sent for adaptation "
                                     "(start it: ros2 run selfpose_ros adapt_server)")
             return
         msg = Adapt.Goal(recording=goal.recording, objects=goal.objects, base_model=goal.base_model,
-                         output=goal.output, overrides=[], profile="", resume=False)
+                         output=goal.output, overrides=goal.overrides, profile="", resume=False)
         future = self.adapt_client.send_goal_async(msg)
         future.add_done_callback(lambda f: self.get_logger().info(
             f"adapt goal for {path} -> {goal.output} " + ("accepted" if f.result().accepted else "refused")))

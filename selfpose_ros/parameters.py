@@ -89,6 +89,8 @@ COLLECT_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt_objects", "", "objects.yaml of the Adapt goal"),
     ParamSpec("adapt_base_model", "", "pre-trained bundle of the Adapt goal"),
     ParamSpec("adapt_output", "", "bundle the Adapt goal writes ('' = <output>_model)"),
+    ParamSpec("adapt_overrides", "", "config overrides of the Adapt goal: KEY=VALUE items separated by ';' (as "
+              "selfpose adapt --set)"),
 )
 
 ADAPT_SERVER_PARAMETERS: tuple[ParamSpec, ...] = (

@@ -60,5 +60,7 @@ def test_adapt_goal_for_a_finished_recording(tmp_path):
     goal = adapt_goal_for(tmp_path / "run1", "objects.yaml", "pre")
     assert (goal.recording, goal.output, goal.resume) == (str(tmp_path / "run1"), f"{tmp_path / 'run1'}_model",
                                                           False)
-    assert adapt_goal_for(tmp_path / "r", "o", "m", output="/models/table", profile="realsense").output == \
-        "/models/table"
+    goal = adapt_goal_for(tmp_path / "r", "o", "m", output="/models/table",
+                          overrides="seed=3; pseudo_label_finetune.trainer={steps: 8, log_every: 1};")
+    assert goal.output == "/models/table" and goal.overrides == ["seed=3", "pseudo_label_finetune.trainer={steps: 8, "
+                                                                           "log_every: 1}"]
