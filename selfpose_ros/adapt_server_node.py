@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -27,7 +26,7 @@ from std_msgs.msg import String
 from selfpose_core.cli.signals import StopSignals
 from selfpose_ros.action import Adapt
 from selfpose_ros.adapt_job import AdaptGoal, AdaptJob, AdaptServer
-from selfpose_ros.parameters import ADAPT_SERVER_NODE, ADAPT_SERVER_PARAMETERS
+from selfpose_ros.parameters import ADAPT_SERVER_NODE, ADAPT_SERVER_PARAMETERS, declare
 
 
 def goal_from_msg(msg: Any, device: str) -> AdaptGoal:
@@ -40,10 +39,7 @@ class AdaptServerNode(Node):
 
     def __init__(self) -> None:
         super().__init__(ADAPT_SERVER_NODE)
-        for spec in ADAPT_SERVER_PARAMETERS:
-            self.declare_parameter(spec.name, spec.default,
-                                   ParameterDescriptor(description=spec.description, read_only=spec.read_only))
-        p = {spec.name: self.get_parameter(spec.name).value for spec in ADAPT_SERVER_PARAMETERS}
+        p = declare(self, ADAPT_SERVER_PARAMETERS)
         self.period = float(p["feedback_period"])
         self.device = str(p["device"])
         grace = float(p["cancel_grace"])

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
@@ -32,7 +31,7 @@ from selfpose_ros.action import Adapt
 from selfpose_ros.camera_subscription import subscribe_camera
 from selfpose_ros.collect_control import RecordingControl, adapt_goal_for
 from selfpose_ros.conversions import FrameAssembler
-from selfpose_ros.parameters import COLLECT_NODE, COLLECT_PARAMETERS
+from selfpose_ros.parameters import COLLECT_NODE, COLLECT_PARAMETERS, declare
 
 
 class CollectSequenceNode(Node):
@@ -41,10 +40,7 @@ class CollectSequenceNode(Node):
 
     def __init__(self) -> None:
         super().__init__(COLLECT_NODE)
-        for spec in COLLECT_PARAMETERS:
-            self.declare_parameter(spec.name, spec.default,
-                                   ParameterDescriptor(description=spec.description, read_only=spec.read_only))
-        p = {spec.name: self.get_parameter(spec.name).value for spec in COLLECT_PARAMETERS}
+        p = declare(self, COLLECT_PARAMETERS)
         if not p["output"] and p["autostart"]:
             raise SelfposeError("parameter 'output' (the bag directory to create) is required: "
                                 "--ros-args -p output:=/path/to/recording (or -p autostart:=false and the ~/start "

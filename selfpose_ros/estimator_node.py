@@ -15,7 +15,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
@@ -35,7 +35,7 @@ from selfpose_ros.camera_subscription import subscribe_camera
 from selfpose_ros.conversions import FrameAssembler, diagnostic_status, import_message_classes
 from selfpose_ros.model_reload import ModelSlot, Serving
 from selfpose_ros.msg import ObjectPoseArray
-from selfpose_ros.parameters import ESTIMATOR_NODE, ESTIMATOR_PARAMETERS
+from selfpose_ros.parameters import ESTIMATOR_NODE, ESTIMATOR_PARAMETERS, declare
 
 
 class EstimatorNode(Node):
@@ -43,10 +43,7 @@ class EstimatorNode(Node):
 
     def __init__(self) -> None:
         super().__init__(ESTIMATOR_NODE)
-        for spec in ESTIMATOR_PARAMETERS:
-            self.declare_parameter(spec.name, spec.default,
-                                   ParameterDescriptor(description=spec.description, read_only=spec.read_only))
-        p = {spec.name: self.get_parameter(spec.name).value for spec in ESTIMATOR_PARAMETERS}
+        p = declare(self, ESTIMATOR_PARAMETERS)
         self.score_threshold = float(p["score_threshold"])
         self.classes = import_message_classes()
         self._publish_options = dict(detections=p["publish_detections"], transforms=p["publish_tf"],

@@ -106,6 +106,15 @@ NODE_PARAMETERS = {ESTIMATOR_NODE: ESTIMATOR_PARAMETERS, COLLECT_NODE: COLLECT_P
                    ADAPT_SERVER_NODE: ADAPT_SERVER_PARAMETERS}
 
 
+def declare(node: Any, specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """Declare ``specs`` on the rclpy ``node`` (descriptions, read-only flags) and return name -> value."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    for spec in specs:
+        node.declare_parameter(spec.name, spec.default,
+                               ParameterDescriptor(description=spec.description, read_only=spec.read_only))
+    return {spec.name: node.get_parameter(spec.name).value for spec in specs}
+
+
 def defaults(specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
     """name -> default."""
     return {p.name: p.default for p in specs}
