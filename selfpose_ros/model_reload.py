@@ -64,7 +64,8 @@ class ModelSlot:
         if why:
             return why
         with self._lock:
-            if path == self.current.path and self._thread is None:
+            if path == self.current.path:  # serving already (e.g. the parameter set back after a refusal)
+                self._next = None
                 return ""
             self._next = path
             if self._thread is None:

@@ -3,6 +3,7 @@ model; a publisher node plays camera images, camera_info and TF."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +101,8 @@ def test_collect_node_records_keyframes_with_tf_poses(tmp_path):
     from selfpose_ros.conversions import import_message_classes
 
     out = tmp_path / "bag"
-    rclpy.init(args=["--ros-args", "-p", f"output:={out}", "-p", "min_free_gb:=0.0", "-p", "min_translation:=0.05"])
+    rclpy.init(args=["--ros-args", "-p", f"output:={out}", "-p", "min_free_gb:=0.0", "-p", "min_translation:=0.05",
+                     "-p", "use_depth:=false"])
     try:
         node = collect_node.CollectSequenceNode()
         helper = Node("robot_player")
@@ -128,7 +130,7 @@ def test_collect_node_records_keyframes_with_tf_poses(tmp_path):
             img_pub.publish(img)
             info_pub.publish(info)
             spin_until(ex, lambda: False, 0.07)
-        spin_until(ex, lambda: node.collector.stats.keyframes >= 15, 5)
+        spin_until(ex, lambda: node.control.collector.stats.keyframes >= 15, 5)
         node.close()
         node.destroy_node()
         helper.destroy_node()
@@ -138,3 +140,177 @@ def test_collect_node_records_keyframes_with_tf_poses(tmp_path):
         assert len(rec) >= 15
         np.testing.assert_allclose(np.diff(rec.poses[:, 0, 3]), 0.1 * np.round(np.diff(rec.poses[:, 0, 3]) / 0.1),
                                    atol=1e-6)
+
+
+def _tagged_estimator(path: str):
+    class Tagged(FixedEstimator):
+        def estimate(self, frame):
+            out = super().estimate(frame)
+            return [PoseEstimate(f"mug_{Path(path).name}", e.T_cam_obj, e.score, e.object_id) for e in out]
+
+    return Tagged()
+
+
+def test_estimator_swaps_bundles_while_publishing_and_refuses_a_bad_one(monkeypatch, tmp_path):
+    """`model` set at run time: frames keep coming with the old model until the new one is loaded, then every
+    message is the new model's; a directory without bundle.yaml and a bundle that fails to load are refused and
+    the parameter keeps naming the serving bundle; an announced adapted bundle is swapped in too."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import String
+
+    from selfpose_core.errors import ModelError
+    from selfpose_ros import estimator_node
+    from selfpose_ros.conversions import PUBLISHED_TYPES, import_message_classes
+    from selfpose_ros.msg import ObjectPoseArray
+
+    for name in ("a", "b", "broken", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bundle.yaml").write_text("format_version: 1\n")
+
+    def load(bundle, device, threads):
+        if bundle.endswith("broken"):
+            raise ModelError(f"{bundle}/weights.pt: key 'detector.w' holds NaN values")
+        time.sleep(0.5 if not bundle.endswith("/a") else 0)
+        return _tagged_estimator(bundle)
+
+    monkeypatch.setattr(estimator_node, "load_estimator", load)
+    rclpy.init(args=["--ros-args", "-p", f"model:={tmp_path / 'a'}", "-p", "reload_on_adapt:=true"])
+    try:
+        node = estimator_node.EstimatorNode()
+        helper = Node("camera_player")
+        img_pub = helper.create_publisher(Image, "color/image_raw", qos_profile_sensor_data)
+        info_pub = helper.create_publisher(CameraInfo, "color/camera_info", qos_profile_sensor_data)
+        bundle_pub = helper.create_publisher(String, "selfpose/adapted_bundle",
+                                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        got = []
+        helper.create_subscription(ObjectPoseArray, "object_poses", lambda m: got.append((time.monotonic(), m)), 10)
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        ex.add_node(helper)
+        classes = import_message_classes((*PUBLISHED_TYPES, "sensor_msgs/msg/CameraInfo"))
+        spin_until(ex, lambda: img_pub.get_subscription_count() > 0, 5)
+        k = 0
+
+        def play(seconds):
+            nonlocal k
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                img, info = camera_messages(classes, 1_700_000_000_000_000_000 + k * 50_000_000)
+                img_pub.publish(img)
+                info_pub.publish(info)
+                k += 1
+                spin_until(ex, lambda: False, 0.05)
+
+        play(0.5)
+        assert node.set_parameters([Parameter("model", value=str(tmp_path / "b"))])[0].successful
+        play(1.5)
+        refused = node.set_parameters([Parameter("model", value=str(tmp_path / "nothing"))])[0]
+        assert not refused.successful and "no bundle.yaml" in refused.reason
+        assert node.set_parameters([Parameter("model", value=str(tmp_path / "broken"))])[0].successful
+        play(1.0)  # loaded in the background, refused, the parameter returns to the serving bundle
+        assert node.get_parameter("model").value == str(tmp_path / "b")
+        bundle_pub.publish(String(data=str(tmp_path / "c")))
+        play(1.5)
+        names = [m.objects[0].name for _, m in got if m.objects]
+        assert names[0] == "mug_a" and names[-1] == "mug_c"
+        first_b, first_c = names.index("mug_b"), names.index("mug_c")
+        assert set(names[:first_b]) == {"mug_a"} and set(names[first_b:first_c]) == {"mug_b"}
+        assert set(names[first_c:]) == {"mug_c"}
+        times = [t for t, _ in got]
+        assert max(b - a for a, b in zip(times, times[1:])) < 0.5  # published right through the loads
+        assert node.get_parameter("model").value == str(tmp_path / "c")
+        node.close()
+        node.destroy_node()
+        helper.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+
+
+def test_collect_services_start_and_stop_recordings(tmp_path):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    from selfpose_ros import collect_node
+
+    rclpy.init(args=["--ros-args", "-p", "autostart:=false", "-p", "min_free_gb:=0.0"])
+    try:
+        node = collect_node.CollectSequenceNode()
+        helper = Node("operator")
+        start = helper.create_client(Trigger, "/collect_sequence/start")
+        stop = helper.create_client(Trigger, "/collect_sequence/stop")
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        ex.add_node(helper)
+
+        def call(client):
+            future = client.call_async(Trigger.Request())
+            spin_until(ex, future.done, 10)
+            return future.result()
+
+        spin_until(ex, lambda: start.service_is_ready() and stop.service_is_ready(), 5)
+        assert not node.control.recording
+        r = call(start)
+        assert not r.success and "parameter 'output' is empty" in r.message
+        node.set_parameters([Parameter("output", value=str(tmp_path / "run1"))])
+        r = call(start)
+        assert r.success and node.control.recording
+        r = call(stop)
+        assert r.success and r.message.startswith(f"closed {tmp_path / 'run1'}")
+        assert (tmp_path / "run1" / "metadata.yaml").is_file()
+        assert not call(stop).success
+        node.close()
+        node.destroy_node()
+        helper.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+
+
+def test_adapt_action_refuses_a_second_goal_and_reports_the_error_of_the_first(tmp_path):
+    """Real `selfpose adapt` in the child: a recording that does not exist fails with its one-line error."""
+    import rclpy
+    from rclpy.action import ActionClient
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+
+    from selfpose_ros import adapt_server_node
+    from selfpose_ros.action import Adapt
+
+    rclpy.init(args=["--ros-args", "-p", "feedback_period:=0.2"])
+    try:
+        node = adapt_server_node.AdaptServerNode()
+        helper = Node("operator")
+        client = ActionClient(helper, Adapt, "adapt")
+        ex = MultiThreadedExecutor(num_threads=4)
+        ex.add_node(node)
+        ex.add_node(helper)
+        spin_until(ex, client.server_is_ready, 5)
+        goal = Adapt.Goal(recording=str(tmp_path / "no_bag"), objects=str(tmp_path / "objects.yaml"),
+                          base_model=str(tmp_path / "pre"), output=str(tmp_path / "out"))
+        first = client.send_goal_async(goal)
+        spin_until(ex, first.done, 10)
+        assert first.result().accepted
+        second = client.send_goal_async(goal)
+        spin_until(ex, second.done, 10)
+        assert not second.result().accepted  # the first one runs
+        result = first.result().get_result_async()
+        spin_until(ex, result.done, 240)
+        res = result.result().result
+        assert not res.success and res.bundle == ""
+        assert res.message.startswith("selfpose adapt failed (exit 2): selfpose adapt: error:")
+        third = client.send_goal_async(goal)  # free again
+        spin_until(ex, third.done, 10)
+        assert third.result().accepted
+        spin_until(ex, lambda: not (node.server.job and node.server.job.running), 240)
+        node.close()
+        node.destroy_node()
+        helper.destroy_node()
+    finally:
+        rclpy.try_shutdown()
