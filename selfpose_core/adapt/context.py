@@ -25,6 +25,7 @@ from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.recording import Recording
 from selfpose_core.geometry.symmetry import symmetry_transforms
 from selfpose_core.models.bundle import ModelBundle
+from selfpose_core.models.harness import TrainingJob, TrainingRecord, run_job
 from selfpose_core.models.scalar_log import ScalarLog
 from selfpose_core.models.trainer import Trainer, TrainerConfig
 from selfpose_core.types import CameraIntrinsics, ObjectModel
@@ -128,6 +129,15 @@ class AdaptContext:
         """A Trainer checkpointing into ``stage_dir(stage)/subdir`` (``subdir.rank<r>`` on ranks > 0)."""
         d = self.stage_dir(stage) / (subdir if self.dist.is_main else f"{subdir}.rank{self.dist.rank}")
         return Trainer(modules, d, config, device=self.device, name=stage)
+
+    def train(self, job: TrainingJob, config: TrainerConfig) -> tuple[TrainingRecord, Path]:
+        """Run ``job`` on the training harness with the stage's trainer (:meth:`trainer`), continuing from its
+        checkpoint when the run resumes; its record goes into the bundle's provenance. Returns the record and the
+        checkpoint's path."""
+        trainer = self.trainer(job.name, job.modules, config)
+        record = run_job(job, trainer, self.bundle.spec.provenance,
+                         resume=self.resume and trainer.checkpoint_path.is_file())
+        return record, trainer.checkpoint_path
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` in DistributedDataParallel when world_size > 1 (gradients averaged), else itself."""

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
-from selfpose_core.config_io import require_at_least, yaml_safe
+from selfpose_core.config_io import require_at_least
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pseudo_labels import PseudoLabels
 from selfpose_core.adapt.stage import StageResult
@@ -28,9 +26,7 @@ from selfpose_core.data.real_crops import RealCrops, RealInstance, RealScenes
 from selfpose_core.data.recording import Recording
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
 from selfpose_core.errors import ConfigError
-from selfpose_core.models.keypoint_net import KeypointNet
-from selfpose_core.models.losses import detector_losses
-from selfpose_core.models.pretrain import LossWeights, StepBatches, supervised_pose_losses
+from selfpose_core.models.harness import LossWeights, StepBatches, TrainingJob, joint_losses, step_batches
 from selfpose_core.models.trainer import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -152,38 +148,18 @@ class PseudoLabelFinetune:
                            real_scenes, cfg.real_fraction, cfg.crop_pool, cfg.scene_pool)
         log.info("pseudo_label_finetune: %d pseudo-labelled instances in %d frames, %.0f%% real samples",
                  len(instances), len(real.image_ids(1)), 100 * cfg.real_fraction)
-
-        def batches(start_step: int) -> Iterator[Any]:
-            loader = DataLoader(Subset(data, range(start_step * tcfg.grad_accum, steps)), batch_size=None,
-                                shuffle=False, num_workers=0)
-            yield from loader
-
         device = ctx.device
         det, net = bundle.detector.to(device), bundle.pose_net.to(device)
         net_f = ctx.wrap(net)
-        det_f = ctx.wrap(det) if cfg.train_detector else det
-        is_kp = isinstance(net, KeypointNet)
-        w = cfg.losses
+        det_f = ctx.wrap(det) if cfg.train_detector else None
 
-        def step_fn(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
-            crops = {k: v.to(device) for k, v in batch["crops"].items()}
-            res = supervised_pose_losses(net_f(crops["image"], crops["obj_index"]), crops, is_kp, w, cfg.keypoint_sigma)
-            res["loss"] = res["pose_loss"]
-            if cfg.train_detector:
-                scenes = {k: v.to(device) for k, v in batch["scenes"].items()}
-                d = detector_losses(det_f(scenes["image"]), scenes["boxes"], scenes["present"], scenes["masks"],
-                                    det_stride)
-                res.update({f"det_{k}": v for k, v in d.items()})
-                res["loss"] = res["loss"] + w.heatmap * d["heatmap"] + w.box * d["box"] + w.detector_mask * d["mask"]
-            return res
+        def losses(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
+            return joint_losses(net_f, det_f, batch, cfg.losses, cfg.keypoint_sigma, det_stride, device)
 
         modules = {"pose_net": net} | ({"detector": det} if cfg.train_detector else {})
-        trainer = ctx.trainer(self.name, modules, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
+        record, _ = ctx.train(TrainingJob(self.name, cfg, modules, step_batches(data, tcfg.grad_accum), losses,
+                                          {"instances": len(instances)}), tcfg)
         det.eval()
-        net.eval()
-        spec.provenance.setdefault("stages", []).append(
-            {"stage": self.name, "steps": tcfg.steps, "instances": len(instances), "config": yaml_safe(asdict(cfg))})
-        return StageResult(losses={k: round(v, 6) for k, v in last.items()},
+        return StageResult(losses={k: round(v, 6) for k, v in record.final_losses.items()},
                            details={"instances": len(instances), "frames": len(real.image_ids(1)),
                                     "real_fraction": cfg.real_fraction})

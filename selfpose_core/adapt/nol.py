@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.finetune import PseudoLabelledFrames
@@ -38,12 +38,10 @@ from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, Synthe
 from selfpose_core.errors import ConfigError, DatasetError, ShapeError
 from selfpose_core.geometry.se3 import rotation_angle, so3_exp
 from selfpose_core.mesh.measures import sample_surface
-from selfpose_core.models.keypoint_net import KeypointNet
-from selfpose_core.models.losses import detector_losses
+from selfpose_core.models.harness import LossWeights, StepBatches, TrainingJob, joint_losses, step_batches
 from selfpose_core.models.nol import (NolMesh, NolNet, TargetRaster, depth_tolerance, load_nol, project_sources,
                                       rasterize_targets, render_source_depth)
 from selfpose_core.render import render
-from selfpose_core.models.pretrain import LossWeights, StepBatches, supervised_pose_losses
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.types import CameraIntrinsics, ObjectModel
 
@@ -815,28 +813,12 @@ class NolStage:
                            cfg.nol_fraction)
         net, det = ctx.bundle.pose_net.to(ctx.device), ctx.bundle.detector.to(ctx.device)
         net_f, det_f = ctx.wrap(net), ctx.wrap(det)
-        is_kp = isinstance(net, KeypointNet)
-        w = cfg.losses
 
-        def batches(start_step: int) -> Iterator[Any]:
-            yield from DataLoader(Subset(data, range(start_step * tcfg.grad_accum, steps)), batch_size=None,
-                                  shuffle=False, num_workers=0)
+        def losses(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
+            return joint_losses(net_f, det_f, batch, cfg.losses, cfg.keypoint_sigma, det_stride, ctx.device)
 
-        def step_fn(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
-            crops = {k: v.to(ctx.device) for k, v in batch["crops"].items()}
-            res = supervised_pose_losses(net_f(crops["image"], crops["obj_index"]), crops, is_kp, w, cfg.keypoint_sigma)
-            sc = {k: v.to(ctx.device) for k, v in batch["scenes"].items()}
-            d = detector_losses(det_f(sc["image"]), sc["boxes"], sc["present"], sc["masks"], det_stride)
-            res.update({f"det_{k}": v for k, v in d.items()})
-            res["loss"] = res["pose_loss"] + w.heatmap * d["heatmap"] + w.box * d["box"] + w.detector_mask * d["mask"]
-            return res
-
-        trainer = ctx.trainer(self.name, {"pose_net": net, "detector": det}, tcfg)
-        last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
-        net.eval()
-        det.eval()
-        spec.provenance.setdefault("stages", []).append({"stage": self.name, "steps": tcfg.steps,
-                                                         "nol_images": len(bank), "weights": cfg.weights})
-        return StageResult(losses={k: round(v, 6) for k, v in last.items()},
+        record, _ = ctx.train(TrainingJob(self.name, cfg, {"pose_net": net, "detector": det},
+                                          step_batches(data, tcfg.grad_accum), losses, {"nol_images": len(bank)}), tcfg)
+        return StageResult(losses={k: round(v, 6) for k, v in record.final_losses.items()},
                            artefacts={"nol_bank": out_dir / "nol_bank.npz"},
                            details={"nol_images": len(bank), "objects": report})

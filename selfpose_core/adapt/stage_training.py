@@ -5,18 +5,18 @@ provenance, :class:`~selfpose_core.adapt.stage.StageResult`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from selfpose_core.config_io import yaml_safe
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.recording_crops import FrameStore, RecordingInstance, recording_instances
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops
+from selfpose_core.models.harness import TrainingJob
 from selfpose_core.models.pretrain import PretrainConfig
 from selfpose_core.models.trainer import TrainerConfig
 from selfpose_core.render.mesh import RenderMesh
@@ -115,19 +115,15 @@ class StepModule(torch.nn.Module):
 def train_stage(ctx: AdaptContext, name: str, cfg: Any, setup: StageSetup,
                 batches: Callable[[int], Iterator[dict[str, Any]]], loss_fn: LossFn,
                 details: dict[str, Any] | None = None) -> StageResult:
-    """Train ``setup.net`` on ``batches(start_step)`` with ``loss_fn(net, batch)`` (its ``loss`` key), resuming
-    from the stage's checkpoint when ``ctx.resume``; leave the net in eval mode, append the stage to the bundle's
-    provenance and return the final losses with details ``instances``, ``details`` and ``checkpoint``."""
+    """Train ``setup.net`` on the training harness: data recipe ``batches(start_step)``, loss ``loss_fn(net, batch)``
+    (its ``loss`` key), resumed from the stage's checkpoint when ``ctx.resume``; returns the final losses with
+    details ``instances``, ``details`` and ``checkpoint``."""
     fwd = ctx.wrap(StepModule(setup.net, loss_fn))
 
     def step_fn(batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         return fwd(batch)
 
-    trainer = ctx.trainer(name, {"pose_net": setup.net}, setup.trainer)
-    last = trainer.fit(batches, step_fn, resume=ctx.resume and trainer.checkpoint_path.is_file())
-    setup.net.eval()
-    ctx.bundle.spec.provenance.setdefault("stages", []).append(
-        {"stage": name, "steps": int(cfg.trainer.steps), "config": yaml_safe(asdict(cfg)),
-         "final_losses": {k: round(float(v), 6) for k, v in last.items()}})
-    return StageResult(losses=last, details={"instances": len(setup.instances), **(details or {}),
-                                             "checkpoint": str(trainer.checkpoint_path)})
+    details = {"instances": len(setup.instances), **(details or {})}
+    record, checkpoint = ctx.train(TrainingJob(name, cfg, {"pose_net": setup.net}, batches, step_fn, details),
+                                   setup.trainer)
+    return StageResult(losses=record.final_losses, details={**details, "checkpoint": str(checkpoint)})

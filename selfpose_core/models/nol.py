@@ -29,9 +29,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from selfpose_core.config_io import excerpt, one_line, require_at_least
 from selfpose_core.data.nol_training_set import NolTrainingConfig, NolTrainingSets
 from selfpose_core.errors import ConfigError, ModelError, ShapeError
 from selfpose_core.geometry.shapes import check_shape
+from selfpose_core.models.harness import TrainingJob, run_job, step_batches
 from selfpose_core.models.trainer import Trainer, TrainerConfig
 from selfpose_core.render import RenderMesh, render
 from selfpose_core.types import ObjectModel
@@ -485,10 +486,6 @@ def training_step(net: NolNet, sample: dict[str, torch.Tensor], psi: FixedFeatur
     return losses
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 def train_nol(out_dir: str | Path, *, config: NolConfig | None = None, data: NolTrainingConfig | None = None,
               trainer: TrainerConfig | None = None, workers: int = 1, device: str = "cpu",
               resume: bool = False) -> dict[str, float]:
@@ -513,20 +510,14 @@ def train_nol(out_dir: str | Path, *, config: NolConfig | None = None, data: Nol
     net = NolNet(config).to(device)
     psi = FixedFeatures().to(device)
 
-    def batches(start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        sub = torch.utils.data.Subset(sets, range(start_step * trainer.grad_accum, n_sets))
-        loader = torch.utils.data.DataLoader(sub, batch_size=None, shuffle=False, num_workers=workers,
-                                             worker_init_fn=_worker_init if workers else None,
-                                             prefetch_factor=4 if workers else None)
-        yield from loader
-
     start = time.monotonic()
-    last = Trainer({"nol": net}, out_dir / "train", trainer, device=device, name="nol").fit(
-        batches, lambda batch, step: training_step(net, batch, psi, device), resume=resume)
-    net.eval()
-    save_nol(net, out_dir / "nol.pt", {"command": "selfpose nol-train", "steps": trainer.steps,
-                                       "sets": n_sets, "seed": trainer.seed, "training_data": asdict(data),
-                                       "seconds": round(time.monotonic() - start, 1),
-                                       "final_losses": {k: round(v, 5) for k, v in last.items()}})
+    job = TrainingJob("nol_network", config, {"nol": net}, step_batches(sets, trainer.grad_accum, workers),
+                      lambda batch, step: training_step(net, batch, psi, device),
+                      {"sets": n_sets, "seed": trainer.seed, "training_data": asdict(data)})
+    provenance: dict[str, Any] = {"command": "selfpose nol-train"}
+    record = run_job(job, Trainer(job.modules, out_dir / "train", trainer, device=device, name="nol"), provenance,
+                     resume=resume)
+    provenance["seconds"] = round(time.monotonic() - start, 1)
+    save_nol(net, out_dir / "nol.pt", provenance)
     log.info("NOL weights written to %s", out_dir / "nol.pt")
-    return last
+    return record.final_losses

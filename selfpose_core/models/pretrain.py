@@ -1,51 +1,35 @@
 """Pre-training of the detector and the pose network on synthetic renders (the lower bound), optionally mixed with
-real frames at known poses (the supervised upper bound). One loop trains both networks: each step draws a batch of
-pose crops and a batch of detector images.
+real frames at known poses (the supervised upper bound): a job on the training harness (models/harness.py) whose
+steps draw a batch of pose crops and a batch of detector images.
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.crops import ObjectGeometry
 from selfpose_core.data.real_crops import RealCrops, RealScenes, index_bop
 from selfpose_core.data.synthetic import SyntheticConfig, SyntheticCrops, SyntheticScenes
-from selfpose_core.config_io import dataclass_from_mapping, read_yaml_mapping, require_at_least, set_dotted, yaml_safe
+from selfpose_core.config_io import dataclass_from_mapping, read_yaml_mapping, require_at_least, set_dotted
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.symmetry import symmetry_transforms
 from selfpose_core.models.backbones import BackboneConfig
 from selfpose_core.models.bundle import BundleObject, BundleSpec, ModelBundle, PoseNetSpec
 from selfpose_core.models.detector import DetectorConfig
+from selfpose_core.models.harness import (LossWeights, StepBatches, TrainingJob, joint_losses, run_job, step_batches,
+                                          supervised_pose_losses)
 from selfpose_core.models.keypoint_net import KeypointNet
-from selfpose_core.models.losses import coordinate_losses, detector_losses, keypoint_losses, mask_loss
 from selfpose_core.models.trainer import Trainer, TrainerConfig
 from selfpose_core.types import CameraIntrinsics, ObjectModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class LossWeights:
-    """Weights of the loss terms. Eq. 4-5 sum 18 normalised coordinates each and would drown the mask loss in the
-    shared layers (the mask then stays unlearned and Eq. 3 averages over the wrong pixels), hence 0.1."""
-
-    mask: float = 1.0
-    keypoint: float = 0.1
-    offset: float = 0.1
-    coords: float = 3.0
-    error: float = 1.0
-    heatmap: float = 1.0
-    box: float = 1.0
-    detector_mask: float = 1.0
 
 
 @dataclass(slots=True)
@@ -111,72 +95,6 @@ def object_geometries(objects: Sequence[ObjectModel], symmetry_samples: int) -> 
             for m in objects]
 
 
-class StepBatches(Dataset):
-    """Item ``i`` = the whole batch of training step ``i``: {"crops": collated crops, "scenes": collated images},
-    each sample drawn from the synthetic source or (with probability ``real_fraction``) the real one.
-
-    With ``crop_pool`` / ``scene_pool`` > 0 the synthetic samples of a step are drawn at random (seeded by the step)
-    from the first ``pool`` indices and kept in memory once rendered, so every sample is rendered once per process.
-    """
-
-    def __init__(self, crops: Dataset, scenes: Dataset, crop_batch: int, scene_batch: int, length: int, seed: int,
-                 real_crops: Dataset | None = None, real_scenes: Dataset | None = None,
-                 real_fraction: float = 0.0, crop_pool: int = 0, scene_pool: int = 0) -> None:
-        self.crops, self.scenes = crops, scenes
-        self.real_crops, self.real_scenes = real_crops, real_scenes
-        self.crop_batch, self.scene_batch = crop_batch, scene_batch
-        self.length, self.seed, self.real_fraction = length, seed, real_fraction
-        self.pools = {10: crop_pool, 11: scene_pool}
-        self._cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _draw(self, syn: Dataset, real: Dataset | None, n: int, step: int, salt: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, step, salt])
-        items = []
-        pool = self.pools[salt]
-        for j in range(n):
-            index = step * n + j
-            use_real = real is not None and rng.random() < self.real_fraction
-            if use_real:
-                items.append(real[index])
-            elif pool > 0:
-                key = (salt, int(rng.integers(pool)))
-                if key not in self._cache:
-                    self._cache[key] = syn[key[1]]
-                items.append(self._cache[key])
-            else:
-                items.append(syn[index])
-        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-    def __getitem__(self, step: int) -> dict[str, dict[str, torch.Tensor]]:
-        return {"crops": self._draw(self.crops, self.real_crops, self.crop_batch, step, 10),
-                "scenes": self._draw(self.scenes, self.real_scenes, self.scene_batch, step, 11)}
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def supervised_pose_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], keypoint_net: bool,
-                           w: LossWeights, sigma: float, keypoint_scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """Supervised losses of a pose network's output ``out`` on a crop batch (keys of SyntheticCrops); ``pose_loss``
-    is their weighted sum (the keypoint term scaled by ``keypoint_scale``: 0 during the offset warm-up)."""
-    res = {"mask": mask_loss(out["mask_logits"], batch["visible"])}
-    if keypoint_net:
-        kp = KeypointNet.keypoints(out, batch["visible"])
-        l_key, l_off = keypoint_losses(kp, out["votes"], batch["keypoints"], batch["scale"], batch["visible"], sigma)
-        res.update(keypoint=l_key, offset=l_off)
-        res["pose_loss"] = w.mask * res["mask"] + keypoint_scale * w.keypoint * l_key + w.offset * l_off
-    else:
-        l_coord, l_err = coordinate_losses(out["coords"], out["error"], batch["coords"], batch["silhouette"],
-                                           batch["visible"])
-        res.update(coords=l_coord, error=l_err)
-        res["pose_loss"] = w.mask * res["mask"] + w.coords * l_coord + w.error * l_err
-    return res
-
-
 def pose_losses(net: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: PretrainConfig,
                 step: int) -> dict[str, torch.Tensor]:
     """:func:`supervised_pose_losses` of ``net`` (plain or DDP-wrapped) on a crop batch at training ``step``."""
@@ -223,39 +141,19 @@ def pretrain(objects: Sequence[ObjectModel], camera: CameraIntrinsics, out_dir: 
         real_scenes = RealScenes(real, ids, geoms, dw, dh, n_scenes, seed, det_stride, config.synthetic)
         log.info("mixing %d real instances (%.0f%% of samples) into pre-training", len(inst),
                  100 * config.real_fraction)
-    batches_ds = StepBatches(syn_crops, syn_scenes, config.crop_batch, config.scene_batch, steps, seed,
-                             real_crops, real_scenes, config.real_fraction, config.crop_pool, config.scene_pool)
-
-    def batches(start_step: int) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
-        first = start_step * config.trainer.grad_accum
-        sub = torch.utils.data.Subset(batches_ds, range(first, steps))
-        loader = DataLoader(sub, batch_size=None, shuffle=False, num_workers=config.workers,
-                            worker_init_fn=_worker_init if config.workers else None,
-                            prefetch_factor=4 if config.workers else None, persistent_workers=False)
-        yield from loader
-
+    data = StepBatches(syn_crops, syn_scenes, config.crop_batch, config.scene_batch, steps, seed,
+                       real_crops, real_scenes, config.real_fraction, config.crop_pool, config.scene_pool)
     det, net = bundle.detector.to(device), bundle.pose_net.to(device)
-    w = config.losses
 
-    def step_fn(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
-        crops = {k: v.to(device) for k, v in batch["crops"].items()}
-        scenes = {k: v.to(device) for k, v in batch["scenes"].items()}
-        res = pose_losses(net, crops, config, step)
-        d = detector_losses(det(scenes["image"]), scenes["boxes"], scenes["present"], scenes["masks"], det_stride)
-        det_loss = w.heatmap * d["heatmap"] + w.box * d["box"] + w.detector_mask * d["mask"]
-        res.update({f"det_{k}": v for k, v in d.items()})
-        res["loss"] = res["pose_loss"] + det_loss
-        return res
+    def losses(batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
+        return joint_losses(net, det, batch, config.losses, config.keypoint_sigma, det_stride, device,
+                            0.0 if step < config.offset_warmup_steps else 1.0)
 
-    trainer = Trainer({"detector": det, "pose_net": net}, out_dir / "train", config.trainer, device=device,
-                      name="pretrain")
-    last = trainer.fit(batches, step_fn, resume=resume)
-    spec.metrics = {"final_losses": {k: round(v, 5) for k, v in last.items()}}
-    spec.provenance.setdefault("stages", []).append(
-        {"stage": "pretrain_synthetic" if real_crops is None else "pretrain_supervised_real",
-         "steps": config.trainer.steps, "real_fraction": config.real_fraction if real_crops is not None else 0.0,
-         "config": yaml_safe(asdict(config))})
-    det.eval()
-    net.eval()
+    job = TrainingJob("pretrain_synthetic" if real_crops is None else "pretrain_supervised_real", config,
+                      {"detector": det, "pose_net": net}, step_batches(data, config.trainer.grad_accum, config.workers),
+                      losses, {"real_fraction": config.real_fraction if real_crops is not None else 0.0})
+    record = run_job(job, Trainer(job.modules, out_dir / "train", config.trainer, device=device, name="pretrain"),
+                     spec.provenance, resume=resume)
+    spec.metrics = {"final_losses": {k: round(v, 5) for k, v in record.final_losses.items()}}
     bundle.save(out_dir)
     return bundle

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from selfpose_core.models.pretrain import StepBatches
+from selfpose_core.models.harness import StepBatches
 
 
 class CountingSource(Dataset):
