@@ -4,7 +4,9 @@ An object on a table rests on one of a few faces (its stable poses: Goldberg et 
 ICRA 1999, as computed by trimesh's ``compute_stable_poses``); what is left free is the rotation about the plane's
 normal and the position on the plane. :func:`resting_rotations` lists the distinct resting rotations of a mesh
 (the upright one, objects.yaml's z up, always first); :func:`tabletop_hypotheses` places each, at every yaw, on a
-proposal's footprint, pushed back from the camera by the part of the object the camera cannot see.
+proposal's footprint, pushed back from the camera by the part of the object the camera cannot see;
+:func:`footprint_parts` splits a cluster wider than the object (touching objects, an object against clutter)
+into parts that each centre hypotheses of their own.
 """
 from __future__ import annotations
 
@@ -19,25 +21,31 @@ def resting_rotations(model: ObjectModel, max_poses: int = 4, min_probability: f
                       min_angle_deg: float = 10.0) -> np.ndarray:
     """(P, 3, 3) rotations ``R_rest_obj`` (model frame -> a frame whose z is the support plane's normal) of the
     mesh's distinct stable poses, the upright one (identity) first, then by probability, at most ``max_poses``.
-    Two rests are the same when they turn the same model direction up, up to the object's symmetries."""
+
+    Two stable poses are the same rest when they turn the same model direction up (within ``min_angle_deg``) up to
+    the object's symmetries; a rest's probability is the sum over its stable poses. This matters for revolved
+    objects: the hull of a can lying on its side has one stable facet per side of its polygon, each unlikely,
+    while together they are the can's most likely rest."""
     import trimesh
 
     mesh = trimesh.Trimesh(np.asarray(model.vertices, np.float64), np.asarray(model.faces, np.int64), process=False)
-    rests = [np.eye(3)]
     try:
-        transforms, probs = mesh.compute_stable_poses(threshold=min_probability)
+        transforms, probs = mesh.compute_stable_poses(threshold=0.0)
     except (ValueError, IndexError, np.linalg.LinAlgError):  # degenerate hull: only the upright pose
         transforms, probs = np.zeros((0, 4, 4)), np.zeros(0)
-    syms = symmetry_transforms(model.symmetry, n_continuous=4)[:, :3, :3]
+    syms = symmetry_transforms(model.symmetry, n_continuous=36)[:, :3, :3]
     cos_min = np.cos(np.radians(min_angle_deg))
+    rests, mass = [np.eye(3)], [0.0]
     for k in np.argsort(-np.asarray(probs), kind="stable"):
-        if len(rests) >= max_poses:
-            break
         R = np.asarray(transforms[k])[:3, :3]
-        u = R[2]  # the model direction this rest turns up
-        if all(max(float(u @ (S @ r[2])) for S in syms) < cos_min for r in rests):
+        same = [i for i, r in enumerate(rests) if max(float(R[2] @ (S @ r[2])) for S in syms) >= cos_min]
+        if same:
+            mass[same[0]] += float(probs[k])
+        else:
             rests.append(R)
-    return np.stack(rests)
+            mass.append(float(probs[k]))
+    order = [0] + [i for i in np.argsort(-np.asarray(mass[1:]), kind="stable") + 1 if mass[i] >= min_probability]
+    return np.stack([rests[i] for i in order[:max_poses]])
 
 
 def tabletop_hypotheses(model_points: np.ndarray, rests: np.ndarray, cluster: np.ndarray, plane: np.ndarray,
@@ -66,3 +74,25 @@ def tabletop_hypotheses(model_points: np.ndarray, rests: np.ndarray, cluster: np
             T[:3, 3] = pos - B @ Rz @ c
             out.append(T)
     return np.stack(out)
+
+
+def footprint_parts(cluster: np.ndarray, plane: np.ndarray, width: float, max_parts: int = 3,
+                    iterations: int = 5) -> list[np.ndarray]:
+    """``cluster`` (N, 3) as it is and, when its extent along ``plane`` (4,) is wider than ``width`` (the object's
+    diameter), also split into k = ceil(extent / width) parts (at most ``max_parts``) by k-means on the plane
+    (seeded by farthest points from the centroid: deterministic), each at least 10 points."""
+    B = upright_basis(plane[:3])
+    xy = cluster @ B[:, :2]
+    extent = float(np.ptp(xy, axis=0).max()) if len(xy) else 0.0
+    k = min(max_parts, int(np.ceil(extent / max(width, 1e-6))))
+    if k < 2:
+        return [cluster]
+    seeds = [xy[np.argmax(((xy - xy.mean(0)) ** 2).sum(1))]]
+    while len(seeds) < k:
+        d = np.min([((xy - q) ** 2).sum(1) for q in seeds], axis=0)
+        seeds.append(xy[np.argmax(d)])
+    centres = np.stack(seeds)
+    for _ in range(iterations):
+        label = np.argmin(((xy[:, None] - centres[None]) ** 2).sum(-1), 1)
+        centres = np.stack([xy[label == j].mean(0) if (label == j).any() else centres[j] for j in range(k)])
+    return [cluster] + [cluster[label == j] for j in range(k) if (label == j).sum() >= 10]

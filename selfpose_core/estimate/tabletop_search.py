@@ -28,14 +28,14 @@ from scipy.spatial import cKDTree
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.depth_align import align_resting, face_normals
-from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
+from selfpose_core.estimate.hypotheses import footprint_parts, resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.proposals import (Proposal, ProposalConfig, camera_up, cluster_proposals,
                                                find_proposals)
 from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
 from selfpose_core.estimate.verification import VerifyConfig, render_window, verify_counts, verify_poses
 from selfpose_core.geometry.projection import Z_MIN, project, unproject
 from selfpose_core.geometry.se3 import make_T, so3_exp
-from selfpose_core.mesh.measures import mesh_diameter, sample_surface
+from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.models.appearance import AppearanceModel
 from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.types import Frame, ObjectModel
@@ -111,6 +111,7 @@ class _ObjectData:
     face_normals: np.ndarray  # (F, 3)
     diameter: float
     rest_heights: np.ndarray  # (P,) height of the object in each resting pose
+    sphere: tuple[np.ndarray, float]  # bounding sphere (centre in the object frame, radius + size_margin)
 
 
 class TabletopSearch:
@@ -129,8 +130,10 @@ class TabletopSearch:
             heights = np.array([np.ptp(v @ R[2]) for R in rests])
             lookup = VoxelNearest(pts, self.config.lookup_voxel, 3.5 * self.config.icp_tau)
             mesh = RenderMesh(m.vertices, m.faces)
+            centre = 0.5 * (v.min(0) + v.max(0))
+            radius = float(np.linalg.norm(v - centre, axis=1).max()) + self.config.size_margin
             self.data.append(_ObjectData(pts, nrm, cKDTree(pts), lookup, rests, mesh, face_normals(mesh),
-                                         float(m.diameter), heights))
+                                         float(m.diameter), heights, (centre, radius)))
 
     def search(self, frame: Frame, extra_hypotheses: dict[int, np.ndarray] | None = None) -> list[Found]:
         """Objects found in ``frame`` (needs ``frame.depth``); ``extra_hypotheses`` {object index: (E, 4, 4)
@@ -296,17 +299,13 @@ class TabletopSearch:
                 np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K)
 
     def _candidates(self, p: Proposal, plane: np.ndarray) -> list[int]:
-        """Objects whose size admits the cluster: its height above the plane at most the object's height in some
-        resting pose and its diameter at most the object's (each plus ``size_margin``)."""
+        """Objects that the cluster may hold: all but those too tall for it (the cluster's height above the plane
+        below 0.3 x the object's lowest resting height, minus ``size_margin``). A cluster larger than an object is
+        no reason to drop it: touching objects and objects against clutter form one cluster, and the object's
+        hypotheses are centred on the cluster's parts (:func:`footprint_parts`)."""
         m = self.config.size_margin
         height = float((p.points @ plane[:3] + plane[3]).max())
-        width = mesh_diameter(_subsample(p.points, 1000))
-        out = []
-        for k, d in enumerate(self.data):
-            if width <= d.diameter + m and height <= d.rest_heights.max() + m \
-                    and height >= 0.3 * d.rest_heights.min() - m:
-                out.append(k)
-        return out
+        return [k for k, d in enumerate(self.data) if height >= 0.3 * d.rest_heights.min() - m]
 
     def _extra_for(self, p: Proposal, K: np.ndarray, hyps: np.ndarray | None) -> np.ndarray | None:
         """The given hypotheses whose object origin projects into the proposal's box."""
@@ -325,7 +324,8 @@ class TabletopSearch:
         c = self.config
         d = self.data[k]
         cluster = _subsample(p.points, c.max_cluster_points)
-        T0 = tabletop_hypotheses(d.points, d.rests, cluster, plane, c.yaw_steps)
+        T0 = np.concatenate([tabletop_hypotheses(d.points, d.rests, part, plane, c.yaw_steps)
+                             for part in footprint_parts(cluster, plane, d.diameter)])
         if extra is not None:
             T0 = np.concatenate([T0, extra])
         tau = c.icp_tau
@@ -340,7 +340,7 @@ class TabletopSearch:
         margin = 0.5 * d.diameter * K_grid[0, 0] / max(z, 0.05)
         window = (max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(s[1], int(np.ceil(x1 + margin))),
                   min(s[0], int(np.ceil(y1 + margin))))
-        scores = verify_poses(d.mesh, T, depth_grid, K_grid, grid_mask, window, c.verify)
+        scores = verify_poses(d.mesh, T, depth_grid, K_grid, grid_mask, window, c.verify, d.sphere)
         j = int(np.argmax(scores))
         if scores[j] < floor:
             return T[j], float(scores[j])
@@ -348,7 +348,8 @@ class TabletopSearch:
         if c.align_iterations:
             aligned = align_resting(d.mesh, d.face_normals, T, plane[:3], depth_grid, K_grid, window,
                                     gate=c.icp_tau, iterations=c.align_iterations)
-            s_aligned = float(verify_poses(d.mesh, aligned[None], depth_grid, K_grid, grid_mask, window, c.verify)[0])
+            s_aligned = float(verify_poses(d.mesh, aligned[None], depth_grid, K_grid, grid_mask, window, c.verify,
+                                           d.sphere)[0])
             if s_aligned >= score:
                 T, score = aligned, s_aligned
         return T, score
@@ -372,7 +373,7 @@ class TabletopSearch:
                     S[:3, 3] += sign * shift_step * B[:, axis]
                     moves.append(S)
             moves = np.stack(moves)
-            scores = verify_poses(d.mesh, moves, depth_grid, K_grid, grid_mask, window, c.verify)
+            scores = verify_poses(d.mesh, moves, depth_grid, K_grid, grid_mask, window, c.verify, d.sphere)
             j = int(np.argmax(scores))
             if scores[j] > score:
                 T, score = moves[j], float(scores[j])
@@ -382,8 +383,8 @@ class TabletopSearch:
 
     def _fscores(self, d: _ObjectData, T: np.ndarray, cluster: np.ndarray, cluster_tree: cKDTree,
                  plane: np.ndarray) -> np.ndarray:
-        """(H,) F-score of each pose: precision = cluster points within tau of the model; recall = model points
-        facing the camera (and above the plane) within tau of the cluster."""
+        """(H,) F-score of each pose: precision = cluster points inside the object's bounding sphere that lie within
+        tau of the model; recall = model points facing the camera (and above the plane) within tau of the cluster."""
         tau = self.config.icp_tau
         R, t = T[:, :3, :3], T[:, :3, 3]
         Rt = R.transpose(0, 2, 1)
@@ -393,8 +394,10 @@ class TabletopSearch:
         near_cluster = cluster_tree.query(X.reshape(-1, 3), distance_upper_bound=tau)[0].reshape(X.shape[:2]) < tau
         recall = (facing & near_cluster).sum(1) / np.maximum(facing.sum(1), 1)
         local = (cluster[None] - t[:, None]) @ R
-        precision = (d.tree.query(local.reshape(-1, 3), distance_upper_bound=tau)[0] < tau).reshape(len(T), -1)
-        precision = precision.mean(1)
+        near_model = (d.tree.query(local.reshape(-1, 3), distance_upper_bound=tau)[0] < tau).reshape(len(T), -1)
+        centre, radius = d.sphere
+        inside = ((local - centre) ** 2).sum(-1) < radius ** 2
+        precision = (near_model & inside).sum(1) / np.maximum(inside.sum(1), 1)
         return np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-9), 0.0)
 
 

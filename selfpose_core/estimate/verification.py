@@ -9,7 +9,9 @@ rendered silhouette with valid depth are
   object: free space where the hypothesis puts matter),
 * **occluded** when the observed depth lies nearer (something in front hides the object; weighted little);
 
-pixels of the proposal's mask that the silhouette does not cover are **unexplained**. The score is
+pixels of the proposal's mask that the silhouette does not cover are **unexplained** (with a ``sphere``, only those
+whose observed point lies inside the object's bounding sphere at that pose: a proposal that also holds a touching
+object or clutter does not count against the object's own fit). The score is
 ``consistent / (consistent + violations + unexplained + occluded_weight * occluded)`` in [0, 1]: 1 when the
 rendered object covers exactly the observed segment at the observed depth. Pixels without observed depth count
 for nothing. Reference: the verification of hypothesise-and-verify pipelines, e.g. Aldoma et al., "A global
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from selfpose_core.geometry.projection import unproject
 from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.render.renderer import render
 from selfpose_core.types import CameraIntrinsics
@@ -48,11 +51,13 @@ def render_window(mesh: RenderMesh, T_cam_obj: np.ndarray, K: np.ndarray, window
 
 
 def verify_counts(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,
-                  window: tuple[int, int, int, int], cfg: VerifyConfig) -> np.ndarray:
+                  window: tuple[int, int, int, int], cfg: VerifyConfig,
+                  sphere: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     """(H, 4) evidence of the poses ``T_cam_obj`` (H, 4, 4) of ``mesh`` against ``depth`` (h, w) metres (0 / NaN
     invalid) seen through ``K`` (3, 3), with the proposal ``mask`` (h, w) bool, inside ``window``
     = (x0, y0, x1, y1) pixels of that image (end exclusive): per pose the graded count of consistent pixels and
-    the counts of violations, occluded and unexplained pixels (module docstring)."""
+    the counts of violations, occluded and unexplained pixels (module docstring). ``sphere`` = (centre (3,) in the
+    object frame, radius m): mask pixels count as unexplained only inside it at each pose."""
     x0, y0, x1, y1 = window
     if x1 <= x0 or y1 <= y0 or not len(T_cam_obj):
         return np.zeros((len(T_cam_obj), 4))
@@ -65,8 +70,22 @@ def verify_counts(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K:
     consistent = np.where(sil & valid & (np.abs(diff) <= cfg.tau), 1.0 - (diff / cfg.tau) ** 2, 0.0).sum((1, 2))
     violations = (sil & valid & (diff > cfg.tau)).sum((1, 2))
     occluded = (sil & valid & (diff < -cfg.tau)).sum((1, 2))
-    unexplained = (seg & ~sil & valid).sum((1, 2))
+    unexplained = seg & ~sil & valid
+    if sphere is not None:
+        unexplained &= _inside_sphere(obs[0], K, window, np.asarray(T_cam_obj, np.float64), *sphere)
+    unexplained = unexplained.sum((1, 2))
     return np.stack([consistent, violations, occluded, unexplained], 1).astype(np.float64)
+
+
+def _inside_sphere(depth: np.ndarray, K: np.ndarray, window: tuple[int, int, int, int], T_cam_obj: np.ndarray,
+                   centre: np.ndarray, radius: float) -> np.ndarray:
+    """(H, h, w) whether the point observed at each pixel of ``window`` (depth (h, w) metres, cut to the window)
+    lies within ``radius`` of ``centre`` (object frame) at each pose ``T_cam_obj`` (H, 4, 4)."""
+    x0, y0, x1, y1 = window
+    v, u = np.mgrid[y0:y1, x0:x1]
+    X = unproject(K, np.stack([u, v], -1).reshape(-1, 2).astype(np.float64), depth.reshape(-1)).reshape(*u.shape, 3)
+    c = T_cam_obj[:, :3, :3] @ centre + T_cam_obj[:, :3, 3]  # (H, 3)
+    return ((X[None] - c[:, None, None]) ** 2).sum(-1) < radius ** 2
 
 
 def score_counts(counts: np.ndarray, occluded_weight: float) -> np.ndarray:
@@ -78,6 +97,7 @@ def score_counts(counts: np.ndarray, occluded_weight: float) -> np.ndarray:
 
 
 def verify_poses(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,
-                 window: tuple[int, int, int, int], cfg: VerifyConfig) -> np.ndarray:
+                 window: tuple[int, int, int, int], cfg: VerifyConfig,
+                 sphere: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     """(H,) scores in [0, 1] of the poses ``T_cam_obj`` (H, 4, 4): :func:`score_counts` of :func:`verify_counts`."""
-    return score_counts(verify_counts(mesh, T_cam_obj, depth, K, mask, window, cfg), cfg.occluded_weight)
+    return score_counts(verify_counts(mesh, T_cam_obj, depth, K, mask, window, cfg, sphere), cfg.occluded_weight)

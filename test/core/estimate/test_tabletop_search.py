@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from selfpose_core.estimate.hypotheses import resting_rotations
+from selfpose_core.data.sim import catalog
+from selfpose_core.estimate.hypotheses import footprint_parts, resting_rotations
 from selfpose_core.estimate.proposals import ProposalConfig, find_proposals
 from selfpose_core.estimate.tabletop import VoxelNearest
 from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
@@ -47,6 +48,29 @@ def test_resting_rotations_start_upright_and_are_distinct_up_to_symmetry(scene):
         assert np.allclose(R @ R.T, np.eye(3), atol=1e-9)
 
 
+def test_a_revolved_object_rests_on_its_side_although_each_facet_is_unlikely():
+    """The hull of a can has one stable facet per side of its polygon, each below the probability threshold; taken
+    together (the same rest up to the can's symmetry about its axis) lying on its side is the likeliest rest."""
+    can = catalog.make_targets(["tin_can"], np.random.default_rng(0))[0].cad_model(1)
+    rests = resting_rotations(can)
+    ups = np.array([R[2] for R in rests])  # model direction turned up
+    assert np.allclose(ups[0], [0, 0, 1])
+    assert abs(ups[1][2]) < 1e-6  # second: the axis lies flat
+    assert sum(abs(u[2]) < 1e-6 for u in ups) == 1  # and once only: every side is the same rest
+
+
+def test_footprint_parts_split_a_cluster_wider_than_the_object(rng):
+    plane = np.array([0.0, 0.0, 1.0, 0.0])
+    blob = rng.normal(0, 0.01, (200, 3)) + [0, 0, 0.05]
+    assert len(footprint_parts(blob, plane, 0.1)) == 1
+    pair = np.concatenate([blob + [-0.12, 0, 0], blob + [0.12, 0, 0]])
+    parts = footprint_parts(pair, plane, 0.1)
+    assert parts[0] is pair and len(parts) == 4  # the whole cluster, then ceil(0.34 / 0.1) = 3 parts at most
+    centres = sorted(float(p[:, 0].mean()) for p in parts[1:])
+    assert centres[0] < -0.1 and centres[-1] > 0.1 and sum(len(p) for p in parts[1:]) == len(pair)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, footprint_parts(pair, plane, 0.1)))
+
+
 def test_voxel_nearest_agrees_with_a_kd_tree_within_its_bound(rng):
     pts = rng.normal(0, 0.05, (800, 3))
     grid = VoxelNearest(pts, 0.003, 0.03)
@@ -72,6 +96,21 @@ def test_verification_scores_the_true_pose_above_shifted_ones(scene):
     scores = verify_poses(RenderMesh(models[1].vertices, models[1].faces), np.stack(shifted), frame.depth,
                           frame.K.K, masks[1], (0, 0, 640, 480), VerifyConfig())
     assert scores[0] > 0.95 and scores[0] > scores[1] > scores[2]
+
+
+def test_verification_inside_the_bounding_sphere_ignores_the_other_object_of_a_merged_cluster(scene):
+    models, T_world_obj, frames = scene
+    frame, masks = frames[0]
+    mesh = RenderMesh(models[1].vertices, models[1].faces)
+    T_true = (invert(frame.T_world_cam) @ T_world_obj[1])[None]
+    v = models[1].vertices
+    centre = 0.5 * (v.min(0) + v.max(0))
+    sphere = (centre, float(np.linalg.norm(v - centre, axis=1).max()) + 0.01)
+    args = (mesh, T_true, frame.depth, frame.K.K)
+    alone = verify_poses(*args, masks[1], (0, 0, 640, 480), VerifyConfig())[0]
+    merged = masks[1] | masks[0]  # the box's pixels in the mug's proposal
+    assert verify_poses(*args, merged, (0, 0, 640, 480), VerifyConfig())[0] < 0.5 * alone
+    assert verify_poses(*args, merged, (0, 0, 640, 480), VerifyConfig(), sphere)[0] == pytest.approx(alone, abs=0.02)
 
 
 @pytest.mark.parametrize("with_appearance", [True, False])
@@ -159,6 +198,34 @@ def test_touching_objects_in_one_cluster_are_both_found(scene, render_scene, loo
     for k, max_deg in ((0, 0.1), (1, 1.0)):  # the mug's alignment pairs some pixels across the contact
         t_err, r_err = pose_errors(models[k], found[k].T_cam_obj, invert(T_wc) @ touching[k])
         assert t_err < 0.001 and r_err < max_deg, (models[k].name, t_err, r_err)
+
+
+def test_a_can_lying_against_the_mug_is_found_on_its_side(scene, render_scene, look_at, pose_errors):
+    """A can lying on its side, its lid 2 mm from the mug's handle: one cluster wider than either object. Both
+    are tried on the cluster's parts (the can in its lying rest) and come back at their true poses."""
+    mug, T_mug = scene[0][1], scene[1][1]
+    can = catalog.make_targets(["tin_can"], np.random.default_rng(0))[0].cad_model(2)
+    side = np.array([0.0, -1.0, 0.0])
+    R = resting_rotations(can)[1]
+    axis = R @ [0.0, 0.0, 1.0]  # the can's axis, horizontal in this rest: turned to point along `side`
+    a = np.arctan2(side[1], side[0]) - np.arctan2(axis[1], axis[0])
+    T_can = np.eye(4)
+    T_can[:3, :3] = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ R
+    V = can.vertices @ T_can[:3, :3].T
+    W = mug.vertices @ T_mug[:3, :3].T
+    reach = (W[W[:, 2] + T_mug[2, 3] < np.ptp(V[:, 2])] @ side).max()  # the mug's extent below the can's top
+    T_can[:3, 3] = T_mug[:3, 3] * [1, 1, 0] + (reach + 0.002 + (V @ -side).max()) * side
+    T_can[2, 3] = -V[:, 2].min()
+    T_wc = look_at(T_can[:3, 3] + [0.55, -0.1, 0.35], T_can[:3, 3])
+    rgb, depth, masks = render_scene([mug, can], [T_mug, T_can], T_wc, clutter=False)
+    frame = Frame(rgb=rgb, K=scene[2][0][0].K, depth=depth, T_world_cam=T_wc)
+    _, props = find_proposals(depth, frame.K.K, ProposalConfig(), T_world_cam=T_wc)
+    assert len(props) == 1 and all(m[props[0].pixels[:, 0], props[0].pixels[:, 1]].sum() > 1000 for m in masks)
+    found = {f.obj_index: f for f in TabletopSearch([mug, can]).search(frame)}
+    assert set(found) == {0, 1}
+    for k, T_world in ((0, T_mug), (1, T_can)):
+        t_err, r_err = pose_errors([mug, can][k], found[k].T_cam_obj, invert(T_wc) @ T_world)
+        assert t_err < 0.001 and r_err < 0.5, ([mug, can][k].name, t_err, r_err)
 
 
 def test_ransac_plane_finds_the_plane_among_outliers_and_is_repeatable(rng):
