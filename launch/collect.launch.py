@@ -22,6 +22,11 @@ OVERRIDES = {
     "storage": ("storage", str, "mcap", "mcap or sqlite3"),
     "image_format": ("image_format", str, "raw", "raw, jpeg or png"),
     "image_transport": ("image_transport", str, "raw", "raw or compressed colour images"),
+    "autostart": ("autostart", bool, "true", "record at start-up (false: wait for the ~/start service)"),
+    "adapt_on_finish": ("adapt_on_finish", bool, "false", "send the Adapt goal for each recording closed by ~/stop"),
+    "adapt_objects": ("adapt_objects", str, "", "objects.yaml of the Adapt goal"),
+    "adapt_base_model": ("adapt_base_model", str, "", "pre-trained bundle of the Adapt goal"),
+    "adapt_output": ("adapt_output", str, "", "bundle the Adapt goal writes ('' = <output>_model)"),
 }
 
 

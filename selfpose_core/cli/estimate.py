@@ -66,7 +66,7 @@ def estimate_frames(frames: Iterable[Frame], estimator: Estimator, out: str | Pa
         msgs = builder.build(estimates, frame.stamp_ns, frame.frame_id, frame.K, frame.rgb)
         overlay = None if msgs.overlay is None else \
             array_to_compressed_msg(msgs.overlay, "jpeg", frame.stamp_ns, frame.frame_id, quality=85)
-        with bag.atomic():  # SIGINT/SIGTERM wait for the frame's messages, then close the bag
+        with bag.atomic():  # a close() from the main thread waits for the frame's messages
             if bag.closed:
                 return
             bag.write(POSES_TOPIC, OBJECT_POSE_ARRAY, msgs.poses, frame.stamp_ns)
@@ -81,7 +81,8 @@ def estimate_frames(frames: Iterable[Frame], estimator: Estimator, out: str | Pa
                 bag.flush()  # `selfpose recover` salvages it after kill -9
         n_poses += len(estimates)
 
-    # the writer is made here, in the main thread, so that it handles SIGINT/SIGTERM for the worker's writes
+    # SIGINT/SIGTERM (cli/signals.py) raise in the main thread; leaving this block closes the worker, then the bag,
+    # whose close() waits for a frame the worker is writing
     with BagWriter(out, storage=storage, segment_messages=None) as bag, \
             NewestFrameWorker(process, publish) as worker:
         for frame in frames:
