@@ -83,7 +83,7 @@ def test_consensus_stage_corrects_the_drift_from_depth(drifting_loop, tmp_path):
     the per-frame pseudo poses come out far better than through the drifting odometry."""
     from selfpose_core.adapt.consensus import ConsensusConfig, MultiviewConsensus
     from selfpose_core.adapt.context import AdaptContext
-    from selfpose_core.cli.adapt import camera_errors, consensus_errors
+    from selfpose_core.eval.adaptation import camera_errors, consensus_errors
     from selfpose_core.mesh.objects_config import load_objects_config
     from selfpose_core.models.bundle import ModelBundle
 

@@ -11,7 +11,7 @@ from selfpose_core.adapt.config import load_adapt_config
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pipeline import STAGES, ground_truth_forbidden, run_pipeline
 from selfpose_core.adapt.stage import Stage, StageResult
-from selfpose_core.cli.adapt import consensus_errors
+from selfpose_core.eval.adaptation import consensus_errors
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording
 from selfpose_core.errors import ConfigError, DatasetError

@@ -8,7 +8,7 @@ import numpy as np
 import trimesh
 
 from selfpose_core.adapt.config import AdaptConfig
-from selfpose_core.cli.adapt import make_evaluator
+from selfpose_core.eval.adaptation import make_evaluator
 from selfpose_core.cli.main import build_parser
 from selfpose_core.data.bop import BopWriter
 from selfpose_core.mesh.loading import object_model_from_arrays
