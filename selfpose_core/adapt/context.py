@@ -113,10 +113,6 @@ class AdaptContext:
         return [ObjectGeometry.from_model(m, symmetry_transforms(m.symmetry, n_continuous=symmetry_samples))
                 for m in self.objects]
 
-    def frame_indices(self) -> np.ndarray:
-        """This rank's share of the recording's frame indices (all of them when single-process)."""
-        return np.arange(self.dist.rank, len(self.recording), self.dist.world_size)
-
     # ------------------------------------------------------------------ training
     def trainer_config(self, stage: str, overrides: TrainerConfig | None = None) -> TrainerConfig:
         """The run's trainer defaults, replaced by the stage's own ``overrides`` when given; the seed is the stage's

@@ -133,9 +133,3 @@ def crop_batch(store: FrameStore, instances: Sequence[RecordingInstance], size: 
             "crop_box": torch.as_tensor(np.stack(cbs), dtype=torch.float64),
             "weight": torch.as_tensor([i.weight for i in instances], dtype=torch.float32)}
 
-
-def image_to_crop(points: torch.Tensor, crop_box: torch.Tensor, size: int) -> torch.Tensor:
-    """Image pixels (B, N, 2) -> pixels of the ``size`` crops of ``crop_box`` (B, 4) (OpenCV centres)."""
-    cb = crop_box.to(points.dtype)
-    s = size / (cb[:, 2:] - cb[:, :2])  # (B, 2)
-    return (points + 0.5 - cb[:, None, :2]) * s[:, None] - 0.5

@@ -124,14 +124,6 @@ class TfBuffer:
         """Every frame named in the tree."""
         return sorted(set(self._edges) | {e.parent for e in self._edges.values()})
 
-    def time_range(self, child: str) -> tuple[int, int] | None:
-        """(first, last) stamp of the dynamic edge into ``child``; None for static or unknown frames."""
-        edge = self._edges.get(child)
-        if edge is None or edge.static:
-            return None
-        s = edge.arrays()[0]
-        return int(s[0]), int(s[-1])
-
     def _ancestors(self, frame: str) -> list[str]:
         chain = [frame]
         while chain[-1] in self._edges:
