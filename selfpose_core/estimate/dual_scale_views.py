@@ -4,7 +4,8 @@ ensemble of the two. The ``dual_scale`` adaptation stage trains the pose network
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -12,11 +13,36 @@ import numpy as np
 import torch
 
 from selfpose_core.data.crops import crop_affine, crop_to_image, cut_crop, square_box
+from selfpose_core.errors import ModelError
 from selfpose_core.geometry.pnp import solve_pnp_ransac
 from selfpose_core.models.bundle import BundleObject
 from selfpose_core.models.correspondences import network_correspondences
 from selfpose_core.models.keypoint_net import KeypointNet
 from selfpose_core.types import CameraIntrinsics
+
+
+@dataclass(frozen=True, slots=True)
+class DualScaleViews:
+    """The two views of the inference ensemble: the un-normalised window's side as a ``context_fraction`` of the
+    image height and the normalised crop's ``padding`` around the box (DSC's values by default, which are also the
+    ``dual_scale`` stage's defaults ``context_fraction`` and ``normalized_padding``)."""
+
+    context_fraction: float = 0.5
+    padding: float = 1.3
+
+    @classmethod
+    def of_stage(cls, record: Mapping[str, Any], where: str) -> DualScaleViews:
+        """The views the ``dual_scale`` stage trained for, from its provenance ``record`` (ModelError naming
+        ``where`` and the missing setting when the record lacks one)."""
+        config = record.get("config")
+        values = []
+        for key in ("context_fraction", "normalized_padding"):
+            value = config.get(key) if isinstance(config, Mapping) else None
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ModelError(f"{where}: the dual_scale stage's record has no number config.{key} (got "
+                                 f"{value!r}); the views it trained for are unknown")
+            values.append(float(value))
+        return cls(*values)
 
 
 def view_boxes(box: np.ndarray, image_height: int, context_fraction: float, padding: float

@@ -26,7 +26,7 @@ import torch
 from selfpose_core.data.crops import crop_affine, project_points, square_box
 from selfpose_core.errors import ConfigError, ModelError, SelfposeError
 from selfpose_core.estimate.depth_refine import DepthRefineConfig, DepthRefiner
-from selfpose_core.estimate.dual_scale_views import dual_scale_estimate
+from selfpose_core.estimate.dual_scale_views import DualScaleViews, dual_scale_estimate
 from selfpose_core.estimate.tabletop_search import SearchConfig, TabletopSearch
 from selfpose_core.geometry.pnp import solve_pnp, solve_pnp_ransac
 from selfpose_core.mesh.objects_config import load_objects_config
@@ -83,17 +83,15 @@ class PoseEstimator:
         self.stride = int(self.spec.pose_net.backbone.out_stride)
         h = self.crop_size // self.stride
         self._centres = pixel_centres(h, h, self.stride).reshape(-1, 2).numpy().astype(np.float64)
-        self.dual_scale = self._dual_scale_views()
+        self.dual_scale = self._dual_scale_views(Path(bundle_path))
 
-    def _dual_scale_views(self) -> dict[str, float] | None:
-        """The two views of DSC's inference ensemble ({context_fraction, padding}) or None when it is off: with
-        ``dual_scale: auto`` it is on for bundles adapted by the ``dual_scale`` stage, with that stage's views."""
+    def _dual_scale_views(self, bundle_path: Path) -> DualScaleViews | None:
+        """The two views of DSC's inference ensemble, or None when it is off: with ``dual_scale: auto`` it is on for
+        bundles adapted by the ``dual_scale`` stage, with that stage's views (``on`` without one: DSC's views)."""
         stages = [st for st in self.spec.provenance.get("stages", []) if st.get("stage") == "dual_scale"]
         if self.config.dual_scale == "off" or (self.config.dual_scale == "auto" and not stages):
             return None
-        cfg = stages[-1].get("config", {}) if stages else {}
-        return {"context_fraction": float(cfg.get("context_fraction", 0.5)),
-                "padding": float(cfg.get("normalized_padding", 1.3))}
+        return DualScaleViews.of_stage(stages[-1], f"{bundle_path}/bundle.yaml") if stages else DualScaleViews()
 
     def _check_objects(self, path: Path, bundle_path: Path) -> list[ObjectModel]:
         if not path.is_file():
@@ -218,8 +216,8 @@ class PoseEstimator:
         """DSC's ensemble (Sec. 4.3) around the detector box: keypoints (or correspondences) of the un-normalised
         and the normalised view combined in the image, one PnP; the single-view ``single`` when it fails."""
         res = dual_scale_estimate(self.pose_net, self.spec.objects, rgb, K, box, k,
-                                  context_fraction=self.dual_scale["context_fraction"],
-                                  padding=self.dual_scale["padding"], mask_threshold=self.config.mask_threshold,
+                                  context_fraction=self.dual_scale.context_fraction,
+                                  padding=self.dual_scale.padding, mask_threshold=self.config.mask_threshold,
                                   pnp_threshold=self.config.pnp_threshold)
         if res is None:
             return single

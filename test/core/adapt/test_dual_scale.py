@@ -138,3 +138,12 @@ def test_stage_runs_and_checkpoints(adapt_scene, tmp_path):
     assert (tmp_path / "dual_scale" / "segmentation.npz").is_file()
     assert {"loss", "dual", "align", "mask", "synthetic"} <= set(result.losses)
     assert 0 < result.details["segmentation"]["certain_fraction"] <= 1
+
+
+def test_the_estimator_views_default_to_the_stage_defaults():
+    """One source: the estimator's views without a dual_scale record are the dual_scale stage's defaults."""
+    from selfpose_core.estimate.dual_scale_views import DualScaleViews
+
+    cfg = DualScaleConfig()
+    assert DualScaleViews() == DualScaleViews.of_stage({"config": {"context_fraction": cfg.context_fraction,
+                                                                   "normalized_padding": cfg.normalized_padding}}, "x")

@@ -11,6 +11,7 @@ import trimesh
 from selfpose_core.data.crops import ObjectGeometry, render_targets
 from selfpose_core.errors import ConfigError, ModelError
 from selfpose_core.estimate.depth_refine import DepthRefiner
+from selfpose_core.estimate.dual_scale_views import DualScaleViews
 from selfpose_core.estimate.estimator import EstimatorConfig, PoseEstimator
 from selfpose_core.mesh.loading import object_model_from_arrays, save_mesh
 from selfpose_core.mesh.objects_config import load_objects_config, write_objects_config
@@ -292,7 +293,7 @@ def test_dual_scale_ensemble_for_bundles_adapted_by_dual_scale(objects, objects_
     real = estimator_module.dual_scale_estimate
     monkeypatch.setattr(estimator_module, "dual_scale_estimate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     est = _oracle_estimator(path, refine_depth=False)
-    assert est.dual_scale == {"context_fraction": 0.4, "padding": 1.2}
+    assert est.dual_scale == DualScaleViews(0.4, 1.2)
     geom = ObjectGeometry.from_model(objects[0])
     T = _pose()
     out = est.estimate(_render_frame(objects[0], geom, T, K))
@@ -302,9 +303,13 @@ def test_dual_scale_ensemble_for_bundles_adapted_by_dual_scale(objects, objects_
     assert _oracle_estimator(path, dual_scale="off").dual_scale is None
     plain = _bundle(objects, objects_dir, "m_plain")
     assert _oracle_estimator(plain).dual_scale is None
-    assert _oracle_estimator(plain, dual_scale="on").dual_scale == {"context_fraction": 0.5, "padding": 1.3}
+    assert _oracle_estimator(plain, dual_scale="on").dual_scale == DualScaleViews()
     with pytest.raises(ConfigError, match="dual_scale"):
         _oracle_estimator(plain, dual_scale="maybe")
+    spec.provenance["stages"] = [{"stage": "dual_scale", "config": {"context_fraction": 0.4}}]
+    broken = ModelBundle.create(spec).save(objects_dir / "m_dual_broken")
+    with pytest.raises(ModelError, match=r"m_dual_broken/bundle.yaml: .*config.normalized_padding"):
+        _oracle_estimator(broken)
 
 
 def test_depth_refinement_does_not_depend_on_what_it_refined_before(objects):
