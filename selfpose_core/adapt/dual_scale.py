@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from selfpose_core.adapt.context import AdaptContext
-from selfpose_core.adapt.network_pose import network_pose, plausible, project
+from selfpose_core.adapt.network_pose import network_pose, plausible
 from selfpose_core.adapt.recording_crops import CropJitter, FrameStore, RecordingInstance, crop_batch
 from selfpose_core.adapt.stage import StageResult
 from selfpose_core.adapt.stage_training import ObjectTensors, prepare_stage, train_stage
@@ -44,6 +44,8 @@ from selfpose_core.data.crops import crop_to_image
 from selfpose_core.estimate.dual_scale_views import view_boxes
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.pnp_diff import solve_pnp_differentiable
+from selfpose_core.geometry.projection import project
+from selfpose_core.geometry.se3 import make_T, transform_points
 from selfpose_core.models.bundle import BundleObject
 from selfpose_core.models.correspondences import network_correspondences
 from selfpose_core.models.keypoint_net import KeypointNet
@@ -117,7 +119,7 @@ def view_keypoints(net: torch.nn.Module, out: dict[str, torch.Tensor], obj_index
     else:
         X = torch.as_tensor(np.stack([objects[int(k)].keypoints for k in obj_index]), dtype=R.dtype,
                             device=R.device)
-        kp = project(K.to(R.dtype), R, t, X)
+        kp = project(K, transform_points(make_T(R, t), X))
     return kp, R, t, valid
 
 
@@ -138,7 +140,7 @@ def average_reprojection(kp_a: torch.Tensor, kp_b: torch.Tensor, pts3d: torch.Te
     with torch.no_grad():
         mean = (kp_a + kp_b) / 2
         R, t = solve_pnp_differentiable(pts3d.double(), mean.double(), K.double())
-        return project(K.double(), R, t, pts3d.double()).to(kp_a.dtype)
+        return project(K.double(), transform_points(make_T(R, t), pts3d.double())).to(kp_a.dtype)
 
 
 class DualScale:

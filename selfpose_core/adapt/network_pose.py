@@ -69,10 +69,3 @@ def vertex_consistency(R_a: torch.Tensor, t_a: torch.Tensor, R_b: torch.Tensor, 
         d, _ = min_over_symmetries(pa[i:i + 1], R_b[i:i + 1], t_b[i:i + 1], points[i], symmetries[i])
         out.append(d[0])
     return torch.stack(out) / diameters.to(pa.dtype)
-
-
-def project(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """Pixels (B, N, 2) of object points ``X`` (B, N, 3) at poses (B, 3, 3), (B, 3) through ``K`` (B, 3, 3)."""
-    P = X @ R.transpose(-1, -2) + t[:, None]
-    q = P @ K.to(P.dtype).transpose(-1, -2)
-    return q[..., :2] / q[..., 2:3].clamp_min(1e-6)

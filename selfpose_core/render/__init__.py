@@ -8,7 +8,7 @@ from __future__ import annotations
 from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.render.rasterizer import Fragments, available_backends, rasterize
 from selfpose_core.render.renderer import RenderOutput, project_vertices, render
-from selfpose_core.render.warp import project_points, transform_points, unproject_depth, warp_image
+from selfpose_core.render.warp import project_points, unproject_depth, warp_image
 
 __all__ = ["Fragments", "RenderMesh", "RenderOutput", "available_backends", "project_points", "project_vertices",
-           "rasterize", "render", "transform_points", "unproject_depth", "warp_image"]
+           "rasterize", "render", "unproject_depth", "warp_image"]

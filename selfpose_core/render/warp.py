@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as Fn
 
+from selfpose_core.geometry.se3 import make_T, transform_points
 from selfpose_core.geometry.shapes import check_shape
 
 
@@ -35,18 +36,6 @@ def unproject_depth(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     y = (uv[..., 1] - cy) / fy
     x = (uv[..., 0] - cx - s.to(d.dtype) * y) / fx
     return torch.stack([x * d, y * d, d], -1)
-
-
-def transform_points(R: torch.Tensor, t: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``R X + t`` for ``R`` (B, 3, 3), ``t`` (B, 3) and points ``X`` (B, *, 3) -> (B, *, 3)."""
-    dims: dict[str, int] = {}
-    check_shape(R, ("B", 3, 3), "R", dims)
-    check_shape(t, ("B", 3), "t", dims)
-    if X.dim() < 2 or X.shape[0] != R.shape[0] or X.shape[-1] != 3:
-        check_shape(X, ("B", "N", 3), "X", dims)
-    shape = X.shape
-    Xf = X.reshape(shape[0], -1, 3)
-    return (Xf @ R.transpose(-1, -2) + t[:, None, :]).reshape(shape)
 
 
 def project_points(X: torch.Tensor, K: torch.Tensor, *, near: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +86,8 @@ def warp_image(image_src: torch.Tensor, depth_tgt: torch.Tensor, K_tgt: torch.Te
     check_shape(K_src, ("B", 3, 3), "K_src", dims)
     B, _, Hs, Ws = image_src.shape
     valid_tgt = torch.isfinite(depth_tgt) & (depth_tgt > 0)
-    X = transform_points(R_src_tgt, t_src_tgt, unproject_depth(depth_tgt, K_tgt))
+    X_tgt = unproject_depth(depth_tgt, K_tgt)
+    X = transform_points(make_T(R_src_tgt, t_src_tgt), X_tgt.reshape(B, -1, 3)).reshape(X_tgt.shape)
     uv, z = project_points(X, K_src, near=near)
     u, v = uv[..., 0].detach(), uv[..., 1].detach()
     valid = valid_tgt & (z.detach() >= near) & (u > -0.5) & (u < Ws - 0.5) & (v > -0.5) & (v < Hs - 0.5)
