@@ -28,6 +28,8 @@ import numpy as np
 from selfpose_core.data.recording import RecordingTopics
 from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.errors import ConfigError, RecordingError, ShapeError
+from selfpose_core.geometry.projection import optical_axes_center
+from selfpose_core.geometry.se3 import rotation_angle
 from selfpose_core.types import Frame
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,7 @@ class KeyframeConfig:
 
 def relative_motion(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
     """(translation in metres, rotation in degrees) between two camera poses (4, 4)."""
-    dt = float(np.linalg.norm(T_b[:3, 3] - T_a[:3, 3]))
-    R = T_a[:3, :3].T @ T_b[:3, :3]
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    return dt, math.degrees(math.acos(cos))
+    return float(np.linalg.norm(T_b[:3, 3] - T_a[:3, 3])), math.degrees(float(rotation_angle(T_a, T_b)))
 
 
 class KeyframeSelector:
@@ -118,36 +117,32 @@ class ViewCoverage:
         self.bins = int(bins)
         self.up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
         self.default_distance_m = float(default_distance_m)
-        self._pos: list[np.ndarray] = []
-        self._axis: list[np.ndarray] = []
+        self._poses: list[np.ndarray] = []
 
     def __len__(self) -> int:
-        return len(self._pos)
+        return len(self._poses)
 
     def add(self, T_world_cam: np.ndarray) -> None:
         """Add a keyframe pose (4, 4); the optical axis is the camera's z axis."""
-        self._pos.append(np.asarray(T_world_cam[:3, 3], dtype=np.float64))
-        self._axis.append(np.asarray(T_world_cam[:3, 2], dtype=np.float64))
+        self._poses.append(np.asarray(T_world_cam, dtype=np.float64))
 
     def centre(self) -> np.ndarray:
-        """(3,) the point with the least squared distance to all optical axes."""
-        P, D = np.asarray(self._pos), np.asarray(self._axis)
-        if len(P) == 0:
+        """(3,) the point with the least squared distance to all optical axes (``optical_axes_center``); while they
+        do not intersect (fewer than two, or all parallel) the mean point ``default_distance_m`` along them."""
+        if not self._poses:
             return np.zeros(3)
-        D = D / np.linalg.norm(D, axis=1, keepdims=True)
-        proj = np.eye(3)[None] - D[:, :, None] * D[:, None, :]  # (N, 3, 3) projectors orthogonal to each axis
-        A = proj.sum(0)
-        b = np.einsum("nij,nj->i", proj, P)
-        if len(P) < 2 or np.linalg.cond(A) > 1e6:
-            return (P + self.default_distance_m * D).mean(0)
-        return np.linalg.solve(A, b)
+        T = np.stack(self._poses)
+        axes = T[:, :3, 2] / np.linalg.norm(T[:, :3, 2], axis=1, keepdims=True)
+        if np.linalg.norm(np.cross(axes, axes[0]), axis=1).max() > 1e-3:
+            return optical_axes_center(T)
+        return (T[:, :3, 3] + self.default_distance_m * axes).mean(0)
 
     def summary(self) -> CoverageSummary:
         """Azimuth sectors seen, elevation and distance ranges of the keyframes about `centre`."""
-        if not self._pos:
+        if not self._poses:
             return CoverageSummary(np.zeros(3), 0.0, self.bins, 0, (0.0, 0.0), (0.0, 0.0))
         c = self.centre()
-        v = np.asarray(self._pos) - c
+        v = np.stack(self._poses)[:, :3, 3] - c
         height = v @ self.up
         horiz = v - height[:, None] * self.up
         ref = np.eye(3)[int(np.argmin(np.abs(self.up)))]  # a world axis far from up
