@@ -76,8 +76,9 @@ class DualScaleConfig:
     dice_eps: float = 1.0
     plausible_offset: float = 0.5  # poses whose object centre projects this x crop size outside the crop, or
     plausible_size: tuple[float, float] = (0.15, 3.0)  # whose projected diameter is outside this x crop: skipped
-    min_confidence: float = 0.3
-    max_frames: int = 0
+    min_confidence: float = 0.3  # pseudo-label confidence of the real crops
+    min_detector_score: float = 0.3  # without pseudo labels: detector score of the real crops
+    max_frames: int = 0  # without pseudo labels: detect on at most this many frames (0 = all)
     symmetry_samples: int = 36
     # DSC: Adam, 1e-3 decayed to 1e-5 (x0.85 every 5 epochs, 120 epochs) (here: cosine to lr * final_lr_ratio)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-4, final_lr_ratio=0.01,

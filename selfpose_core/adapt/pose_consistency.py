@@ -76,7 +76,8 @@ class PoseConsistencyConfig:
     keypoint_sigma: float = 0.1
     plausible_offset: float = 0.5  # poses whose object centre projects this x crop size outside the crop, or
     plausible_size: tuple[float, float] = (0.15, 3.0)  # whose projected diameter is outside this x crop: skipped
-    min_confidence: float = 0.3  # pseudo-label confidence / detector score of the real crops
+    min_confidence: float = 0.3  # pseudo-label confidence of the real crops
+    min_detector_score: float = 0.3  # without pseudo labels: detector score of the real crops
     max_frames: int = 0  # without pseudo labels: detect on at most this many frames (0 = all)
     symmetry_samples: int = 36
     # supplementary: Adam, 1e-5 for 15 epochs then 1e-6 for 10 (here: cosine from lr to lr * final_lr_ratio)
@@ -94,7 +95,7 @@ class PoseConsistencyConfig:
             raise ConfigError(f"{where}.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter}")
         if not 0 < self.patch_size[0] <= self.patch_size[1] <= 1:
             raise ConfigError(f"{where}.patch_size must be [min, max] within (0, 1], got {self.patch_size}")
-        for key in ("occlusion_prob", "blur_prob", "ambient", "min_confidence"):
+        for key in ("occlusion_prob", "blur_prob", "ambient", "min_confidence", "min_detector_score"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
         if not (self.plausible_offset >= 0 and 0 <= self.plausible_size[0] < self.plausible_size[1]):

@@ -76,11 +76,11 @@ class StageSetup:
 def prepare_stage(ctx: AdaptContext, name: str, cfg: Any, *, vertex_samples: int = 64, synthetic: bool = True,
                   extra_synthetic: int = 0) -> StageSetup:
     """Validate ``cfg`` and set up stage ``name``: the recording's instances (``cfg.min_confidence``,
-    ``cfg.max_frames``) and their frames, the objects' tensors, the trainer config (``cfg.trainer``), the pose net
-    on the device and, with ``synthetic``, ``cfg.synthetic_batch`` synthetic crops per batch plus
-    ``extra_synthetic`` more after those."""
+    ``cfg.min_detector_score``, ``cfg.max_frames``) and their frames, the objects' tensors, the trainer config
+    (``cfg.trainer``), the pose net on the device and, with ``synthetic``, ``cfg.synthetic_batch`` synthetic crops
+    per batch plus ``extra_synthetic`` more after those."""
     cfg.validate()
-    instances = recording_instances(ctx, min_confidence=cfg.min_confidence, min_score=cfg.min_confidence,
+    instances = recording_instances(ctx, min_confidence=cfg.min_confidence, min_score=cfg.min_detector_score,
                                     max_frames=cfg.max_frames)
     store = FrameStore(ctx, [i.frame for i in instances])
     geoms = ctx.geometries(cfg.symmetry_samples)

@@ -64,8 +64,9 @@ class WarpAlignConfig:
     keypoint_sigma: float = 0.1
     plausible_offset: float = 0.5  # poses whose object centre projects this x crop size outside the crop, or
     plausible_size: tuple[float, float] = (0.15, 3.0)  # whose projected diameter is outside this x crop: skipped
-    min_confidence: float = 0.3
-    max_frames: int = 0
+    min_confidence: float = 0.3  # pseudo-label confidence of the real crops
+    min_detector_score: float = 0.3  # without pseudo labels: detector score of the real crops
+    max_frames: int = 0  # without pseudo labels: detect on at most this many frames (0 = all)
     symmetry_samples: int = 36
     # supplementary: Adam, lr 1e-4 dropped by 0.1 every 25 epochs (here: cosine from lr to lr * final_lr_ratio)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=1000, lr=1e-4, final_lr_ratio=0.1,
