@@ -10,7 +10,6 @@ setup(
     description="Self-supervised 6D object pose estimation for mobile robots (ROS 2 + plain Python)",
     python_requires=">=3.10",
     packages=find_packages(include=["selfpose_core", "selfpose_core.*", "selfpose_ros", "selfpose_ros.*"]),
-    package_data={"selfpose_core": ["resources/*", "resources/**/*"]},
     data_files=[("share/selfpose_ros/msg", ["msg/ObjectPose.msg", "msg/ObjectPoseArray.msg"]),
                 ("share/selfpose_ros/action", ["action/Adapt.action"])],
     install_requires=[
