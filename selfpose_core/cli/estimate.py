@@ -46,9 +46,9 @@ class ReplayResult:
     written: int = 0  # frames whose messages were written
 
 
-def estimate_frames(frames: Iterable[Frame], estimator: Estimator, out: str | Path, builder: PoseMessageBuilder,
-                    score_threshold: float = 0.0, storage: str = "mcap",
-                    segment_frames: int = SEGMENT_FRAMES) -> ReplayResult:
+def write_pose_bag(frames: Iterable[Frame], estimator: Estimator, out: str | Path, builder: PoseMessageBuilder,
+                   score_threshold: float = 0.0, storage: str = "mcap",
+                   segment_frames: int = SEGMENT_FRAMES) -> ReplayResult:
     """Run ``estimator`` on every frame and write the node's messages, stamped with the image stamps, to the new
     bag ``out`` (refused if it exists): each frame flushed, a segment closed every ``segment_frames`` frames."""
     if segment_frames < 1:
@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     config: PublishConfig = publish_config_for_bundle(args.model, detections=not args.no_detections,
                                                       transforms=False, markers=False, overlay=args.overlay)
     with Recording(args.bag, topics_from_args(args), require_pose=False) as rec:
-        result = estimate_frames(rec, estimator, args.out, PoseMessageBuilder(config), args.score_threshold,
-                                 args.storage, args.segment_frames)
+        result = write_pose_bag(rec, estimator, args.out, PoseMessageBuilder(config), args.score_threshold,
+                                args.storage, args.segment_frames)
     s = result.stats
     if result.frames and not result.written:
         raise SelfposeError(f"every frame failed ({s.errors} of {result.frames}), {args.out} holds no poses; last "
