@@ -23,12 +23,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from selfpose_core.data.image_codec import make_header
 from selfpose_core.data.ros_types import typestore
 from selfpose_core.data.tf_buffer import matrix_to_quat_trans, tf_message
 from selfpose_core.errors import SelfposeError, ShapeError
+from selfpose_core.geometry.quaternion import quaternion_to_matrix
 from selfpose_core.types import CameraIntrinsics, ObjectModel, PoseEstimate
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def pose_msg_to_matrix(msg: Any) -> np.ndarray:
     """geometry_msgs/Pose -> (4, 4) float64 (the inverse of `pose_msg`)."""
     o, p = msg.orientation, msg.position
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([o.x, o.y, o.z, o.w]).as_matrix()
+    T[:3, :3] = quaternion_to_matrix(np.array([o.x, o.y, o.z, o.w], dtype=np.float64))
     T[:3, 3] = (p.x, p.y, p.z)
     return T
 
