@@ -6,7 +6,6 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
 import yaml
 
 from selfpose_core.adapt.config import DEFAULT_STAGES, load_adapt_config
