@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class EstimatorConfig:
-    score_threshold: float | None = None  # detector score; None = the bundle's
+    detector_threshold: float | None = None  # detector score a detection needs; None = the bundle's
     crop_padding: float = 1.3
     mask_threshold: float = 0.5
     max_coord_error: float = 0.25  # correspondence net: keep pixels whose predicted error is below this
@@ -77,8 +77,8 @@ class PoseEstimator:
         self.refiners = [DepthRefiner(m, DepthRefineConfig()) for m in self.models]
         self.search = TabletopSearch(self.models, self.bundle.appearance, self.config.search) \
             if self.config.depth_search and self.config.use_depth else None
-        thr = self.config.score_threshold
-        self.score_threshold = float(self.spec.detector.score_threshold if thr is None else thr)
+        thr = self.config.detector_threshold
+        self.detector_threshold = float(self.spec.detector.score_threshold if thr is None else thr)
         self.crop_size = int(self.spec.pose_net.crop_size)
         self.stride = int(self.spec.pose_net.backbone.out_stride)
         h = self.crop_size // self.stride
@@ -158,7 +158,7 @@ class PoseEstimator:
         rgb = frame.rgb
         H, W = rgb.shape[:2]
         scores, boxes = self.detect(rgb)
-        keep = [k for k in np.argsort(-scores) if scores[k] >= self.score_threshold
+        keep = [k for k in np.argsort(-scores) if scores[k] >= self.detector_threshold
                 and boxes[k][2] > boxes[k][0] and boxes[k][3] > boxes[k][1]]
         if not keep:
             return []
