@@ -546,7 +546,7 @@ class MultiviewConsensus:
             # the learned path's per-frame estimates: the registration below already finds the objects in the
             # fused depth, the table-top search per frame would repeat that at seconds per frame
             estimator = PoseEstimator(ctx.bundle.path or d, ctx.device, objects_config=ctx.objects_config,
-                                      config=EstimatorConfig(score_threshold=cfg.detection_threshold,
+                                      config=EstimatorConfig(detector_threshold=cfg.detection_threshold,
                                                              return_masks=True, depth_search=False),
                                       bundle=ctx.bundle)
             estimate_frames(ctx, mine, estimator, cfg.min_score, ctx.progress and ctx.dist.is_main).save(part)
