@@ -79,13 +79,19 @@ class CollectSequenceNode(Node):
 
     def _on_start(self, request: Any, response: Any) -> Any:
         response.success, response.message = self.control.start(str(self.get_parameter("output").value))
-        (self.get_logger().info if response.success else self.get_logger().warn)(f"start: {response.message}")
+        self._log_reply("start", response)
         return response
 
     def _on_stop(self, request: Any, response: Any) -> Any:
         response.success, response.message = self.control.stop()
-        (self.get_logger().info if response.success else self.get_logger().warn)(f"stop: {response.message}")
+        self._log_reply("stop", response)
         return response
+
+    def _log_reply(self, service: str, response: Any) -> None:
+        if response.success:  # one severity per call site: rclpy refuses to change it
+            self.get_logger().info(f"{service}: {response.message}")
+        else:
+            self.get_logger().warn(f"{service}: {response.message}")
 
     def _on_finished(self, path: Path) -> None:
         if self.adapt_client is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,17 @@ import pytest
 from selfpose_core.types import CameraIntrinsics
 
 HAVE_RCLPY = importlib.util.find_spec("rclpy") is not None
+
+
+@pytest.fixture(autouse=True)
+def _selfpose_loggers_propagate() -> None:
+    """Under `colcon test` on Jazzy, launch_testing's pytest plugin imports `launch`, which makes every logger created
+    afterwards a LaunchLogger with propagate=False: caplog would see none of selfpose's log lines."""
+    if logging.getLoggerClass() is not logging.Logger:
+        logging.setLoggerClass(logging.Logger)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith(("selfpose_core", "selfpose_ros")) and isinstance(logger, logging.Logger):
+            logger.propagate = True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
