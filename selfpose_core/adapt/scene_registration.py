@@ -14,8 +14,11 @@ frame they give the table and what stands on it, whatever the pre-trained estima
    :func:`upright_icp`; otherwise Open3D's point-to-plane ICP); a hypothesis scores the F-score of "cluster points
    within ``tau`` of the model" and "model points the cameras could see (not on the table, not facing down) within
    ``tau`` of the cluster", where model points inside the table count as unexplained.
-4. :func:`register_objects`: the objects x clusters F-scores, assigned one-to-one (Hungarian); pairs below
-   ``min_fscore`` stay unassigned (clutter, objects not in view).
+4. :func:`register_objects`: the objects x clusters F-scores, assigned greedily by decreasing F-score, each
+   object once, a cluster possibly to several objects (touching objects fuse into one cluster; hypotheses are
+   also centred on the parts of a cluster wider than the object, ``estimate.hypotheses.footprint_parts``) as long
+   as each explains points the others do not; pairs below ``min_fscore`` stay unassigned (clutter, objects not
+   in view).
 
 Used by the ``multiview_consensus`` stage for objects the per-frame estimates do not agree on
 (``scene_registration`` in its config). Poses are defined up to the object's symmetries like any other.
@@ -27,12 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
-from selfpose_core.estimate.hypotheses import resting_rotations, tabletop_hypotheses
+from selfpose_core.estimate.hypotheses import footprint_parts, resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.tabletop import (depth_points, euclidean_clusters, o3d_module, support_plane,
                                               upright_icp)
 from selfpose_core.geometry.projection import optical_axes_center
@@ -130,7 +132,8 @@ def tabletop_clusters(points: np.ndarray, centre: np.ndarray, cfg: RegistrationC
 
 def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster_tree: cKDTree, cluster: np.ndarray,
             plane: np.ndarray, tau: float) -> float:
-    """F-score of the model at pose T against the cluster (see the module docstring)."""
+    """F-score of the model at pose T against the cluster (see the module docstring); precision counts the
+    cluster points inside the model's bounding sphere only (a cluster may hold touching objects)."""
     X = model_pts @ T[:3, :3].T + T[:3, 3]
     N = model_nrm @ T[:3, :3].T
     height = X @ plane[:3] + plane[3]
@@ -139,8 +142,11 @@ def _fscore(T: np.ndarray, model_pts: np.ndarray, model_nrm: np.ndarray, cluster
     if not seen.any():
         return 0.0
     recall = float((cluster_tree.query(X[seen], distance_upper_bound=tau)[0] < tau).sum()) / (seen.sum() + below)
-    model_tree = cKDTree(X)
-    precision = float((model_tree.query(cluster, distance_upper_bound=tau)[0] < tau).mean())
+    centre = X.mean(0)
+    near = cluster[np.linalg.norm(cluster - centre, axis=1) < np.linalg.norm(X - centre, axis=1).max() + tau]
+    if not len(near):
+        return 0.0
+    precision = float((cKDTree(X).query(near, distance_upper_bound=tau)[0] < tau).mean())
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
@@ -181,10 +187,15 @@ def register_model(model: ObjectModel, cluster: np.ndarray, plane: np.ndarray, c
     # resting hypotheses: each stable resting pose of the mesh (upright first) on the plane, every yaw
     up = plane[:3]
     rests = resting_rotations(model, cfg.resting_poses) if rests is None else rests
-    hyps = list(tabletop_hypotheses(pts, rests, cluster, plane, cfg.yaw_steps, push_back=0.0))
+    hyps = [T for part in footprint_parts(cluster, plane, model.diameter)
+            for T in tabletop_hypotheses(pts, rests, part, plane, cfg.yaw_steps, push_back=0.0)]
     if cfg.upright:
-        poses = list(upright_icp(pts, cluster, np.stack(hyps), up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau),
-                                 cfg.icp_iterations))
+        poses = upright_icp(pts, cluster, np.stack(hyps), up, (4 * cfg.tau, 2 * cfg.tau, cfg.tau),
+                            cfg.icp_iterations)
+        # resting: the lowest point on the table (ICP leaves the height free; a touching object can lift it)
+        lowest = (np.einsum("hij,mj->hmi", poses[:, :3, :3], pts) + poses[:, None, :3, 3]) @ up
+        poses[:, :3, 3] -= (lowest.min(1) + plane[3])[:, None] * up
+        poses = list(poses)
     else:
         poses = _any_orientation(pts, nrm, cluster, hyps, cfg)
     tree = cKDTree(cluster)
@@ -205,23 +216,41 @@ def register_objects(objects: Sequence[ObjectModel], points: np.ndarray, T_world
     poses = np.zeros((len(objects), len(clusters), 4, 4))
     rests = [resting_rotations(m, cfg.resting_poses) for m in objects]
     for k, m in enumerate(objects):
+        v = np.asarray(m.vertices, np.float64)
+        lowest = min(np.ptp(v @ R[2]) for R in rests[k])
         for c, cl in enumerate(clusters):
-            ext = np.ptp(cl, axis=0).max()
-            if ext > 2.0 * m.diameter or ext < 0.2 * m.diameter:  # far too large or small for this object
+            if np.ptp(cl, axis=0).max() < 0.2 * m.diameter:  # far too small (larger: touching objects)
                 continue
-            if cfg.upright:  # the top of a resting object is always seen: the cluster has its height in one rest
-                v = np.asarray(m.vertices, np.float64)
-                h_cl = float((cl @ plane[:3] + plane[3]).max())
-                if all(abs(h_cl - h) > max(0.03, 0.3 * h)
-                       for h in (np.ptp(v @ R[2]) for R in rests[k])):
-                    continue
+            if cfg.upright and float((cl @ plane[:3] + plane[3]).max()) < 0.3 * lowest - 0.03:
+                continue  # far too flat for the object in any resting pose
             poses[k, c], F[k, c] = register_model(m, cl, plane, cfg, seed=k, rests=rests[k])
     log.debug("scene registration F-scores (objects x clusters):\n%s", np.array2string(F, precision=2))
-    rows, cols = linear_sum_assignment(-F)
+    return _assign(objects, clusters, F, poses, cfg)
+
+
+def _assign(objects: Sequence[ObjectModel], clusters: list[np.ndarray], F: np.ndarray, poses: np.ndarray,
+            cfg: RegistrationConfig) -> dict[int, RegisteredObject]:
+    """Objects to clusters by decreasing F-score, each object once; a cluster takes further objects (touching
+    objects fuse into one cluster) as long as each explains points that the objects before it left unexplained
+    (at most half of its points within ``tau`` of an earlier object's)."""
+    explained = [np.zeros(len(cl), bool) for cl in clusters]
+    trees = [cKDTree(cl) for cl in clusters]
     found = {}
-    for k, c in zip(rows, cols):
+    for flat in np.argsort(-F, axis=None, kind="stable"):
+        k, c = np.unravel_index(flat, F.shape)
+        if F[k, c] < cfg.min_fscore:
+            break
+        if k in found:
+            continue
+        X = sample_surface(objects[k].vertices, objects[k].faces, 1500, np.random.default_rng(0))[0]
+        X = X @ poses[k, c, :3, :3].T + poses[k, c, :3, 3]
+        mine = np.zeros(len(clusters[c]), bool)
+        for idx in trees[c].query_ball_point(X, cfg.tau):
+            mine[idx] = True
+        if not mine.any() or (mine & explained[c]).sum() > 0.5 * mine.sum():
+            continue
+        explained[c] |= mine
         log.info("scene registration: %s -> cluster %d (%d points), F-score %.2f", objects[k].name, c,
                  len(clusters[c]), F[k, c])
-        if F[k, c] >= cfg.min_fscore:
-            found[int(k)] = RegisteredObject(poses[k, c], float(F[k, c]), int(c), len(clusters[c]))
+        found[int(k)] = RegisteredObject(poses[k, c], float(F[k, c]), int(c), len(clusters[c]))
     return found

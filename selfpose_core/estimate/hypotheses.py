@@ -76,15 +76,18 @@ def tabletop_hypotheses(model_points: np.ndarray, rests: np.ndarray, cluster: np
     return np.stack(out)
 
 
-def footprint_parts(cluster: np.ndarray, plane: np.ndarray, width: float, max_parts: int = 3,
+def footprint_parts(cluster: np.ndarray, plane: np.ndarray, width: float, max_parts: int = 6,
                     iterations: int = 5) -> list[np.ndarray]:
     """``cluster`` (N, 3) as it is and, when its extent along ``plane`` (4,) is wider than ``width`` (the object's
-    diameter), also split into k = ceil(extent / width) parts (at most ``max_parts``) by k-means on the plane
-    (seeded by farthest points from the centroid: deterministic), each at least 10 points."""
+    diameter), also split into k = ceil(2 extent / width) parts (at most ``max_parts``: about one per object
+    radius, so that one part's centre lies within ICP's reach of the object) by k-means on the plane (seeded by
+    farthest points from the centroid: deterministic), each at least 10 points."""
     B = upright_basis(plane[:3])
     xy = cluster @ B[:, :2]
     extent = float(np.ptp(xy, axis=0).max()) if len(xy) else 0.0
-    k = min(max_parts, int(np.ceil(extent / max(width, 1e-6))))
+    if extent <= width:
+        return [cluster]
+    k = min(max_parts, int(np.ceil(2 * extent / max(width, 1e-6))))
     if k < 2:
         return [cluster]
     seeds = [xy[np.argmax(((xy - xy.mean(0)) ** 2).sum(1))]]

@@ -163,3 +163,26 @@ def test_register_objects_finds_an_object_lying_in_another_resting_pose():
     assert np.linalg.norm(T_found[:3, 3] - T[:3, 3]) < 0.005
     assert np.degrees(rotation_angle(T_found[:3, :3], T[:3, :3])) < 2.0
     assert not register_objects([box], cloud, _ring(), RegistrationConfig(resting_poses=1))  # upright only: none
+
+
+def test_register_objects_finds_two_touching_objects_in_one_cluster(scene):
+    """The mug 2 mm from the cereal box: one cluster in the fused cloud. Both objects are registered on it,
+    each explaining its own points."""
+    models, truth, _ = scene
+    rng = np.random.default_rng(3)
+    box, mug = models
+    T_box = truth[0]
+    side = T_box[:3, :3] @ [0.0, -1.0, 0.0]  # the box's broad face (19 x 28 cm)
+    T_mug = _upright(-120.0, (0.0, 0.0), mug)
+    reach = ((mug.vertices @ T_mug[:3, :3].T) @ -side).max()
+    T_mug[:2, 3] = (T_box[:3, 3] + (box.vertices[:, 1].max() + 0.002 + reach) * side)[:2]
+    table = np.column_stack([rng.uniform(-0.5, 0.5, 40000), rng.uniform(-0.4, 0.4, 40000), np.full(40000, TABLE_Z)])
+    cloud = np.concatenate([table, _surface_points(box, T_box, 6000, rng), _surface_points(mug, T_mug, 3000, rng)])
+    _, clusters = tabletop_clusters(cloud, np.array([0.0, 0.0, TABLE_Z]), RegistrationConfig())
+    assert len(clusters) == 1
+    found = register_objects(models, cloud, _ring(), RegistrationConfig())
+    assert sorted(found) == [0, 1] and found[0].cluster == found[1].cluster
+    for k, T_true, max_deg in ((0, T_box, 2.0), (1, T_mug, 3.0)):  # box points within the ICP gate turn the mug
+        T = closest_symmetric_pose(T_true, found[k].T_world_obj, models[k].symmetry)
+        assert np.linalg.norm(T[:3, 3] - T_true[:3, 3]) < 0.005, models[k].name
+        assert np.degrees(rotation_angle(T[:3, :3], T_true[:3, :3])) < max_deg, models[k].name

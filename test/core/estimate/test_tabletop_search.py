@@ -65,7 +65,7 @@ def test_footprint_parts_split_a_cluster_wider_than_the_object(rng):
     assert len(footprint_parts(blob, plane, 0.1)) == 1
     pair = np.concatenate([blob + [-0.12, 0, 0], blob + [0.12, 0, 0]])
     parts = footprint_parts(pair, plane, 0.1)
-    assert parts[0] is pair and len(parts) == 4  # the whole cluster, then ceil(0.34 / 0.1) = 3 parts at most
+    assert parts[0] is pair and len(parts) == 7  # the whole cluster, then ceil(2 x 0.34 / 0.1) > 6 parts: 6
     centres = sorted(float(p[:, 0].mean()) for p in parts[1:])
     assert centres[0] < -0.1 and centres[-1] > 0.1 and sum(len(p) for p in parts[1:]) == len(pair)
     assert all(np.array_equal(a, b) for a, b in zip(parts, footprint_parts(pair, plane, 0.1)))
