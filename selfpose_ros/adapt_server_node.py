@@ -9,23 +9,20 @@ started with ``reload_on_adapt:=true`` picks it up.
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from typing import Any
 
-import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 
-from selfpose_core.cli.signals import StopSignals
 from selfpose_ros.action import Adapt
 from selfpose_ros.adapt_job import AdaptGoal, AdaptJob, AdaptServer
+from selfpose_ros.node_main import run_node
 from selfpose_ros.parameters import ADAPT_SERVER_NODE, ADAPT_SERVER_PARAMETERS, declare
 
 
@@ -100,23 +97,8 @@ class AdaptServerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # StopSignals below
-    node = None
-    try:
-        with StopSignals(on_signal=lambda sig: print(f"{signal.Signals(sig).name}: stopping", file=sys.stderr)):
-            node = AdaptServerNode()
-            executor = MultiThreadedExecutor(num_threads=4)  # feedback loops run beside new goals and cancels
-            executor.add_node(node)
-            while rclpy.ok():  # short waits: the signal handler runs between them
-                executor.spin_once(timeout_sec=0.2)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # feedback loops run beside new goals and cancels; Ctrl-C cancels a running adaptation (checkpoints kept)
+    return run_node(AdaptServerNode, lambda: MultiThreadedExecutor(num_threads=4), ADAPT_SERVER_NODE, args)
 
 
 if __name__ == "__main__":

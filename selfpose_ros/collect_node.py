@@ -7,23 +7,18 @@ still waiting for TF are decided, the bag is closed and readable; a second Ctrl-
 """
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from rclpy.action import ActionClient
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformException, TransformListener
 
-from selfpose_core.cli.signals import StopSignals
 from selfpose_core.data.keyframes import KeyframeConfig, SequenceCollector
 from selfpose_core.data.tf_buffer import transform_msg_to_matrix
 from selfpose_core.errors import SelfposeError
@@ -31,6 +26,7 @@ from selfpose_ros.action import Adapt
 from selfpose_ros.camera_subscription import subscribe_camera
 from selfpose_ros.collect_control import RecordingControl, adapt_goal_for
 from selfpose_ros.conversions import FrameAssembler
+from selfpose_ros.node_main import run_node
 from selfpose_ros.parameters import COLLECT_NODE, COLLECT_PARAMETERS, declare
 
 
@@ -144,32 +140,9 @@ class CollectSequenceNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # Signals are handled here, not by rclpy: the first Ctrl-C / SIGTERM is raised once the frame being written is
-    # complete, a second one at once (cli/signals.py); the finally clause closes the bag.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    code = 0
-    log = get_logger(COLLECT_NODE)
-    try:
-        with StopSignals(on_signal=lambda sig: log.info(f"{signal.Signals(sig).name}: closing the recording")):
-            node = CollectSequenceNode()
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            while rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except SystemExit as exc:  # SIGTERM, raised by StopSignals once the frame being written is complete
-        code = 0 if exc.code in (0, 143) else int(exc.code or 1)
-    except SelfposeError as exc:
-        get_logger(COLLECT_NODE).fatal(str(exc))
-        code = 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    # Signals are handled by run_node, not by rclpy: the first Ctrl-C / SIGTERM is raised once the frame being
+    # written is complete, a second one at once (cli/signals.py); node.close() then closes the bag.
+    return run_node(CollectSequenceNode, SingleThreadedExecutor, COLLECT_NODE, args)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
-from rclpy.logging import get_logger
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
@@ -28,13 +26,13 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from selfpose_core.data.image_codec import array_to_image_msg
-from selfpose_core.errors import SelfposeError
 from selfpose_core.estimate.publishing import PoseMessageBuilder, publish_config_for_bundle
 from selfpose_core.estimate.stream import NewestFrameWorker, load_estimator, select_estimates
 from selfpose_ros.camera_subscription import subscribe_camera
 from selfpose_ros.conversions import FrameAssembler, diagnostic_status, import_message_classes
 from selfpose_ros.model_reload import ModelSlot, Serving
 from selfpose_ros.msg import ObjectPoseArray
+from selfpose_ros.node_main import run_node
 from selfpose_ros.parameters import ESTIMATOR_NODE, ESTIMATOR_PARAMETERS, declare
 
 
@@ -150,22 +148,7 @@ def _diag_classes() -> dict[str, Any]:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EstimatorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except SelfposeError as exc:
-        (node.get_logger() if node else get_logger(ESTIMATOR_NODE)).fatal(str(exc))
-        return 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(EstimatorNode, SingleThreadedExecutor, ESTIMATOR_NODE, args)
 
 
 if __name__ == "__main__":
