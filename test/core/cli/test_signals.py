@@ -56,8 +56,8 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     from selfpose_core.cli.signals import StopSignals
     with StopSignals():
-        print("READY", flush=True)
         try:
+            print("READY", flush=True)  # inside the try: the signal may come at once
             time.sleep(60)
         except KeyboardInterrupt:
             print("STOPPED", flush=True)
