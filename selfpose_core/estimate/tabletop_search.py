@@ -35,7 +35,7 @@ from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright
 from selfpose_core.estimate.verification import VerifyConfig, render_window, verify_counts, verify_poses
 from selfpose_core.geometry.projection import Z_MIN, project, unproject
 from selfpose_core.geometry.se3 import make_T, so3_exp
-from selfpose_core.mesh.measures import sample_surface
+from selfpose_core.mesh.measures import mesh_diameter, sample_surface
 from selfpose_core.models.appearance import AppearanceModel
 from selfpose_core.render.mesh import RenderMesh
 from selfpose_core.types import Frame, ObjectModel
@@ -162,7 +162,8 @@ class TabletopSearch:
     def _assign(self, frame: Frame, proposals: list[Proposal], objects: list[int], plane: np.ndarray,
                 depth_grid: np.ndarray, K_grid: np.ndarray, extra_hypotheses: dict[int, np.ndarray]
                 ) -> list[tuple[Found, Proposal]]:
-        """Every candidate of ``objects`` fitted to every proposal; proposals assigned to objects one-to-one."""
+        """Every candidate of ``objects`` (:meth:`_candidates`) fitted to every proposal; proposals assigned to
+        objects one-to-one."""
         c = self.config
         s = c.proposals.stride
         H, W = frame.depth.shape
@@ -174,7 +175,8 @@ class TabletopSearch:
         grid_masks = [p.mask((H, W), s) for p in proposals]
         appearance = self.appearance if c.use_appearance else None
         for i, p in enumerate(proposals):
-            cands = [k for k in self._candidates(p, plane) if k in objects]
+            cands = [k for k in self._candidates(p, plane) if k in objects] \
+                or [k for k in self._candidates(p, plane, whole=False) if k in objects]
             if appearance is not None and cands:
                 sims[i] = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
                 best = max(sims[i, k] for k in cands)
@@ -298,14 +300,18 @@ class TabletopSearch:
         return (np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0),
                 np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K)
 
-    def _candidates(self, p: Proposal, plane: np.ndarray) -> list[int]:
-        """Objects that the cluster may hold: all but those too tall for it (the cluster's height above the plane
-        below 0.3 x the object's lowest resting height, minus ``size_margin``). A cluster larger than an object is
-        no reason to drop it: touching objects and objects against clutter form one cluster, and the object's
-        hypotheses are centred on the cluster's parts (:func:`footprint_parts`)."""
+    def _candidates(self, p: Proposal, plane: np.ndarray, whole: bool = True) -> list[int]:
+        """Objects the cluster may hold: not those it is far too flat for (its height above the plane below 0.3 x
+        the object's lowest resting height, minus ``size_margin``); with ``whole``, only those whose size admits
+        the whole cluster (its height at most the object's height in some resting pose, its diameter at most the
+        object's, each plus ``size_margin``). A cluster that admits no object whole holds touching objects (or an
+        object against clutter): the caller then tries every object without ``whole``, on the cluster's parts
+        (:func:`footprint_parts`)."""
         m = self.config.size_margin
         height = float((p.points @ plane[:3] + plane[3]).max())
-        return [k for k, d in enumerate(self.data) if height >= 0.3 * d.rest_heights.min() - m]
+        width = mesh_diameter(_subsample(p.points, 1000)) if whole else 0.0
+        return [k for k, d in enumerate(self.data) if height >= 0.3 * d.rest_heights.min() - m
+                and (not whole or (width <= d.diameter + m and height <= d.rest_heights.max() + m))]
 
     def _extra_for(self, p: Proposal, K: np.ndarray, hyps: np.ndarray | None) -> np.ndarray | None:
         """The given hypotheses whose object origin projects into the proposal's box."""
@@ -319,8 +325,9 @@ class TabletopSearch:
 
     def _fit(self, k: int, p: Proposal, plane: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
              grid_mask: np.ndarray, extra: np.ndarray | None, floor: float = 0.0) -> tuple[np.ndarray, float]:
-        """The best verified pose of object ``k`` on proposal ``p`` and its render-and-compare score; polish and
-        alignment are skipped when the best hypothesis verifies below ``floor`` (not this object)."""
+        """The best verified pose of object ``k`` on proposal ``p`` and its render-and-compare score against the
+        whole proposal (:meth:`_whole_fit`); polish and alignment are skipped when the best hypothesis verifies
+        below ``floor`` (not this object)."""
         c = self.config
         d = self.data[k]
         cluster = _subsample(p.points, c.max_cluster_points)
@@ -343,7 +350,7 @@ class TabletopSearch:
         scores = verify_poses(d.mesh, T, depth_grid, K_grid, grid_mask, window, c.verify, d.sphere)
         j = int(np.argmax(scores))
         if scores[j] < floor:
-            return T[j], float(scores[j])
+            return T[j], self._whole_fit(d, T[j], depth_grid, K_grid, grid_mask, window)
         T, score = self._polish(d, T[j], float(scores[j]), plane[:3], depth_grid, K_grid, grid_mask, window)
         if c.align_iterations:
             aligned = align_resting(d.mesh, d.face_normals, T, plane[:3], depth_grid, K_grid, window,
@@ -352,7 +359,15 @@ class TabletopSearch:
                                            d.sphere)[0])
             if s_aligned >= score:
                 T, score = aligned, s_aligned
-        return T, score
+        return T, self._whole_fit(d, T, depth_grid, K_grid, grid_mask, window)
+
+    def _whole_fit(self, d: _ObjectData, T: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
+                   grid_mask: np.ndarray, window: tuple[int, int, int, int]) -> float:
+        """The score of ``T`` against the whole proposal: the pose is chosen on the object's own part of a cluster
+        (bounding sphere), but an object is only as confident as it explains the cluster, so a small object fitted
+        to a part of a larger one does not win that cluster; what it leaves unexplained is a proposal of its own in
+        the next round (``explain_rounds``)."""
+        return float(verify_poses(d.mesh, T[None], depth_grid, K_grid, grid_mask, window, self.config.verify)[0])
 
     def _polish(self, d: _ObjectData, T: np.ndarray, score: float, up: np.ndarray, depth_grid: np.ndarray,
                 K_grid: np.ndarray, grid_mask: np.ndarray, window: tuple[int, int, int, int]
