@@ -179,6 +179,8 @@ class TabletopSearch:
                 or [k for k in self._candidates(p, plane, whole=False) if k in objects]
             if appearance is not None and cands:
                 sims[i] = appearance.similarity(frame.rgb, _upsample(grid_masks[i], s, (H, W)))
+                if appearance.known.any():  # no colours from the drive: as likely as the segment is unlike
+                    sims[i, ~appearance.known] = 1.0 - sims[i, appearance.known].max()  # every known object
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]

@@ -129,6 +129,17 @@ def test_search_returns_every_object_at_its_true_pose_and_leaves_the_clutter(sce
             assert f.confidence > 0.9
 
 
+def test_an_object_the_drive_gave_no_colours_for_is_still_found_by_its_shape(scene, pose_errors):
+    models, T_world_obj, frames = scene
+    appearance = AppearanceModel.fit(len(models), [(f.rgb, m, k) for f, masks in frames
+                                                   for k, m in enumerate(masks) if k != 2])
+    assert not appearance.known[2]
+    found = {f.obj_index: f for f in TabletopSearch(models, appearance).search(frames[0][0])}
+    assert sorted(found) == [0, 1, 2]
+    t_err, r_err = pose_errors(models[2], found[2].T_cam_obj, invert(frames[0][0].T_world_cam) @ T_world_obj[2])
+    assert t_err < 0.001 and r_err < 0.1
+
+
 def test_search_gives_the_same_poses_whatever_ran_before(scene):
     models, _, frames = scene
     search = TabletopSearch(models, config=SearchConfig(yaw_steps=6))
