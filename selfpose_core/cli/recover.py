@@ -1,4 +1,5 @@
-"""`selfpose recover BAG`: make an unclosed or truncated rosbag2 recording readable again (see data/recovery.py)."""
+"""`selfpose recover BAG`: make an unclosed, truncated or damaged rosbag2 recording readable again (see
+data/recovery.py). Exit 2 when nothing can be recovered (no complete message)."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,9 @@ from selfpose_core.data.recovery import recover_bag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recover", help="salvage an interrupted recording: re-index unclosed MCAP/sqlite3 files and "
-                                       "regenerate metadata.yaml")
+    p = sub.add_parser("recover", help="salvage an interrupted or damaged recording: re-index unclosed "
+                                       "MCAP/sqlite3 files, drop chunks that fail their CRC, regenerate "
+                                       "metadata.yaml")
     p.add_argument("bag", type=Path, help="rosbag2 directory")
     p.set_defaults(func=run)
 
@@ -19,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"recovered {report.path}: {len(report.files)} storage files")
     for name, n in report.salvaged.items():
         print(f"  salvaged {n} messages into {name}")
+    for name, n in report.damaged.items():
+        print(f"  {n} damaged chunks of {name} (CRC mismatch) were left out")
     if report.dropped_bytes:
         print(f"  {report.dropped_bytes} bytes of incomplete records at file ends could not be used")
     for topic, n in sorted(report.topics.items()):

@@ -4,17 +4,24 @@ A selfpose bag is a standard rosbag2 *split* bag: ``BAG/metadata.yaml`` (version
 lists the closed storage files ``BAG/<name>_<k>.mcap`` (or ``.db3``). The segment being written lives in
 ``BAG/segment_<k>.partial/`` until it is closed, then its file is moved next to the others and metadata.yaml is
 rewritten atomically, so a killed recorder leaves a readable bag plus at most one unclosed partial segment.
+
+Every MCAP chunk selfpose writes carries the CRC-32 of its records (`ChecksummedWriter`; rosbags' own writer stores 0,
+"not computed"), so a reader notices damaged bytes instead of decoding them (rosbags' reader checks a non-zero CRC).
 """
 from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
 
 from rosbags.interfaces import Qos
+from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.metadata import dump_qos_v8
+from rosbags.rosbag2.storage_mcap import McapWriter
 from ruamel.yaml import YAML
 
 log = logging.getLogger(__name__)
@@ -22,6 +29,26 @@ log = logging.getLogger(__name__)
 METADATA_VERSION = 8
 SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
 PARTIAL_SUFFIX = ".partial"
+CHUNK_CRC_OFFSET = 1 + 8 + 24  # in an MCAP chunk record: opcode, record length, start/end time, uncompressed size
+
+
+class _ChecksummedMcapWriter(McapWriter):
+    """rosbags' MCAP storage writer, storing each chunk's CRC-32 (of its uncompressed records) in the chunk record."""
+
+    def close_chunk(self) -> None:
+        start = self.bio.tell()
+        crc = zlib.crc32(self.chunk.bio.getbuffer())
+        super().close_chunk()
+        end = self.bio.tell()
+        self.bio.seek(start + CHUNK_CRC_OFFSET)
+        self.bio.write(struct.pack("<I", crc))
+        self.bio.seek(end)
+
+
+class ChecksummedWriter(Writer):
+    """rosbags' rosbag2 `Writer` whose MCAP files carry chunk CRCs (sqlite3 storage has none)."""
+
+    STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: _ChecksummedMcapWriter}
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from rosbags.rosbag2 import Reader
 from selfpose_core.config_io import one_line
 from selfpose_core.data.bag_files import PARTIAL_SUFFIX
 from selfpose_core.data.image_codec import any_image_to_array, camera_info_to_intrinsics, check_image_size
+from selfpose_core.data.recovery import damaged_chunks
 from selfpose_core.data.ros_types import typestore
 from selfpose_core.data.tf_buffer import TfBuffer
 from selfpose_core.errors import CalibrationError, EncodingError, RecordingError, SelfposeError
@@ -98,9 +99,25 @@ def _wrap_reader_error(path: Path, exc: BaseException) -> RecordingError:
         return RecordingError(f"cannot read bag {path}: unsupported by selfpose's reader (rosbags): {text}; "
                               "selfpose reads rosbag2 bags with CDR messages in MCAP or sqlite3 storage "
                               "(`ros2 bag convert` writes one)")
+    if "checksum mismatch" in text.lower():  # rosbags checks the CRC an MCAP chunk carries (selfpose writes them)
+        return RecordingError(f"cannot read bag {path}: {_damaged_chunks_text(path)}; `selfpose recover "
+                              f"{path}` salvages the intact chunks")
     partial = sorted(p.name for p in path.glob(f"*{PARTIAL_SUFFIX}")) if path.is_dir() else []
     hint = f"; it has unclosed segments {partial}: run `selfpose recover {path}`" if partial else ""
     return RecordingError(f"cannot read bag {path}: corrupt or truncated ({type(exc).__name__}: {text}){hint}")
+
+
+def _damaged_chunks_text(path: Path) -> str:
+    """Which storage file of ``path`` holds chunks that fail their CRC check, in words."""
+    for f in sorted(path.glob("*.mcap")) if path.is_dir() else [path]:
+        try:
+            bad = damaged_chunks(f)
+        except (OSError, RecordingError):
+            continue
+        if bad:
+            return (f"{len(bad)} chunk{'s' if len(bad) > 1 else ''} of {f.name} fail{'' if len(bad) > 1 else 's'} "
+                    f"{'their' if len(bad) > 1 else 'its'} CRC check (at byte {bad[0][0]}): the file is damaged")
+    return "a chunk fails its CRC check: the bag is damaged"
 
 
 class Recording:

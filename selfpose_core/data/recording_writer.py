@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+from rosbags.rosbag2 import StoragePlugin, WriterError
 
-from selfpose_core.data.bag_files import (METADATA_VERSION, SUFFIX, FileSummary, TopicCount, partial_dir,
-                                          segment_name, write_metadata)
+from selfpose_core.data.bag_files import (METADATA_VERSION, SUFFIX, ChecksummedWriter, FileSummary, TopicCount,
+                                          partial_dir, segment_name, write_metadata)
 from selfpose_core.data.image_codec import (array_to_compressed_msg, array_to_image_msg, intrinsics_to_camera_info)
 from selfpose_core.data.recording import RecordingTopics
 from selfpose_core.data.ros_types import register_msgdef, require_type, typestore
@@ -73,7 +73,7 @@ class BagWriter:
         self.segment_messages = segment_messages
         self._plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         self._files: list[FileSummary] = []
-        self._writer: Writer | None = None
+        self._writer: ChecksummedWriter | None = None
         self._conns: dict[tuple[str, str], Connection] = {}
         self._qos: dict[str, Qos] = {}
         self._latched: dict[str, tuple[str, bytes, int]] = {}
@@ -145,7 +145,7 @@ class BagWriter:
     def _open_segment(self, stamp_ns: int) -> None:
         tmp = partial_dir(self.path, self._segment_count)
         try:
-            self._writer = Writer(tmp, version=METADATA_VERSION, storage_plugin=self._plugin)
+            self._writer = ChecksummedWriter(tmp, version=METADATA_VERSION, storage_plugin=self._plugin)
             self._writer.open()
         except WriterError as exc:
             raise RecordingError(f"cannot open segment {tmp}: {exc}") from exc
@@ -173,10 +173,11 @@ class BagWriter:
         writer.close()
         src = tmp / f"{tmp.name}{SUFFIX[self.storage]}"
         src.replace(self.path / summary.name)
+        # counted at once: no later segment reuses index k (`recover` drops a segment_k.partial once <name>_k exists)
+        self._segment_count += 1
         shutil.rmtree(tmp)
         self._files.append(summary)
         write_metadata(self.path, self.storage, self._files)
-        self._segment_count += 1
         log.debug("closed segment %s (%d messages)", summary.name, total)
 
     def flush(self) -> None:

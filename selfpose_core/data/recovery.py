@@ -5,6 +5,8 @@
   ``ros2 bag record`` or a truncated copy) is salvaged: all complete records are scanned from the start, complete
   chunks decoded, and every complete message is written to a new, closed MCAP file (the original is kept as
   ``<name>.unclosed``);
+- every MCAP file with a chunk whose CRC does not match its bytes (damaged on disk or in a copy) is salvaged the same
+  way without the damaged chunks (the original is kept as ``<name>.damaged``);
 - the unclosed segments selfpose's writer leaves in ``segment_<k>.partial/`` are salvaged the same way (MCAP) or
   taken over as they are (sqlite3 keeps every committed row) and become ``<bag>_<k>.mcap|db3``;
 - metadata.yaml (version 8) is regenerated from the storage files themselves.
@@ -17,6 +19,7 @@ it opens as before and `recover` can be run again once the cause is fixed.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -25,11 +28,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2.storage_mcap import decompress, get_qos
 
-from selfpose_core.data.bag_files import (METADATA_VERSION, PARTIAL_SUFFIX, FileSummary, segment_name,
-                                          summarize_storage_file, write_metadata)
+from selfpose_core.data.bag_files import (METADATA_VERSION, PARTIAL_SUFFIX, ChecksummedWriter, FileSummary,
+                                          segment_name, summarize_storage_file, write_metadata)
 from selfpose_core.data.ros_types import register_msgdef, typestore
 from selfpose_core.errors import RecordingError
 
@@ -47,6 +50,7 @@ class SalvagedMcap:
     messages: list[tuple[int, int, bytes]] = field(default_factory=list)  # (channel id, log time, data)
     complete: bool = False  # the footer was reached
     stopped_at: int = 0  # byte offset where scanning stopped
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # (byte offset, size) of chunks that failed to decode
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class RecoveryReport:
     salvaged: dict[str, int] = field(default_factory=dict)  # new file -> messages salvaged into it
     topics: dict[str, int] = field(default_factory=dict)  # topic -> messages in the recovered bag
     dropped_bytes: int = 0  # bytes of incomplete records at the end of unclosed files
+    damaged: dict[str, int] = field(default_factory=dict)  # file -> chunks dropped (CRC mismatch, undecodable)
 
 
 def _string(buf: memoryview, pos: int) -> tuple[str, int]:
@@ -65,8 +70,10 @@ def _string(buf: memoryview, pos: int) -> tuple[str, int]:
     return bytes(buf[pos + 4: pos + 4 + n]).decode(), pos + 4 + n
 
 
-def _records(buf: memoryview, out: SalvagedMcap, base: int, top: bool) -> int:
-    """Parse the records in ``buf``; returns the offset after the last complete one (relative to ``buf``)."""
+def _records(buf: memoryview, out: SalvagedMcap, base: int, top: bool, keep: bool = True) -> int:
+    """Parse the records in ``buf``; returns the offset after the last complete one (relative to ``buf``). A chunk
+    that does not decode (CRC mismatch, bad size or compression) is listed in ``out.damaged`` and skipped; ``keep``:
+    collect schemas, channels and messages (else only check the chunks)."""
     pos = 0
     end = len(buf)
     while pos + 9 <= end:
@@ -80,7 +87,24 @@ def _records(buf: memoryview, out: SalvagedMcap, base: int, top: bool) -> int:
             if op == 0x02 and top:  # footer
                 out.complete = True
                 return body_start + size
-            if op == 0x03:
+            if op == 0x06 and top:
+                try:
+                    _, _, usize, crc = struct.unpack_from("<QQQI", body, 0)
+                    comp, p = _string(body, 28)
+                    (csize,) = struct.unpack_from("<Q", body, p)
+                    data = decompress(bytes(body[p + 8: p + 8 + csize]), comp, usize, crc)
+                except Exception as exc:  # noqa: BLE001 - rosbags/zstd/lz4 errors: the chunk's bytes are damaged
+                    log.log(logging.WARNING if keep else logging.DEBUG, "MCAP chunk at byte %d (%d bytes) is "
+                            "damaged (%s); its messages are dropped", base + pos, 9 + size, exc)
+                    out.damaged.append((base + pos, 9 + size))
+                else:
+                    if keep:
+                        inner = memoryview(data)
+                        if _records(inner, out, base + body_start, top=False) != len(inner):
+                            log.warning("chunk at byte %d has a truncated record", base + pos)
+            elif not keep:
+                pass
+            elif op == 0x03:
                 (sid,) = struct.unpack_from("<H", body, 0)
                 name, p = _string(body, 2)
                 enc, p = _string(body, p)
@@ -95,34 +119,38 @@ def _records(buf: memoryview, out: SalvagedMcap, base: int, top: bool) -> int:
             elif op == 0x05:
                 cid, _, log_time, _ = struct.unpack_from("<HIQQ", body, 0)
                 out.messages.append((cid, log_time, bytes(body[22:])))
-            elif op == 0x06 and top:
-                _, _, usize, crc = struct.unpack_from("<QQQI", body, 0)
-                comp, p = _string(body, 28)
-                (csize,) = struct.unpack_from("<Q", body, p)
-                data = decompress(bytes(body[p + 8: p + 8 + csize]), comp, usize, crc)
-                inner = memoryview(data)
-                if _records(inner, out, base + body_start, top=False) != len(inner):
-                    log.warning("chunk at byte %d has a truncated record", base + pos)
         except Exception as exc:  # a damaged record: keep what came before it
             log.warning("damaged MCAP record (op 0x%02x) at byte %d: %s; stopping there", op, base + pos, exc)
             break
+        finally:
+            body.release()
         pos = body_start + size
     return pos
 
 
-def salvage_mcap(path: Path) -> SalvagedMcap:
-    """Every complete schema, channel and message of the MCAP file ``path``, even without summary or footer."""
-    data = path.read_bytes()
-    if len(data) < len(MCAP_MAGIC) and MCAP_MAGIC.startswith(data):  # killed before the header reached the disk
-        return SalvagedMcap(stopped_at=len(data))
-    if not data.startswith(MCAP_MAGIC):
+def salvage_mcap(path: Path, keep: bool = True) -> SalvagedMcap:
+    """Every complete schema, channel and message of the MCAP file ``path``, even without summary or footer, and
+    the chunks that failed to decode (``keep=False``: only check the chunks; the file is mapped, not read)."""
+    size = path.stat().st_size
+    if size < len(MCAP_MAGIC):
+        if MCAP_MAGIC.startswith(path.read_bytes()):  # killed before the header reached the disk
+            return SalvagedMcap(stopped_at=size)
         raise RecordingError(f"{path} is not an MCAP file (bad magic bytes)")
-    out = SalvagedMcap()
-    out.stopped_at = len(MCAP_MAGIC) + _records(memoryview(data)[len(MCAP_MAGIC):], out, len(MCAP_MAGIC), top=True)
-    if not out.complete:
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        if mapped[:len(MCAP_MAGIC)] != MCAP_MAGIC:
+            raise RecordingError(f"{path} is not an MCAP file (bad magic bytes)")
+        out = SalvagedMcap()
+        with memoryview(mapped) as view, view[len(MCAP_MAGIC):] as records:
+            out.stopped_at = len(MCAP_MAGIC) + _records(records, out, len(MCAP_MAGIC), top=True, keep=keep)
+    if not out.complete and keep:
         log.info("%s: salvaged %d messages; %d trailing bytes were incomplete", path, len(out.messages),
-                 len(data) - out.stopped_at)
+                 size - out.stopped_at)
     return out
+
+
+def damaged_chunks(path: Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of the chunks of the MCAP file ``path`` that fail their CRC check or do not decode."""
+    return salvage_mcap(path, keep=False).damaged
 
 
 def write_salvaged(salvaged: SalvagedMcap, dest: Path) -> int:
@@ -139,7 +167,7 @@ def write_salvaged(salvaged: SalvagedMcap, dest: Path) -> int:
 
 def _write_salvaged(salvaged: SalvagedMcap, dest: Path, tmp: Path) -> int:
     store = typestore()
-    writer = Writer(tmp, version=METADATA_VERSION, storage_plugin=StoragePlugin.MCAP)
+    writer = ChecksummedWriter(tmp, version=METADATA_VERSION, storage_plugin=StoragePlugin.MCAP)
     count = 0
     with writer:
         conns = {}
@@ -221,7 +249,7 @@ class _Plan:
     def __init__(self, bag: Path) -> None:
         self.bag = bag
         self.tag = f"recover{os.getpid()}"
-        self.replace: list[tuple[Path, Path]] = []  # (new file, the unreadable original it replaces)
+        self.replace: list[tuple[Path, Path, str]] = []  # (new file, the original it replaces, backup suffix)
         self.add: list[tuple[Path, Path]] = []  # (new file, its final name)
         self.moves: list[tuple[Path, Path]] = []  # sqlite3 files of partial segments: (source, final name)
         self.sources: list[Path] = []  # files being salvaged
@@ -243,8 +271,8 @@ class _Plan:
     def commit(self) -> None:
         """Swap everything in: renames only (no new space needed), metadata.yaml last but one, partial segments
         removed last."""
-        for tmp, original in self.replace:
-            backup = _backup_name(original)
+        for tmp, original, suffix in self.replace:
+            backup = _backup_name(original, suffix)
             try:
                 os.link(original, backup)  # the original stays in place until the salvage replaces it atomically
             except OSError:
@@ -263,11 +291,11 @@ class _Plan:
             shutil.rmtree(d)
 
 
-def _backup_name(original: Path) -> Path:
-    backup = original.with_name(original.name + ".unclosed")
+def _backup_name(original: Path, suffix: str) -> Path:
+    backup = original.with_name(original.name + suffix)
     k = 1
     while backup.exists():
-        backup = original.with_name(f"{original.name}.unclosed{k}")
+        backup = original.with_name(f"{original.name}{suffix}{k}")
         k += 1
     return backup
 
@@ -278,23 +306,41 @@ def _prepare(bag: Path, storage: str, files: list[Path], partials: list[Path], r
     summaries: list[FileSummary] = []
     for f in files:
         try:
-            summaries.append(summarize_storage_file(f))
+            summary = summarize_storage_file(f)
         except Exception as exc:  # unreadable index: salvage
             if f.suffix != ".mcap":
                 raise RecordingError(f"cannot read sqlite3 storage file {f}: {exc}") from exc
             log.warning("%s has no readable index (%s); salvaging its complete messages", f, exc)
-            tmp = plan.temp(f)
-            plan.sources.append(f)
-            plan.replace.append((tmp, f))
-            summary = _salvage_into(f, tmp, report)
-            summary.name = f.name
-            report.salvaged[f.name] = report.salvaged.pop(tmp.name)
-            summaries.append(summary)
+            backup = ".unclosed"
+        else:
+            damaged = damaged_chunks(f) if f.suffix == ".mcap" else []
+            if not damaged:
+                summaries.append(summary)
+                continue
+            log.warning("%s has %d damaged chunks (first at byte %d); salvaging the intact ones", f, len(damaged),
+                        damaged[0][0])
+            backup = ".damaged"
+        tmp = plan.temp(f)
+        plan.sources.append(f)
+        plan.replace.append((tmp, f, backup))
+        summary = _salvage_into(f, tmp, report)
+        summary.name = f.name
+        report.salvaged[f.name] = report.salvaged.pop(tmp.name)
+        if tmp.name in report.damaged:
+            report.damaged[f.name] = report.damaged.pop(tmp.name)
+        summaries.append(summary)
 
     used = {s.name for s in summaries}
     next_index = 1 + max((int(m.group(1)) for n in used if (m := re.search(r"_(\d+)\.(mcap|db3)$", n))), default=-1)
     for d in partials:
         plan.partials.append(d)
+        m = re.fullmatch(r"segment_(\d+)" + re.escape(PARTIAL_SUFFIX), d.name)
+        if m and segment_name(bag, int(m.group(1)), storage) in used:
+            log.info("%s is already closed as %s (a writer or a recover was stopped after moving it); removing it",
+                     d.name, segment_name(bag, int(m.group(1)), storage))
+            continue
+        if m:
+            next_index = max(next_index, int(m.group(1)))
         for src in sorted(d.iterdir()):
             if src.suffix not in (".mcap", ".db3"):
                 continue
@@ -308,6 +354,8 @@ def _prepare(bag: Path, storage: str, files: list[Path], partials: list[Path], r
                 plan.sources.append(src)
                 summary = _salvage_into(src, tmp, report)
                 report.salvaged[dest.name] = report.salvaged.pop(tmp.name)
+                if tmp.name in report.damaged:
+                    report.damaged[dest.name] = report.damaged.pop(tmp.name)
                 if summary.count:
                     plan.add.append((tmp, dest))
                 else:
@@ -323,6 +371,11 @@ def _prepare(bag: Path, storage: str, files: list[Path], partials: list[Path], r
             else:
                 report.salvaged.pop(dest.name, None)
     summaries.sort(key=lambda s: _natural_key(s.name))
+    if not any(s.count for s in summaries):
+        names = [f.name for f in files] + [f"{d.name}/{f.name}" for d in partials for f in sorted(d.iterdir())]
+        lost = (f" ({report.dropped_bytes} bytes of incomplete records)" if report.dropped_bytes else "")
+        raise RecordingError(f"its storage files {names[:5]}{' ...' if len(names) > 5 else ''} hold no complete "
+                             f"message{lost}: nothing to recover")
     plan.metadata = plan.temp(bag / "metadata.yaml")
     write_metadata(bag, storage, summaries, file_name=plan.metadata.name)
     return summaries
@@ -331,6 +384,8 @@ def _prepare(bag: Path, storage: str, files: list[Path], partials: list[Path], r
 def _salvage_into(src: Path, dest: Path, report: RecoveryReport) -> FileSummary:
     salvaged = salvage_mcap(src)
     report.dropped_bytes += src.stat().st_size - salvaged.stopped_at if not salvaged.complete else 0
+    if salvaged.damaged:
+        report.damaged[dest.name] = len(salvaged.damaged)
     n = write_salvaged(salvaged, dest)
     report.salvaged[dest.name] = n
     return summarize_storage_file(dest)

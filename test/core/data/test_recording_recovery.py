@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +168,51 @@ def test_recover_regenerates_metadata_of_a_sqlite3_bag(tmp_path, rng):
     assert report.files == ["bag_0.db3", "bag_1.db3", "bag_2.db3"] and report.topics["/tf"] == 5
     with Recording(bag) as rec:
         assert len(rec) == 5
+
+
+def _open_copy(tmp_path: Path, rng: np.random.Generator, n: int, segment_frames: int) -> Path:
+    """A bag as a killed recorder leaves it: a copy taken while the writer is open after ``n`` frames."""
+    K = CameraIntrinsics(60.0, 60.0, 15.5, 11.5, 32, 24)
+    with RecordingWriter(tmp_path / "live", segment_frames=segment_frames) as w:
+        for i in range(n):
+            w.write_frame(Frame(rgb=rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), K=K, stamp_ns=10**18 + i,
+                                T_world_cam=np.eye(4)))
+        shutil.copytree(tmp_path / "live", tmp_path / "bag")
+    return tmp_path / "bag"
+
+
+def _snapshot(bag: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(bag)): p.read_bytes() for p in sorted(bag.rglob("*")) if p.is_file()}
+
+
+def test_recover_with_no_complete_message_exits_2_and_changes_nothing(tmp_path, rng, capsys):
+    """A run killed before its first frame reached the disk: only the start of the MCAP header exists."""
+    bag = _open_copy(tmp_path, rng, 1, segment_frames=10)
+    partial = next(bag.glob("*.partial/*.mcap"))
+    partial.write_bytes(partial.read_bytes()[:30])
+    before = _snapshot(bag)
+    assert main(["recover", str(bag)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"selfpose recover: error: cannot recover {bag}: its storage files "
+                          "['segment_0.partial/segment_0.partial.mcap'] hold no complete message (")
+    assert "nothing to recover; the bag is unchanged" in err
+    assert _snapshot(bag) == before
+
+
+def test_recover_stopped_after_moving_a_salvage_in_does_not_duplicate_it(tmp_path, rng):
+    """`recover` killed between moving the salvaged segment in and removing its partial: run again, every frame
+    comes once."""
+    bag = _open_copy(tmp_path, rng, 6, segment_frames=4)
+    partial = next(bag.glob("*.partial"))
+    saved = tmp_path / "saved"
+    shutil.copytree(bag, saved)
+    assert main(["recover", str(bag)]) == 0
+    assert (bag / "bag_1.mcap").exists()
+    shutil.copytree(saved / partial.name, partial)  # the state of the interrupted recover
+    shutil.copy2(saved / "metadata.yaml", bag / "metadata.yaml")
+    assert main(["recover", str(bag)]) == 0
+    assert not list(bag.glob("*.partial"))
+    assert sorted(p.name for p in bag.glob("*.mcap")) == ["bag_1.mcap", "live_0.mcap"]  # the copy kept its names
+    with Recording(bag) as rec:
+        assert rec.stamps_ns.tolist() == [10**18 + i for i in range(6)]

@@ -17,7 +17,7 @@ from selfpose_core.errors import RecordingError
 from selfpose_core.types import CameraIntrinsics, Frame
 
 
-class FullDiskWriter(recovery.Writer):
+class FullDiskWriter(recovery.ChecksummedWriter):
     """rosbags' Writer on a disk that fills up at the first message."""
 
     def write(self, *args, **kwargs):
@@ -44,7 +44,7 @@ def _snapshot(bag: Path) -> dict[str, bytes]:
 def test_failed_recover_of_a_partial_segment_leaves_the_bag_openable(tmp_path, rng, monkeypatch, capsys):
     bag = _interrupted_bag(tmp_path, rng)
     before = _snapshot(bag)
-    monkeypatch.setattr(recovery, "Writer", FullDiskWriter)
+    monkeypatch.setattr(recovery, "ChecksummedWriter", FullDiskWriter)
     assert main(["recover", str(bag)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"selfpose recover: error: cannot recover {bag}: writing "
@@ -65,7 +65,7 @@ def test_failed_recover_of_an_unreadable_file_keeps_it_in_place(tmp_path, rng, m
     f = next(bag.glob("*.mcap"))
     f.write_bytes(f.read_bytes()[: f.stat().st_size * 3 // 4])  # a truncated closed file: no index
     before = _snapshot(bag)
-    monkeypatch.setattr(recovery, "Writer", FullDiskWriter)
+    monkeypatch.setattr(recovery, "ChecksummedWriter", FullDiskWriter)
     with pytest.raises(RecordingError, match="the bag is unchanged"):
         recovery.recover_bag(bag)
     assert _snapshot(bag) == before  # not renamed to *.unclosed, nothing left behind
