@@ -34,7 +34,7 @@ from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
 from selfpose_core.adapt.consensus import FrameEstimates, MultiviewConsensus
 from selfpose_core.adapt.context import AdaptContext
 from selfpose_core.adapt.pipeline import STAGES, run_pipeline
-from selfpose_core.cli.adapt import parse_overrides
+from selfpose_core.config_io import parse_overrides
 from selfpose_core.eval.adaptation import camera_errors, consensus_errors, make_evaluator
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording

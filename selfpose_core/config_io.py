@@ -204,6 +204,22 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     return loaded
 
 
+def parse_overrides(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """Command-line overrides ``["a.b=1", "stages=[x, y]"]`` -> ``{"a.b": 1, "stages": ["x", "y"]}``.
+
+    Each value is a YAML document read by :func:`parse_yaml` (the same limits as a file: size, alias expansion,
+    depth, duplicate keys); a ConfigError names ``option`` and the key and quotes at most :data:`EXCERPT_CHARS`.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option} {excerpt(item)}: expected KEY=VALUE")
+        out[key] = parse_yaml(value, f"{option} {one_line(key, EXCERPT_CHARS)}")
+    return out
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``raw["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, creating sections as needed."""
     node = raw

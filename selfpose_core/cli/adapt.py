@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from selfpose_core.adapt.config import AdaptConfig, load_adapt_config
 from selfpose_core.adapt.context import DistInfo
 from selfpose_core.adapt.pipeline import STAGES, run_pipeline
 from selfpose_core.cli.output_dir import OutputLock, check_model_output, check_run_flags
 from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
+from selfpose_core.config_io import parse_overrides
 from selfpose_core.data.recording import Recording
-from selfpose_core.errors import ConfigError
 from selfpose_core.eval.adaptation import make_evaluator
 from selfpose_core.mesh.objects_config import load_objects_config
 
@@ -72,20 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_topic_options(p)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "stages=[x, y]"]`` -> ``{"a.b": 1, "stages": ["x", "y"]}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
-    return out
 
 
 def init_distributed(device: str) -> DistInfo:

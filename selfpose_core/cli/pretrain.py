@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from selfpose_core.cli.output_dir import OutputLock, check_model_output, check_run_flags
 from selfpose_core.cli.recording_options import add_topic_options, topics_from_args
+from selfpose_core.config_io import parse_overrides
 from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.recording import Recording, RecordingTopics
 from selfpose_core.errors import ConfigError, RecordingError
@@ -77,12 +77,7 @@ def camera_from_recording(path: Path, topics: RecordingTopics | None = None) -> 
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+    out = parse_overrides(args.set)
     if args.pose_net:
         out["pose_net"] = args.pose_net
     if args.steps is not None:

@@ -125,3 +125,37 @@ def test_dataclass_values_are_converted():
                                           "sizes": [3, 4.0], "inner": {"width": 7}}, "cfg")
     assert (cfg.steps, cfg.lr, cfg.limit, cfg.ratio, cfg.sizes, cfg.inner.width) == (20, 0.5, math.inf, 0.25,
                                                                                      (3, 4), 7)
+
+
+def test_set_overrides_are_yaml_values():
+    got = config_io.parse_overrides(["a.b=1", "stages=[x, y]", " c = {k: 2.5} ", "d=", "e=a=b"])
+    assert got == {"a.b": 1, "stages": ["x", "y"], "c": {"k": 2.5}, "d": None, "e": "a=b"}
+
+
+@pytest.mark.parametrize("item, match", [
+    ("lr", r"^--set 'lr': expected KEY=VALUE$"),
+    ("=3", r"^--set '=3': expected KEY=VALUE$"),
+    ("stages=[x, y", r"^--set stages:1:\d+: not valid YAML: "),
+    ("c={k: 1, k: 2}", r"^--set c:1:\d+: not valid YAML: .*duplicate key 'k'"),
+    ("c=!!python/object:os.system x", r"^--set c:1:\d+: not valid YAML: "),
+    ("x=" + BOMB.replace("\n", "\n"), r"^--set x:\d+:\d+: expands to more than 1000000 YAML nodes"),
+    ("k" * 5000 + "=[", r"^--set k{77}\.\.\.:1:\d+: not valid YAML"),
+])
+def test_bad_set_values_are_one_bounded_line(item, match):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=match) as info:
+        config_io.parse_overrides([item])
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("command", ["adapt", "pretrain"])
+def test_bad_set_value_on_the_command_line_exits_2(command, tmp_path, capsys):
+    from selfpose_core.cli.main import main
+    args = ([command, "--bag", str(tmp_path / "bag"), "--model", str(tmp_path / "model")] if command == "adapt"
+            else [command]) + [
+        "--objects", str(tmp_path / "objects.yaml"), "--out", str(tmp_path / "out"), "--set", "trainer.lr=[1, 2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"selfpose {command}: error: --set trainer.lr:1:") and "not valid YAML" in err[-1]
+    assert "Traceback" not in "\n".join(err)
