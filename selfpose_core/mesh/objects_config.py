@@ -7,8 +7,10 @@ Format (see docs/objects.md)::
         mesh: models/mug.ply           # PLY/OBJ/GLB/glTF/STL/OFF, relative to this file
         units: auto                    # auto | m | mm (default auto)
         symmetry: none                 # none | {discrete: [...], continuous: [...]}
-        category: mug                  # optional
+        category: mug                  # optional with a mesh (a label)
         obj_id: 1                      # optional, positive, default: position in the list + 1
+      - name: any_bowl                 # a category object: no mesh, one of the NOCS categories
+        category: bowl                 # (units and symmetry come from the category: docs/categories.md)
 
 A discrete symmetry is a 4x4 matrix (translation in metres) or ``{axis: [x, y, z], angle_deg: a, offset: [m]}``
 (rotation by ``a`` degrees about ``axis`` through the point ``offset``). A continuous symmetry is
@@ -31,6 +33,7 @@ from scipy.spatial.transform import Rotation
 
 from selfpose_core.config_io import excerpt, load_yaml
 from selfpose_core.errors import ConfigError, MeshError
+from selfpose_core.mesh.categories import CATEGORIES, category_symmetry
 from selfpose_core.mesh.loading import FACE_BUDGET, UNITS, load_object_model
 from selfpose_core.types import ObjectModel, Symmetry
 
@@ -46,10 +49,13 @@ MAX_PATH_CHARS = 4096
 
 @dataclass(slots=True)
 class ObjectEntry:
-    """One object of the objects config, before its mesh is loaded (``mesh`` is an absolute path when read)."""
+    """One object of the objects config, before its mesh is loaded (``mesh`` is an absolute path when read).
+
+    A category object has no mesh (``mesh`` None), one of the NOCS ``category`` names and that category's symmetry.
+    """
 
     name: str
-    mesh: str
+    mesh: str | None
     units: str = "auto"
     symmetry: Symmetry = field(default_factory=Symmetry)
     category: str | None = None
@@ -176,12 +182,13 @@ def _entry(path: Path, index: int, raw: Any) -> ObjectEntry:
     if not isinstance(raw, Mapping):
         raise _fail(path, key, f"must be a mapping with keys {', '.join(OBJECT_KEYS)}, got {excerpt(raw)}")
     _check_keys(path, key, raw, OBJECT_KEYS)
-    for required in ("name", "mesh"):
-        if required not in raw:
-            raise _fail(path, f"{key}.{required}", "missing (required)")
+    if "name" not in raw:
+        raise _fail(path, f"{key}.name", "missing (required)")
     name = raw["name"]
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise _fail(path, f"{key}.name", f"must be 1 to 128 letters, digits, _ - . ; got {excerpt(name)}")
+    if "mesh" not in raw:
+        return _category_entry(path, index, raw)
     if not isinstance(raw["mesh"], str) or not raw["mesh"] or len(raw["mesh"]) > MAX_PATH_CHARS:
         raise _fail(path, f"{key}.mesh", f"must be a file path, got {excerpt(raw['mesh'])}")
     units = raw.get("units", "auto")
@@ -190,16 +197,37 @@ def _entry(path: Path, index: int, raw: Any) -> ObjectEntry:
     category = raw.get("category")
     if category is not None and not isinstance(category, str):
         raise _fail(path, f"{key}.category", f"must be a string, got {excerpt(category)}")
-    obj_id = raw.get("obj_id")
-    if obj_id is not None and (isinstance(obj_id, bool) or not isinstance(obj_id, int)
-                               or not 1 <= obj_id <= MAX_OBJ_ID):
-        raise _fail(path, f"{key}.obj_id", f"must be a positive integer (at most {MAX_OBJ_ID}), got {excerpt(obj_id)}")
+    obj_id = _obj_id(path, key, raw.get("obj_id"), index)
     mesh = Path(os.path.expanduser(raw["mesh"]))
     if not mesh.is_absolute():
         mesh = path.parent / mesh
     symmetry = parse_symmetry(raw.get("symmetry"), path, f"{key}.symmetry")
-    return ObjectEntry(name=name, mesh=str(mesh), units=units, symmetry=symmetry, category=category,
-                       obj_id=obj_id if obj_id is not None else index + 1)
+    return ObjectEntry(name=name, mesh=str(mesh), units=units, symmetry=symmetry, category=category, obj_id=obj_id)
+
+
+def _obj_id(path: Path, key: str, obj_id: Any, index: int) -> int:
+    if obj_id is not None and (isinstance(obj_id, bool) or not isinstance(obj_id, int)
+                               or not 1 <= obj_id <= MAX_OBJ_ID):
+        raise _fail(path, f"{key}.obj_id", f"must be a positive integer (at most {MAX_OBJ_ID}), got {excerpt(obj_id)}")
+    return obj_id if obj_id is not None else index + 1
+
+
+def _category_entry(path: Path, index: int, raw: Mapping) -> ObjectEntry:
+    """An entry without a mesh: an object known only by its category (one of the NOCS categories)."""
+    key = f"objects[{index}]"
+    if "category" not in raw:
+        raise _fail(path, key, "needs a mesh (an object known by its model) or a category (one known only by its "
+                               f"category: {', '.join(CATEGORIES)})")
+    category = raw["category"]
+    if category not in CATEGORIES:
+        raise _fail(path, f"{key}.category", f"{excerpt(category)} is not a category selfpose has shapes for "
+                                             f"(without a mesh it must be one of {', '.join(CATEGORIES)})")
+    for derived in ("units", "symmetry"):
+        if derived in raw:
+            raise _fail(path, f"{key}.{derived}", f"not allowed without a mesh (a {category}'s {derived} come from "
+                                                  "its category)")
+    return ObjectEntry(name=raw["name"], mesh=None, symmetry=category_symmetry(category), category=category,
+                       obj_id=_obj_id(path, key, raw.get("obj_id"), index))
 
 
 def read_objects_config(path: str | Path, *, check_files: bool = True) -> list[ObjectEntry]:
@@ -228,7 +256,7 @@ def read_objects_config(path: str | Path, *, check_files: bool = True) -> list[O
                         f"duplicate obj_id {e.obj_id} (also objects[{seen_ids[e.obj_id]}]; "
                         "ids default to the position in the list + 1)")
         seen_names[e.name], seen_ids[e.obj_id] = i, i
-        if check_files and not _is_file(e.mesh):
+        if check_files and e.mesh is not None and not _is_file(e.mesh):
             raise _fail(path, f"objects[{i}].mesh", f"mesh file {e.mesh} does not exist")
     return entries
 
@@ -240,11 +268,16 @@ def load_objects_config(path: str | Path, *, max_faces: int | None = FACE_BUDGET
     estimation, adaptation and pre-training need) are decimated to it with a warning; diameter and keypoints stay
     those of the full mesh. ``max_faces=None`` loads full resolution.
 
-    Raises ConfigError for config mistakes (see :func:`read_objects_config`) and MeshError naming the config,
-    the key and the mesh file when a mesh cannot be used.
+    Raises ConfigError for config mistakes (see :func:`read_objects_config`) and for category objects (no mesh to
+    load: they are not estimated yet), and MeshError naming the config, the key and the mesh file when a mesh cannot
+    be used.
     """
     models = []
     for i, e in enumerate(read_objects_config(path)):
+        if e.mesh is None:
+            raise _fail(Path(path), f"objects[{i}]", f"{e.name!r} is a category object (category: {e.category}, no "
+                                                     "mesh); only objects with a mesh can be loaded and estimated "
+                                                     "yet (docs/categories.md)")
         try:
             models.append(load_object_model(e.mesh, e.name, units=e.units, symmetry=e.symmetry,
                                             category=e.category, obj_id=e.obj_id, max_faces=max_faces))
@@ -265,6 +298,8 @@ def write_objects_config(path: str | Path, entries: Sequence[ObjectEntry | Mappi
         raw = dict(entry) if isinstance(entry, Mapping) else {
             "name": entry.name, "mesh": entry.mesh, "units": entry.units, "symmetry": entry.symmetry,
             "category": entry.category, "obj_id": entry.obj_id}
+        if not isinstance(entry, Mapping) and entry.mesh is None:  # a category object: units, symmetry derived
+            del raw["units"], raw["symmetry"]
         if isinstance(raw.get("symmetry"), Symmetry):
             raw["symmetry"] = symmetry_to_yaml(raw["symmetry"])
         raw = {k: int(v) if isinstance(v, np.integer) else v for k, v in raw.items() if v is not None}
