@@ -6,6 +6,7 @@ import argparse
 from selfpose_core.data.sim.catalog import TARGETS
 from selfpose_core.data.sim.generate import DIFFICULTIES, SimConfig, render_montage, render_preview, simulate
 from selfpose_core.errors import ConfigError
+from selfpose_core.mesh.categories import CATEGORIES
 
 
 def _objects(value: str | None) -> list[str]:
@@ -25,6 +26,17 @@ def _objects(value: str | None) -> list[str]:
     return chosen
 
 
+def _categories(value: str | None) -> list[str]:
+    """``--categories``: comma-separated NOCS category names (a name twice: two instances)."""
+    if value is None:
+        return []
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in CATEGORIES]
+    if unknown or not chosen:
+        raise ConfigError(f"--categories: unknown category(ies) {unknown}; available: {', '.join(CATEGORIES)}")
+    return chosen
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="generate the embedded SMOT-like scene: training recording, held-out test "
                                         "recordings and a BOP copy with ground truth")
@@ -32,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--objects", default=None,
                    help=f"number of target objects or comma-separated names from {', '.join(TARGETS)} (default all)")
+    p.add_argument("--categories", default=None,
+                   help=f"comma-separated categories from {', '.join(CATEGORIES)}: one held-out instance of each "
+                        "(known to the learner by category only; without --objects, the only targets)")
     p.add_argument("--difficulty", choices=DIFFICULTIES, default="normal",
                    help="normal: upright objects apart, Kinect-like depth; hard: targets lying in other resting poses, "
                         "a pair in contact, look-alike distractors, RealSense-like depth (default normal)")
@@ -61,7 +76,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     if args.width < 16 or args.height < 16:
         raise ConfigError(f"--width/--height must be >= 16, got {args.width}x{args.height}")
     focal = args.focal if args.focal is not None else 570.0 * args.width / 640.0
-    return SimConfig(seed=args.seed, difficulty=args.difficulty, objects=_objects(args.objects), frames=args.frames,
+    categories = _categories(args.categories)
+    objects = [] if categories and args.objects is None else _objects(args.objects)
+    return SimConfig(seed=args.seed, difficulty=args.difficulty, objects=objects, categories=categories,
+                     frames=args.frames,
                      test_frames=args.test_frames, width=args.width, height=args.height, fx=focal, fy=focal,
                      depth=not args.no_depth, image_format=args.image_format, n_clutter=args.clutter,
                      shadows=not args.no_shadows)
@@ -86,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         kind = ", ".join(k for k in ("textureless", "symmetric") if o[k]) or "textured"
         print(f"  obj {o['obj_id']} {o['name']:<11} {size} cm  diameter {100 * o['diameter_m']:.1f} cm  "
               f"{o['faces']} faces  ({kind})")
+        if "nocs_scale_m" in o:
+            print(f"  {'':<17} category {o['category']}, held-out instance {o['instance_index']}, NOCS scale "
+                  f"{100 * o['nocs_scale_m']:.1f} cm (its mesh is in bop/models for evaluation only)")
     for t in summary["trajectories"]:
         lo, hi = t["elevation_deg"]
         r0, r1 = t["radius_m"]

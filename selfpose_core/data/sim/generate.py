@@ -6,11 +6,13 @@ do not depend on how many frames or trajectories were asked for, and the same se
 
 Output layout of :func:`simulate` (docs/demo_scene.md)::
 
-    DIR/objects.yaml, DIR/models/<name>.ply    untextured CAD models for the learner (metres)
+    DIR/objects.yaml, DIR/models/<name>.ply    untextured CAD models for the learner (metres); category objects
+                                               (--categories) are listed by category only, without a mesh
     DIR/recording/                             rosbag2 of the training loop, odometry poses, no ground truth
     DIR/test_recordings/<name>/                rosbag2 of each held-out trajectory (marker-accurate poses)
     DIR/bop/                                   BOP copy with ground truth: split train_loop scene 1, split test
-                                               scenes 1.. (one per held-out trajectory, in order)
+                                               scenes 1.. (one per held-out trajectory, in order); category
+                                               instances' meshes and poses in their NOCS frame (evaluation only)
     DIR/scene.yaml                             seed, difficulty, parameters, object poses, trajectory summaries
 """
 from __future__ import annotations
@@ -33,6 +35,8 @@ from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.data.sim.camera_effects import (REALSENSE_DEPTH, ColorEffects, CameraResponse, DepthEffects,
                                                    apply_color, apply_depth, sample_response)
 from selfpose_core.data.sim.catalog import TARGETS, SimObject, make_targets
+from selfpose_core.data.sim.category_objects import category_object
+from selfpose_core.data.sim.category_shapes import HELDOUT_START, CategoryInstance, instance
 from selfpose_core.data.sim.odometry import OdometryNoise, base_poses, drift_poses
 from selfpose_core.data.sim.raycast_renderer import RenderOutput, SceneRaycaster, render_cad
 from selfpose_core.data.sim.scene import HardLayout, Scene, build_scene
@@ -40,6 +44,7 @@ from selfpose_core.data.sim.trajectories import (TEST_TRAJECTORIES, TRAIN_LOOP, 
                                                  make_trajectory)
 from selfpose_core.errors import ConfigError
 from selfpose_core.geometry.se3 import compose, invert
+from selfpose_core.mesh.categories import CATEGORIES, T_ZUP_NOCS
 from selfpose_core.mesh.loading import save_mesh
 from selfpose_core.mesh.objects_config import write_objects_config
 from selfpose_core.types import CameraIntrinsics, Frame, ObjectModel
@@ -48,7 +53,7 @@ log = logging.getLogger(__name__)
 
 STAMP0_NS = 1_700_000_000 * 10 ** 9  # start time of the first trajectory
 OUTPUTS = ("objects.yaml", "models", "recording", "test_recordings", "bop", "scene.yaml")
-_STREAM = {"objects": 1, "scene": 2, "trajectory": 3, "odometry": 4, "camera": 5, "frame": 6}
+_STREAM = {"objects": 1, "scene": 2, "trajectory": 3, "odometry": 4, "camera": 5, "frame": 6, "categories": 7}
 DIFFICULTIES = ("normal", "hard")
 
 
@@ -58,6 +63,8 @@ class SimConfig:
 
     difficulty "hard": the table of :class:`HardLayout` (lying targets, a pair in contact, look-alike distractors)
     and, unless ``depth_effects`` is given, the active stereo depth of ``REALSENSE_DEPTH``.
+    categories: one held-out instance of each named NOCS category (a category named twice: two instances), after
+    the ``objects`` (obj_ids continue after theirs); docs/categories.md.
     """
 
     seed: int = 0
@@ -79,14 +86,18 @@ class SimConfig:
     color_effects: ColorEffects = field(default_factory=ColorEffects)
     depth_effects: DepthEffects = field(default_factory=DepthEffects)
     odometry: OdometryNoise = field(default_factory=OdometryNoise)
+    categories: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.test_frames < 0:
             raise ConfigError(f"frames must be >= 1 and test_frames >= 0, got {self.frames}, {self.test_frames}")
         if self.image_format not in ("raw", "jpeg", "png"):
             raise ConfigError(f"image_format must be raw, jpeg or png, got {self.image_format!r}")
-        if not self.objects:
-            raise ConfigError("objects: at least one simulated object is needed")
+        if not self.objects and not self.categories:
+            raise ConfigError("objects: at least one simulated object or category is needed")
+        unknown = [c for c in self.categories if c not in CATEGORIES]
+        if unknown:
+            raise ConfigError(f"categories: unknown {unknown}; available: {', '.join(CATEGORIES)}")
         if len(set(self.objects)) != len(self.objects):
             raise ConfigError(f"objects: duplicate names in {self.objects}")
         if self.difficulty not in DIFFICULTIES:
@@ -137,6 +148,14 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.targets: list[SimObject] = make_targets(config.objects, _rng(config.seed, "objects"))
+        self.category_instances: dict[int, CategoryInstance] = {}  # obj_id -> held-out instance
+        self._nocs_objects: dict[int, SimObject] = {}  # obj_id -> the instance in its NOCS frame
+        for k, category in enumerate(config.categories):
+            inst = instance(category, HELDOUT_START + config.categories[:k].count(category), config.seed)
+            zup, nocs = category_object(inst, _rng(config.seed, "categories", k))
+            self.targets.append(zup)
+            self.category_instances[len(self.targets)] = inst
+            self._nocs_objects[len(self.targets)] = nocs
         self._scenes: dict[int, Scene] = {}
         self._raycasters: dict[int, SceneRaycaster] = {}
         self._responses: dict[int, CameraResponse] = {}
@@ -152,15 +171,20 @@ class Simulator:
             self.trajectories.append(Trajectory(spec, i, T, rec, stamps))
 
     def cad_models(self) -> list[ObjectModel]:
-        """Untextured CAD models of the targets, obj_id 1..N in config order."""
-        return [o.cad_model(k + 1) for k, o in enumerate(self.targets)]
+        """Untextured CAD models of the targets, obj_id 1..N in config order (category instances in their NOCS
+        frame: for evaluation, never for the learner)."""
+        return [self._nocs_objects.get(k + 1, o).cad_model(k + 1) for k, o in enumerate(self.targets)]
 
     def scene(self, style: int) -> Scene:
         """The world of background style ``style`` (0 = training; others re-arrange the objects)."""
         if style not in self._scenes:
             hard = HardLayout() if self.config.difficulty == "hard" else None
-            self._scenes[style] = build_scene(self.targets, _rng(self.config.seed, "scene", style), style,
-                                              self.config.n_clutter, hard=hard)
+            scene = build_scene(self.targets, _rng(self.config.seed, "scene", style), style,
+                                self.config.n_clutter, hard=hard)
+            for inst in scene.instances:  # category instances: laid out z up, rendered in their NOCS frame
+                if inst.obj_id in self._nocs_objects:
+                    inst.obj, inst.T_world_obj = self._nocs_objects[inst.obj_id], inst.T_world_obj @ T_ZUP_NOCS
+            self._scenes[style] = scene
         return self._scenes[style]
 
     def raycaster(self, style: int) -> SceneRaycaster:
@@ -270,6 +294,9 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
     cad = sim.cad_models()
     entries = []
     for model in cad:
+        if model.obj_id in sim.category_instances:  # known by category only: no mesh for the learner
+            entries.append({"name": model.name, "category": model.category, "obj_id": model.obj_id})
+            continue
         path = save_mesh(model, out / "models" / f"{model.name}.ply")
         entries.append({"name": model.name, "mesh": path.relative_to(out).as_posix(), "units": "m",
                         "symmetry": model.symmetry,
@@ -316,7 +343,8 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
         "objects": [{"name": o.name, "obj_id": k + 1, "category": o.category, "textureless": o.textureless,
                      "symmetric": o.symmetry.is_symmetric, "faces": len(cad[k].faces),
                      "size_m": cad[k].vertices.max(0) - cad[k].vertices.min(0), "diameter_m": cad[k].diameter,
-                     "T_world_obj": next(i.T_world_obj for i in train_scene.instances if i.obj_id == k + 1)}
+                     "T_world_obj": next(i.T_world_obj for i in train_scene.instances if i.obj_id == k + 1),
+                     **_category_summary(sim.category_instances.get(k + 1))}
                     for k, o in enumerate(sim.targets)],
         "trajectories": summary_trajs,
         "seconds": time.perf_counter() - t0,
@@ -326,6 +354,14 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
     (out / "scene.yaml").write_text(yaml.safe_dump(_yaml_safe(summary), sort_keys=False))
     log.info("simulated %d frames into %s in %.1f s", total, out, summary["seconds"])
     return summary
+
+
+def _category_summary(inst: CategoryInstance | None) -> dict:
+    """scene.yaml fields of a category instance: its family index and NOCS size and scale (empty for others)."""
+    if inst is None:
+        return {}
+    return {"instance_index": inst.index, "heldout": inst.heldout, "nocs_size_m": inst.size,
+            "nocs_scale_m": inst.scale, "shape": inst.params}
 
 
 def _radius_range(traj: Trajectory, scene: Scene) -> tuple[float, float]:

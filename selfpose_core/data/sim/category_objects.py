@@ -1,0 +1,70 @@
+"""Category instances as objects of the simulated world: a true appearance per instance, in two frames.
+
+``category_object(instance, rng)`` gives the instance a procedural appearance of its category (a glazed mug, a
+labelled bottle or can, a dark camera, a grey laptop, a glazed bowl) and returns it twice with the same texture:
+z up for laying out the table (the frame the scene code places objects in, docs/demo_scene.md) and in the NOCS
+frame (y up) for rendering and ground truth, so that the BOP copy's poses and meshes are in the NOCS frame that
+category-level methods and the NOCS metrics use. The two are related by ``T_ZUP_NOCS``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from selfpose_core.data.sim import textures as tx
+from selfpose_core.data.sim.catalog import SimObject
+from selfpose_core.data.sim.category_shapes import CategoryInstance
+from selfpose_core.mesh.categories import SYMMETRIC_CATEGORIES, T_ZUP_NOCS
+from selfpose_core.types import Symmetry
+
+_MATERIAL = {"bottle": (0.35, 50.0), "bowl": (0.5, 60.0), "camera": (0.2, 25.0), "can": (0.5, 40.0),
+             "laptop": (0.3, 30.0), "mug": (0.45, 60.0)}  # specular, shininess
+
+
+def _rows(v0: float, v1: float, h: int) -> tuple[int, int]:
+    return int(round((1 - v1) * h)), int(round((1 - v0) * h))
+
+
+def _texture(category: str, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 appearance; revolved parts map u to the angle and v to the height (v = 0 at the bottom)."""
+    if category in ("camera", "laptop"):
+        dark = category == "camera" or rng.random() < 0.5
+        base = tx.random_color(rng, (0.0, 0.15), (0.08, 0.25) if dark else (0.55, 0.8))
+        return tx.mix(base, tuple(min(255, c + 25) for c in base), tx.value_noise(rng, (128, 128), 8, 3))
+    h, w = 256, 512
+    main = tx.random_color(rng, value=(0.5, 0.95))
+    img = tx.plain(main, (h, w))
+    ink = tx.random_color(rng)
+    if category == "bowl":
+        for v0 in rng.uniform(0.2, 0.9, 3):
+            y0, y1 = _rows(v0, v0 + rng.uniform(0.02, 0.05), h)
+            img[y0:y1] = ink
+    elif category == "mug":
+        y0, y1 = _rows(0.15, 0.7, h)
+        for cy in range(y0 + 12, y1 - 8, 30):
+            for cx in range(10 + int(rng.integers(0, 20)), w, 34):
+                tx.cv2.circle(img, (cx, cy), 6, ink, -1, lineType=tx.cv2.LINE_AA)
+    elif category in ("can", "bottle"):
+        lo, hi = (0.08, 0.92) if category == "can" else (0.2, 0.6)
+        y0, y1 = _rows(lo, hi, h)
+        img[y0:y1] = tx.random_color(rng, value=(0.6, 0.95))
+        tx.stripes(img, (y0, y0 + (y1 - y0) // 5), [ink, (250, 250, 250)])
+        word = "".join(rng.choice(list("ABCDEFGHKLMNOPRSTUVW"), int(rng.integers(4, 8))))
+        tx.put_text(img, word, (20, y0 + (y1 - y0) // 4, w // 2, y1 - 10), ink, 2)
+        tx.logo(img, (3 * w // 4, (y0 + y1) // 2), (y1 - y0) // 4, rng)
+        if category == "can":
+            img[:y0] = img[y1:] = (175, 175, 180)
+        else:
+            img[: _rows(0.93, 1.0, h)[1]] = tx.random_color(rng)  # the cap
+    return tx.printed(rng, img, 0.03)
+
+
+def category_object(instance: CategoryInstance, rng: np.random.Generator) -> tuple[SimObject, SimObject]:
+    """(z-up object for placing, NOCS-frame object for rendering and ground truth) of ``instance``, one texture."""
+    texture = _texture(instance.category, rng)
+    specular, shininess = _MATERIAL[instance.category]
+    mesh = instance.mesh
+    up = Symmetry(continuous=[(np.array([0.0, 0.0, 1.0]), np.zeros(3))]) \
+        if instance.category in SYMMETRIC_CATEGORIES else Symmetry()
+    zup = SimObject(instance.name, mesh.transformed(T_ZUP_NOCS), texture, up, instance.category, specular, shininess)
+    nocs = SimObject(instance.name, mesh, texture, instance.symmetry, instance.category, specular, shininess)
+    return zup, nocs
