@@ -5,16 +5,27 @@ labelled bottle or can, a dark camera, a grey laptop, a glazed bowl) and returns
 z up for laying out the table (the frame the scene code places objects in, docs/demo_scene.md) and in the NOCS
 frame (y up) for rendering and ground truth, so that the BOP copy's poses and meshes are in the NOCS frame that
 category-level methods and the NOCS metrics use. The two are related by ``T_ZUP_NOCS``.
+
+``handle_visible`` decides, per rendered view, whether a mug's handle can be seen (the NOCS evaluation treats a mug
+whose handle is hidden as symmetric); the simulator stores it per BOP scene in :data:`HANDLE_VISIBILITY_FILE`.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
 from selfpose_core.data.sim import textures as tx
 from selfpose_core.data.sim.catalog import SimObject
 from selfpose_core.data.sim.category_shapes import CategoryInstance
+from selfpose_core.data.sim.shapes import PartMesh
+from selfpose_core.errors import DatasetError
 from selfpose_core.mesh.categories import SYMMETRIC_CATEGORIES, T_ZUP_NOCS
-from selfpose_core.types import Symmetry
+from selfpose_core.types import CameraIntrinsics, Symmetry
+
+HANDLE_VISIBILITY_FILE = "scene_handle_visibility.json"  # in a BOP scene folder: {im_id: {obj_id: bool}} (mugs)
+HANDLE_VISIBLE_FRACTION = 0.1  # share of the handle's surface points that must be seen
 
 _MATERIAL = {"bottle": (0.35, 50.0), "bowl": (0.5, 60.0), "camera": (0.2, 25.0), "can": (0.5, 40.0),
              "laptop": (0.3, 30.0), "mug": (0.45, 60.0)}  # specular, shininess
@@ -68,3 +79,48 @@ def category_object(instance: CategoryInstance, rng: np.random.Generator) -> tup
     zup = SimObject(instance.name, mesh.transformed(T_ZUP_NOCS), texture, up, instance.category, specular, shininess)
     nocs = SimObject(instance.name, mesh, texture, instance.symmetry, instance.category, specular, shininess)
     return zup, nocs
+
+
+def handle_visible(handle: PartMesh, T_cam_obj: np.ndarray, K: CameraIntrinsics, depth: np.ndarray,
+                   mask: np.ndarray, tolerance: float = 0.003) -> bool:
+    """Whether a mug's handle is visible in a rendered view.
+
+    handle: the handle part in the object frame; T_cam_obj (4, 4); depth (H, W) the rendered z-depth in metres;
+    mask (H, W) bool the mug's visible pixels. A surface point (vertex) of the handle is seen when it faces the
+    camera, projects into the mask and lies within ``tolerance`` (+ 0.5 % of its depth) of the rendered depth
+    there; the handle is visible when at least :data:`HANDLE_VISIBLE_FRACTION` of its points are.
+    """
+    p = handle.vertices @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+    n = handle.normals @ T_cam_obj[:3, :3].T
+    z = p[:, 2]
+    front = (np.einsum("ij,ij->i", n, -p) > 0) & (z > 1e-6)
+    u = np.round(K.fx * p[:, 0] / np.where(front, z, 1.0) + K.cx).astype(np.int64)
+    v = np.round(K.fy * p[:, 1] / np.where(front, z, 1.0) + K.cy).astype(np.int64)
+    inside = front & (u >= 0) & (u < K.width) & (v >= 0) & (v < K.height)
+    ui, vi = u[inside], v[inside]
+    seen = mask[vi, ui] & (np.abs(depth[vi, ui] - z[inside]) <= tolerance + 0.005 * z[inside])
+    return bool(seen.sum() >= HANDLE_VISIBLE_FRACTION * len(p))
+
+
+def write_handle_visibility(scene_dir: str | Path, visibility: dict[int, dict[int, bool]]) -> Path:
+    """Write ``{im_id: {obj_id: visible}}`` of one BOP scene to its :data:`HANDLE_VISIBILITY_FILE`."""
+    path = Path(scene_dir) / HANDLE_VISIBILITY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({str(i): {str(o): bool(v) for o, v in objs.items()}
+                                for i, objs in sorted(visibility.items())}, indent=1))
+    return path
+
+
+def read_handle_visibility(scene_dir: str | Path) -> dict[int, dict[int, bool]]:
+    """``{im_id: {obj_id: visible}}`` of a BOP scene; empty when the scene has no such file (no mugs)."""
+    path = Path(scene_dir) / HANDLE_VISIBILITY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        out = {int(i): {int(o): v for o, v in objs.items()} for i, objs in raw.items()}
+        if not all(isinstance(v, bool) for objs in out.values() for v in objs.values()):
+            raise ValueError("a value is not true or false")
+        return out
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a mapping {{im_id: {{obj_id: true|false}}}}: {exc}") from exc

@@ -12,7 +12,8 @@ Output layout of :func:`simulate` (docs/demo_scene.md)::
     DIR/test_recordings/<name>/                rosbag2 of each held-out trajectory (marker-accurate poses)
     DIR/bop/                                   BOP copy with ground truth: split train_loop scene 1, split test
                                                scenes 1.. (one per held-out trajectory, in order); category
-                                               instances' meshes and poses in their NOCS frame (evaluation only)
+                                               instances' meshes and poses in their NOCS frame (evaluation only),
+                                               scene_handle_visibility.json per scene with mug instances
     DIR/scene.yaml                             seed, difficulty, parameters, object poses, trajectory summaries
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.data.sim.camera_effects import (REALSENSE_DEPTH, ColorEffects, CameraResponse, DepthEffects,
                                                    apply_color, apply_depth, sample_response)
 from selfpose_core.data.sim.catalog import TARGETS, SimObject, make_targets
-from selfpose_core.data.sim.category_objects import category_object
+from selfpose_core.data.sim.category_objects import category_object, handle_visible, write_handle_visibility
 from selfpose_core.data.sim.category_shapes import HELDOUT_START, CategoryInstance, instance
 from selfpose_core.data.sim.odometry import OdometryNoise, base_poses, drift_poses
 from selfpose_core.data.sim.raycast_renderer import RenderOutput, SceneRaycaster, render_cad
@@ -126,7 +127,8 @@ class Trajectory:
 @dataclass(slots=True)
 class SimView:
     """One simulated frame: the real-domain ``frame`` (recorded pose), the true pose, ground truth for every target
-    in view [(obj_id, T_cam_obj)], its visible and full masks (H, W) bool, and the clean render."""
+    in view [(obj_id, T_cam_obj)], its visible and full masks (H, W) bool, the clean render, and whether the handle
+    of each mug category instance in view can be seen {obj_id: bool}."""
 
     trajectory: str
     index: int
@@ -136,6 +138,7 @@ class SimView:
     masks_visib: list[np.ndarray]
     masks: list[np.ndarray]
     render: RenderOutput
+    handle_visible: dict[int, bool] = field(default_factory=dict)
 
 
 def _rng(seed: int, stream: str, *keys: int) -> np.random.Generator:
@@ -212,7 +215,7 @@ class Simulator:
         rgb = apply_color(out.color, self.response(traj.index), rng, motion, cfg.color_effects)
         depth = apply_depth(out.depth, rng, out.albedo_luma, out.specular, out.cos_view, cfg.depth_effects,
                             K.fx) if cfg.depth else None
-        gt, vis, full = [], [], []
+        gt, vis, full, handles = [], [], [], {}
         for i, inst in enumerate(scene.instances):
             if inst.obj_id == 0:
                 continue
@@ -222,9 +225,12 @@ class Simulator:
             gt.append((inst.obj_id, compose(invert(T), inst.T_world_obj)))
             vis.append(out.instance == i)
             full.append(m)
+            category = self.category_instances.get(inst.obj_id)
+            if category is not None and category.category == "mug":  # parts: cup, handle
+                handles[inst.obj_id] = handle_visible(category.parts[1], gt[-1][1], K, out.depth, vis[-1])
         frame = Frame(rgb=rgb, K=K, stamp_ns=int(traj.stamps_ns[k]), depth=depth,
                       T_world_cam=traj.T_world_cam_recorded[k].copy(), index=k)
-        return SimView(traj.spec.name, k, frame, T.copy(), gt, vis, full, out)
+        return SimView(traj.spec.name, k, frame, T.copy(), gt, vis, full, out, handles)
 
     def views(self, traj: Trajectory, workers: int = 2) -> Iterator[SimView]:
         """Every frame of ``traj`` in order, rendered ``workers`` frames ahead in threads (the ray casting, OpenCV
@@ -313,6 +319,7 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
             bag = out / "recording" if train else out / "test_recordings" / traj.spec.name
             bop, scene_id = (bop_train, 1) if train else (bop_test, traj.index)
             scene = sim.scene(traj.spec.style)
+            handles: dict[int, dict[int, bool]] = {}
             with RecordingWriter(bag, image_format=config.image_format) as writer:
                 T_table = np.eye(4)
                 T_table[:3, 3] = scene.table_center
@@ -322,7 +329,11 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
                     true_frame = Frame(rgb=view.frame.rgb, K=view.frame.K, stamp_ns=view.frame.stamp_ns,
                                        depth=view.frame.depth, T_world_cam=view.T_world_cam_true, index=view.index)
                     bop.write_frame(scene_id, view.index, true_frame, view.gt, view.masks_visib, view.masks)
+                    if view.handle_visible:
+                        handles[view.index] = view.handle_visible
                     bar.update(1)
+            if handles:
+                write_handle_visibility(bop.scene_dir(scene_id), handles)
             elev = elevation_deg(traj.T_world_cam, scene.table_center)
             entry = {"name": traj.spec.name, "recording": str(bag.relative_to(out)),
                      "bop": {"split": "train_loop" if train else "test", "scene_id": scene_id},

@@ -13,7 +13,7 @@ from selfpose_core.data.bop import BopDataset
 from selfpose_core.data.sim.category_shapes import HELDOUT_START
 from selfpose_core.data.sim.generate import SimConfig, simulate
 from selfpose_core.data.sim.scene import TABLE_HEIGHT
-from selfpose_core.errors import ConfigError
+from selfpose_core.errors import ConfigError, DatasetError
 from selfpose_core.mesh.objects_config import read_objects_config
 
 TINY = dict(width=160, height=120, fx=142.5, fy=142.5, frames=3, test_frames=1, n_clutter=1)
@@ -91,3 +91,50 @@ def test_cli_categories_choose_the_targets(tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="categories: unknown"):
         SimConfig(objects=[], categories=["plate"])
+
+
+def _look_at(eye: np.ndarray) -> np.ndarray:
+    """T_obj_cam of an optical-frame camera at ``eye`` looking at the origin, image up = +y."""
+    z = -eye / np.linalg.norm(eye)
+    x = np.cross(z, [0.0, 1.0, 0.0])
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], 1)
+    T[:3, 3] = eye
+    return T
+
+
+@pytest.mark.parametrize("eye, visible", [((0.5, 0.2, 0.05), True), ((0.05, 0.2, 0.5), True),
+                                          ((-0.5, 0.2, 0.05), False), ((-0.3, 0.1, -0.05), False)])
+def test_handle_visibility_from_the_rendered_depth(eye, visible):
+    import open3d as o3d
+
+    from selfpose_core.data.sim.category_objects import handle_visible
+    from selfpose_core.data.sim.category_shapes import instance
+    from selfpose_core.data.sim.raycast_renderer import pixel_rays
+    from selfpose_core.types import CameraIntrinsics
+
+    mug = instance("mug", 4)
+    tm = mug.trimesh()
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(tm.vertices.astype(np.float32)), o3d.core.Tensor(tm.faces.astype(np.uint32)))
+    K = CameraIntrinsics(300.0, 300.0, 79.5, 59.5, 160, 120)
+    T_obj_cam = _look_at(np.array(eye))
+    t = scene.cast_rays(o3d.core.Tensor(pixel_rays(K, T_obj_cam)))["t_hit"].numpy()  # unit camera-z: z-depth
+    hit = np.isfinite(t)
+    T_cam_obj = np.linalg.inv(T_obj_cam)
+    assert handle_visible(mug.parts[1], T_cam_obj, K, np.where(hit, t, 0.0), hit) is visible
+
+
+def test_handle_visibility_written_per_scene(category_scene):
+    from selfpose_core.data.sim.category_objects import read_handle_visibility
+
+    out, _ = category_scene
+    vis = read_handle_visibility(out / "bop" / "train_loop" / "000001")
+    assert sorted(vis) == [0, 1, 2] and all(set(v) <= {2, 4} for v in vis.values())  # the two mugs
+    assert read_handle_visibility(out / "bop" / "no_such_scene") == {}
+    bad = out / "bad_scene"
+    bad.mkdir()
+    (bad / "scene_handle_visibility.json").write_text('{"0": {"2": "yes"}}')
+    with pytest.raises(DatasetError, match="scene_handle_visibility.json: not a mapping"):
+        read_handle_visibility(bad)
