@@ -14,6 +14,7 @@ y up, origin at the box centre) plus its size: the (3,) extents of its tight box
   angle between the two y (up) axes.
 - **Symmetric targets** (:func:`is_symmetric_target`): bottle, bowl, can; a mug when its handle is not visible in
   that image (the NOCS rule; the caller says whether the handle is visible).
+- **Targets of a simulated category scene** (:func:`category_targets`): from its BOP copy.
 - **Average precision** (:func:`nocs_average_precision`): per image and category, estimates in decreasing score
   take the best unmatched target (3D IoU at least the threshold; for the n deg m cm criteria the target with the
   smallest sum of degrees and centimetres among those within both thresholds and with 3D IoU at least 0.1); AP is
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from selfpose_core.data.bop import BopDataset
+from selfpose_core.data.sim.category_objects import read_handle_visibility, read_nocs_instances
 from selfpose_core.errors import ConfigError, ShapeError
 from selfpose_core.eval.metrics import re
 from selfpose_core.geometry.shapes import check_shape
@@ -127,12 +130,35 @@ class CategoryPose:
     handle_visible: whether a mug's handle can be seen in this image (targets; decides the mug's symmetry).
     """
 
-    image_id: int
+    image_id: int | tuple[int, int]  # (scene_id, im_id) for BOP data
     category: str
     T_cam_obj: np.ndarray
     size: np.ndarray
     score: float = 1.0
     handle_visible: bool = True
+
+
+def category_targets(bop: BopDataset, min_visib_fract: float = 0.0) -> list[CategoryPose]:
+    """The category instances of a BOP split as NOCS targets, image ids ``(scene_id, im_id)``.
+
+    The category instances are those listed in ``models/nocs_instances.json`` (written by ``selfpose simulate
+    --categories``, with their category and NOCS size; their poses are those of the NOCS frame); a split without
+    that file has none. A mug's handle visibility comes from the scene's ``scene_handle_visibility.json`` (visible
+    when absent).
+    Instances whose visible fraction is not above ``min_visib_fract`` (entirely hidden ones, by default) are left
+    out; an unknown fraction (-1) is kept.
+    """
+    instances = read_nocs_instances(bop.models_dir)
+    out = []
+    for scene_id in bop.scene_ids:
+        handles = read_handle_visibility(bop.scene_dir(scene_id))
+        for sample in bop.samples(scene_id, load_depth=False, load_masks=False):
+            for g in sample.gt:
+                if g.obj_id in instances and (g.visib_fract > min_visib_fract or g.visib_fract == -1):
+                    category, size = instances[g.obj_id]
+                    out.append(CategoryPose((scene_id, sample.im_id), category, g.T_cam_obj, size, 1.0,
+                                            handles.get(sample.im_id, {}).get(g.obj_id, True)))
+    return out
 
 
 def average_precision(matched: np.ndarray, scores: np.ndarray, n_targets: int) -> float:

@@ -7,7 +7,8 @@ frame (y up) for rendering and ground truth, so that the BOP copy's poses and me
 category-level methods and the NOCS metrics use. The two are related by ``T_ZUP_NOCS``.
 
 ``handle_visible`` decides, per rendered view, whether a mug's handle can be seen (the NOCS evaluation treats a mug
-whose handle is hidden as symmetric); the simulator stores it per BOP scene in :data:`HANDLE_VISIBILITY_FILE`.
+whose handle is hidden as symmetric); the simulator stores it per BOP scene in :data:`HANDLE_VISIBILITY_FILE`, and
+lists the category instances of the BOP copy (their models are in the NOCS frame) in :data:`NOCS_INSTANCES_FILE`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from selfpose_core.mesh.categories import SYMMETRIC_CATEGORIES, T_ZUP_NOCS
 from selfpose_core.types import CameraIntrinsics, Symmetry
 
 HANDLE_VISIBILITY_FILE = "scene_handle_visibility.json"  # in a BOP scene folder: {im_id: {obj_id: bool}} (mugs)
+NOCS_INSTANCES_FILE = "nocs_instances.json"  # in BOP models/: {obj_id: {category, nocs_size_m, nocs_scale_m, index}}
 HANDLE_VISIBLE_FRACTION = 0.1  # share of the handle's surface points that must be seen
 
 _MATERIAL = {"bottle": (0.35, 50.0), "bowl": (0.5, 60.0), "camera": (0.2, 25.0), "can": (0.5, 40.0),
@@ -124,3 +126,28 @@ def read_handle_visibility(scene_dir: str | Path) -> dict[int, dict[int, bool]]:
         return out
     except (ValueError, AttributeError, TypeError) as exc:
         raise DatasetError(f"{path}: not a mapping {{im_id: {{obj_id: true|false}}}}: {exc}") from exc
+
+
+def write_nocs_instances(models_dir: str | Path, instances: dict[int, CategoryInstance]) -> Path:
+    """List the category instances ``{obj_id: instance}`` of a BOP copy in ``models_dir``/:data:`NOCS_INSTANCES_FILE`."""
+    path = Path(models_dir) / NOCS_INSTANCES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({str(k): {"category": inst.category, "nocs_size_m": inst.size.tolist(),
+                                         "nocs_scale_m": inst.scale, "index": inst.index}
+                                for k, inst in sorted(instances.items())}, indent=1))
+    return path
+
+
+def read_nocs_instances(models_dir: str | Path) -> dict[int, tuple[str, np.ndarray]]:
+    """``{obj_id: (category, NOCS size (3,) metres)}`` of a BOP copy's category instances; empty without the file."""
+    path = Path(models_dir) / NOCS_INSTANCES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        out = {int(k): (str(v["category"]), np.asarray(v["nocs_size_m"], dtype=np.float64)) for k, v in raw.items()}
+        if not all(size.shape == (3,) and np.all(np.isfinite(size)) for _, size in out.values()):
+            raise ValueError("a size is not 3 finite numbers")
+        return out
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise DatasetError(f"{path}: not a mapping {{obj_id: {{category, nocs_size_m, ...}}}}: {exc}") from exc

@@ -13,6 +13,7 @@ Output layout of :func:`simulate` (docs/demo_scene.md)::
     DIR/bop/                                   BOP copy with ground truth: split train_loop scene 1, split test
                                                scenes 1.. (one per held-out trajectory, in order); category
                                                instances' meshes and poses in their NOCS frame (evaluation only),
+                                               listed in models/nocs_instances.json, and
                                                scene_handle_visibility.json per scene with mug instances
     DIR/scene.yaml                             seed, difficulty, parameters, object poses, trajectory summaries
 """
@@ -36,7 +37,8 @@ from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.data.sim.camera_effects import (REALSENSE_DEPTH, ColorEffects, CameraResponse, DepthEffects,
                                                    apply_color, apply_depth, sample_response)
 from selfpose_core.data.sim.catalog import TARGETS, SimObject, make_targets
-from selfpose_core.data.sim.category_objects import category_object, handle_visible, write_handle_visibility
+from selfpose_core.data.sim.category_objects import (category_object, handle_visible, write_handle_visibility,
+                                                     write_nocs_instances)
 from selfpose_core.data.sim.category_shapes import HELDOUT_START, CategoryInstance, instance
 from selfpose_core.data.sim.odometry import OdometryNoise, base_poses, drift_poses
 from selfpose_core.data.sim.raycast_renderer import RenderOutput, SceneRaycaster, render_cad
@@ -310,6 +312,8 @@ def simulate(out_dir: str | Path, config: SimConfig = SimConfig(), *, force: boo
     write_objects_config(out / "objects.yaml", entries)
     bop_train = BopWriter(out / "bop", "train_loop")
     bop_train.write_models(cad)
+    if sim.category_instances:
+        write_nocs_instances(out / "bop" / "models", sim.category_instances)
     bop_test = BopWriter(out / "bop", "test")
     total = sum(len(t.T_world_cam) for t in sim.trajectories)
     summary_trajs = []

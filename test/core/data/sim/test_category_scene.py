@@ -138,3 +138,29 @@ def test_handle_visibility_written_per_scene(category_scene):
     (bad / "scene_handle_visibility.json").write_text('{"0": {"2": "yes"}}')
     with pytest.raises(DatasetError, match="scene_handle_visibility.json: not a mapping"):
         read_handle_visibility(bad)
+
+
+def test_nocs_ap_on_the_scene_ground_truth(category_scene):
+    from selfpose_core.data.sim.category_objects import read_handle_visibility
+    from selfpose_core.eval.nocs import CategoryPose, category_targets, nocs_average_precision
+
+    out, _ = category_scene
+    bop = BopDataset(out / "bop", "train_loop")
+    targets = category_targets(bop)
+    assert {t.category for t in targets} == {"mug", "bowl"}  # the tin can's "can" is a label of a mesh object
+    assert all(np.allclose(t.size, np.ptp(bop.objects[2].vertices, axis=0), atol=2e-6) for t in targets if t.category == "bowl")
+    handles = read_handle_visibility(bop.scene_dir(1))
+    for im_id, per_mug in handles.items():
+        mugs = [t.handle_visible for t in targets if t.image_id == (1, im_id) and t.category == "mug"]
+        assert sorted(mugs) == sorted(per_mug.values())
+    perfect = nocs_average_precision(targets, targets)
+    assert all(v == pytest.approx(1.0) for v in perfect["mean"].values())
+    # The bowls turned about their up axis by 40 deg: still perfect; shifted by 3 cm: 5deg2cm lost, 5deg5cm kept.
+    turn = np.array([[np.cos(0.7), 0, np.sin(0.7), 0], [0, 1, 0, 0], [-np.sin(0.7), 0, np.cos(0.7), 0], [0, 0, 0, 1]])
+    shift = np.eye(4)
+    shift[0, 3] = 0.03
+    moved = [CategoryPose(t.image_id, t.category, shift @ t.T_cam_obj @ turn if t.category == "bowl" else t.T_cam_obj,
+                          t.size) for t in targets]
+    ap = nocs_average_precision(moved, targets)
+    assert ap["bowl"]["5deg2cm"] == 0.0 and ap["bowl"]["5deg5cm"] == pytest.approx(1.0)
+    assert ap["mug"]["5deg2cm"] == pytest.approx(1.0)
