@@ -3,17 +3,20 @@
 Defaults come from config/estimator.yaml; the launch arguments below override them. The node's relative topics
 (color/image_raw, color/camera_info, aligned_depth_to_color/image_raw) are remapped under ``camera:=`` (default:
 /camera/camera, the RealSense ROS 2 wrapper's namespace; e.g. camera:=/camera for other drivers).
+The estimator is a lifecycle node: it configures and activates itself unless ``autostart:=false``, which leaves it
+unconfigured for a lifecycle manager or `ros2 lifecycle set /selfpose_estimator configure` (then ``activate``).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 # launch argument -> (node parameter, type, default, description)
 OVERRIDES = {
     "model": ("model", str, "", "model bundle directory written by `selfpose adapt`"),
+    "autostart": ("autostart", bool, "true", "configure and activate at start-up (false: lifecycle transitions)"),
     "use_depth": ("use_depth", bool, "false", "also use the aligned depth image"),
     "device": ("device", str, "cpu", "torch device: cpu, cuda, cuda:1 ..."),
     "num_threads": ("num_threads", int, "0", "torch CPU threads (0: default)"),
@@ -41,7 +44,7 @@ def generate_launch_description() -> LaunchDescription:
              for name, (_, _, default, text) in OVERRIDES.items()]
     overrides = {param: ParameterValue(LaunchConfiguration(name), value_type=kind)
                  for name, (param, kind, _, _) in OVERRIDES.items()}
-    node = Node(
+    node = LifecycleNode(
         package="selfpose_ros",
         executable="estimator",
         name="selfpose_estimator",

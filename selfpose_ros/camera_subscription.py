@@ -1,6 +1,7 @@
 """The synchronised camera subscription both nodes use (rclpy + message_filters)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from message_filters import ApproximateTimeSynchronizer, Subscriber
@@ -11,13 +12,29 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from selfpose_ros.input_watch import InputWatch
 
 
-def subscribe_camera(node: Node, p: dict[str, Any],
-                     callback: Callable[..., None]) -> tuple[ApproximateTimeSynchronizer, InputWatch]:
+@dataclass
+class CameraSubscription:
+    """The subscriptions, their synchroniser (keep a reference) and the `InputWatch` over the resolved topics."""
+
+    node: Node
+    subscribers: list[Subscriber]
+    sync: ApproximateTimeSynchronizer
+    watch: InputWatch
+    timer: Any
+
+    def destroy(self) -> None:
+        """Unsubscribe and stop the silent-input timer (the estimator's lifecycle deactivate)."""
+        self.node.destroy_timer(self.timer)
+        for sub in self.subscribers:
+            self.node.destroy_subscription(sub.sub)
+
+
+def subscribe_camera(node: Node, p: dict[str, Any], callback: Callable[..., None]) -> CameraSubscription:
     """Subscribe colour (raw, or ``<color_topic>/compressed``) + camera_info (+ depth when ``use_depth``) with
     sensor-data QoS through an ApproximateTimeSynchronizer calling ``callback(color, info[, depth])``.
 
     ``p`` holds the node's parameter values (color_topic, camera_info_topic, depth_topic, use_depth,
-    image_transport, sync_queue_size, sync_slop, input_timeout). Returns the synchroniser (keep a reference) and an
+    image_transport, sync_queue_size, sync_slop, input_timeout). The returned `CameraSubscription` holds an
     `InputWatch` over the topics' resolved (remapped) names; a timer of ``node`` logs its warning while nothing
     synchronises for ``input_timeout`` seconds.
     """
@@ -46,5 +63,4 @@ def subscribe_camera(node: Node, p: dict[str, Any],
         if text:
             node.get_logger().warn(text)
 
-    node.create_timer(warn_after_s, warn)
-    return sync, watch
+    return CameraSubscription(node, subs, sync, watch, node.create_timer(warn_after_s, warn))

@@ -53,7 +53,8 @@ class CollectSequenceNode(Node):
         self._last_tf_error = ""
         self.adapt_client = ActionClient(self, Adapt, p["adapt_action"]) if p["adapt_on_finish"] else None
 
-        self.sync, self.input_watch = subscribe_camera(self, p, self._on_frame)
+        self.camera = subscribe_camera(self, p, self._on_frame)
+        self.input_watch = self.camera.watch
         self.assemble = FrameAssembler(*self.input_watch.topics)  # errors name the resolved topics
         self.create_timer(float(p["progress_period"]), self._report)
         self.create_service(Trigger, "~/start", self._on_start)

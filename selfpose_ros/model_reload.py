@@ -1,17 +1,17 @@
 """The estimator node's model, swapped without a restart (plain Python, no rclpy: tested without ROS).
 
 `ModelSlot` holds what serves now (`Serving`: the bundle path, its estimator and its message builder). ``request``
-loads another bundle in a background thread while the old one keeps estimating; when the load succeeds the new
-`Serving` replaces the old one in a single assignment, which the worker reads once per frame, so every frame is
-estimated and published by one model, and no frame waits for the load. A bundle that fails to load (missing,
-broken bundle.yaml or weights, another object set's meshes missing, ...) is refused with its error and the old one
-keeps serving. Requests arriving during a load are not lost: the newest is loaded next. The loading thread runs at
-the lowest CPU priority (Linux), so that it takes the CPU the frames leave.
+hands another bundle to ``load`` in a background thread while the old one keeps estimating; when the load succeeds
+the new `Serving` replaces the old one in a single assignment, which the worker reads once per frame, so every frame
+is estimated and published by one model, and no frame waits for the load. A bundle that fails to load (missing,
+broken bundle.yaml or weights, another object set's meshes missing, failing on a frame, ...) is refused with its
+error and the old one keeps serving. Requests arriving during a load are not lost: the newest is loaded next.
+The node's ``load`` does the work in a child process (`selfpose_ros.bundle_loader`): a loading thread would hold
+the GIL that the frames need.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,16 +36,16 @@ class ModelSlot:
     """The serving model and its replacement.
 
     Args:
-        load: bundle path -> `Serving` (raises `SelfposeError` or any error for a bad bundle).
-        initial: the bundle loaded now, in the caller's thread (its errors propagate: a node cannot start without).
+        current: what serves now (loaded by the caller: a node cannot start without a model).
+        load: bundle path -> `Serving` (raises `SelfposeError` or any error for a bad bundle), run in a thread.
         on_done: called (in the loading thread) with (path, error message or '') after each background load.
     """
 
-    def __init__(self, load: Callable[[str], Serving], initial: str,
+    def __init__(self, current: Serving, load: Callable[[str], Serving],
                  on_done: Callable[[str, str], None] | None = None) -> None:
         self.load = load
         self.on_done = on_done
-        self.current: Serving = load(initial)
+        self.current = current
         self.swaps = 0
         self._lock = threading.Lock()
         self._next: str | None = None
@@ -76,10 +76,6 @@ class ModelSlot:
         return ""
 
     def _run(self) -> None:
-        try:  # Linux: this thread alone at the lowest CPU priority, so the frames being estimated go first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
         while True:
             with self._lock:
                 path, self._next = self._next, None

@@ -48,6 +48,8 @@ ESTIMATOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model", "", "model bundle directory written by `selfpose adapt` (bundle.yaml + weights.pt); setting "
               "it while running loads that bundle and swaps it in between two frames (a bundle that does not load "
               "is refused, the old one keeps serving)", read_only=False),
+    ParamSpec("autostart", True, "configure and activate at start-up (false: wait for the lifecycle transitions, "
+              "e.g. from a lifecycle manager or `ros2 lifecycle set`)"),
     *_topics(use_depth=False),
     ParamSpec("score_threshold", 0.3, "publish only objects with confidence >= this", read_only=False),
     ParamSpec("max_rate", 0.0, "estimate at most this many frames per second of image time (0: as fast as the "

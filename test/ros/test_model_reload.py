@@ -33,7 +33,7 @@ def _loader(tmp_path, load_s=0.3):
         if path.endswith("/bad"):
             time.sleep(load_s)
             raise ModelError(f"{path}: weights.pt holds NaN values")
-        time.sleep(load_s if loads[1:] else 0)
+        time.sleep(load_s)
         return Serving(path, Tagged(path), builder=f"builder of {path}")
 
     for name in ("a", "b", "c", "bad"):
@@ -45,7 +45,8 @@ def _loader(tmp_path, load_s=0.3):
 def test_swap_between_frames_without_a_gap(tmp_path):
     load, loads = _loader(tmp_path)
     done = []
-    slot = ModelSlot(load, str(tmp_path / "a"), on_done=lambda p, e: done.append((p, e)))
+    slot = ModelSlot(Serving(str(tmp_path / "a"), Tagged(str(tmp_path / "a")), f"builder of {tmp_path / 'a'}"), load,
+                     on_done=lambda p, e: done.append((p, e)))
     published = []  # (time, estimator tag, builder) per frame
 
     def process(item):
@@ -87,7 +88,8 @@ def test_swap_between_frames_without_a_gap(tmp_path):
 def test_bad_bundle_is_refused_and_the_old_one_keeps_serving(tmp_path):
     load, loads = _loader(tmp_path, load_s=0.05)
     errors = []
-    slot = ModelSlot(load, str(tmp_path / "a"), on_done=lambda p, e: errors.append((p, e)))
+    slot = ModelSlot(Serving(str(tmp_path / "a"), Tagged(str(tmp_path / "a")), None), load,
+                     on_done=lambda p, e: errors.append((p, e)))
     assert "holds no bundle.yaml" in slot.request(str(tmp_path / "missing"))
     assert slot.request("") == "empty model path"
     assert slot.request(str(tmp_path / "bad")) == ""
@@ -108,7 +110,6 @@ def test_real_loader_errors_are_one_line_model_errors(tmp_path):
     (bundle / "bundle.yaml").write_text("format_version: 1\nobjects: [\n")
     with pytest.raises(ModelError):
         load_estimator(str(bundle))
-    slot = ModelSlot(lambda p: Serving(p, None, None) if p == "start" else Serving(p, load_estimator(p), None),
-                     "start")
+    slot = ModelSlot(Serving("start", None, None), lambda p: Serving(p, load_estimator(p), None))
     assert slot.request(str(bundle)) == "" and slot.wait(30)
     assert slot.current.path == "start"

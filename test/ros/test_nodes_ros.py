@@ -178,7 +178,19 @@ def test_estimator_swaps_bundles_while_publishing_and_refuses_a_bad_one(monkeypa
         time.sleep(0.5 if not bundle.endswith("/a") else 0)
         return _tagged_estimator(bundle)
 
+    class Loader:  # in place of BundleLoader's child process: the same calls, in this process
+        def __init__(self, device, threads):
+            self.trial_frames = []
+
+        def __call__(self, path, trial_frame=None):
+            self.trial_frames.append(trial_frame)
+            return load(path, "cpu", 0)
+
+        def close(self):
+            pass
+
     monkeypatch.setattr(estimator_node, "load_estimator", load)
+    monkeypatch.setattr(estimator_node, "BundleLoader", Loader)
     rclpy.init(args=["--ros-args", "-p", f"model:={tmp_path / 'a'}", "-p", "reload_on_adapt:=true"])
     try:
         node = estimator_node.EstimatorNode()
@@ -224,6 +236,7 @@ def test_estimator_swaps_bundles_while_publishing_and_refuses_a_bad_one(monkeypa
         times = [t for t, _ in got]
         assert max(b - a for a, b in zip(times, times[1:])) < 0.5  # published right through the loads
         assert node.get_parameter("model").value == str(tmp_path / "c")
+        assert all(f is not None and f.rgb.shape == (K.height, K.width, 3) for f in node.loader.trial_frames)
         node.close()
         node.destroy_node()
         helper.destroy_node()
@@ -309,6 +322,85 @@ def test_adapt_action_refuses_a_second_goal_and_reports_the_error_of_the_first(t
         spin_until(ex, third.done, 10)
         assert third.result().accepted
         spin_until(ex, lambda: not (node.server.job and node.server.job.running), 240)
+        node.close()
+        node.destroy_node()
+        helper.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+
+
+def test_estimator_lifecycle_configure_loads_activate_subscribes(monkeypatch):
+    """autostart:=false: nothing loaded nor subscribed until configure (loads the model) and activate (subscribes,
+    publishes); deactivate unsubscribes, cleanup releases the model; a model that does not load fails configure."""
+    import rclpy
+    from lifecycle_msgs.msg import State
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from selfpose_core.errors import ModelError
+    from selfpose_ros import estimator_node
+    from selfpose_ros.conversions import PUBLISHED_TYPES, import_message_classes
+    from selfpose_ros.msg import ObjectPoseArray
+
+    loads = []
+
+    def load(bundle, device, threads):
+        loads.append(bundle)
+        if bundle == "/broken":
+            raise ModelError("/broken/bundle.yaml does not exist")
+        return FixedEstimator()
+
+    monkeypatch.setattr(estimator_node, "load_estimator", load)
+    rclpy.init(args=["--ros-args", "-p", "autostart:=false", "-p", "model:=/broken"])
+    try:
+        node = estimator_node.EstimatorNode()
+        helper = Node("camera_player")
+        img_pub = helper.create_publisher(Image, "color/image_raw", qos_profile_sensor_data)
+        info_pub = helper.create_publisher(CameraInfo, "color/camera_info", qos_profile_sensor_data)
+        got = []
+        helper.create_subscription(ObjectPoseArray, "object_poses", got.append, 10)
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        ex.add_node(helper)
+        classes = import_message_classes((*PUBLISHED_TYPES, "sensor_msgs/msg/CameraInfo"))
+
+        def state():
+            return node._state_machine.current_state[0]
+
+        def play(n):
+            for k in range(n):
+                img, info = camera_messages(classes, 1_700_000_000_000_000_000 + len(got) * 10**9 + k * 10**8)
+                img_pub.publish(img)
+                info_pub.publish(info)
+                spin_until(ex, lambda: False, 0.1)
+
+        spin_until(ex, lambda: False, 0.3)
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and loads == [] and img_pub.get_subscription_count() == 0
+        node.trigger_configure()  # the model does not load: configure fails, the node stays unconfigured
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.slot is None
+        node.set_parameters([Parameter("model", value="/good")])
+        node.trigger_configure()
+        assert state() == State.PRIMARY_STATE_INACTIVE and node.slot.current.path == "/good"
+        spin_until(ex, lambda: False, 0.3)
+        assert img_pub.get_subscription_count() == 0  # configured, not subscribed
+        node.trigger_activate()
+        assert state() == State.PRIMARY_STATE_ACTIVE
+        spin_until(ex, lambda: img_pub.get_subscription_count() > 0, 5)
+        play(10)
+        spin_until(ex, lambda: len(got) >= 3, 5)
+        assert got and [o.name for o in got[0].objects] == ["mug"]
+        node.trigger_deactivate()
+        spin_until(ex, lambda: img_pub.get_subscription_count() == 0, 5)
+        assert state() == State.PRIMARY_STATE_INACTIVE and img_pub.get_subscription_count() == 0
+        n = len(got)
+        play(5)
+        assert len(got) == n  # inactive: nothing estimated nor published
+        node.trigger_cleanup()
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.slot is None
+        assert loads == ["/broken", "/good"]
         node.close()
         node.destroy_node()
         helper.destroy_node()
