@@ -9,7 +9,8 @@ Every instance is a union of parts (revolved profiles, rounded boxes, swept tube
 surface once welded; parts may overlap (a mug's handle ends inside its wall), so the solid is their union and its
 signed distance the minimum over the parts. Meshes are in metres in the NOCS frame of
 ``selfpose_core.mesh.categories`` (y up, origin at the box centre). The parts are built z-up (the builders of
-``shapes.py``) and turned into that frame by ``T_ZUP_NOCS^-1``.
+``shapes.py``) and turned into that frame by ``T_ZUP_NOCS^-1``. ``CategoryInstance.sdf`` gives signed distances (the
+samples a DeepSDF prior trains on).
 
 | category | parts | what varies |
 |----------|-------|-------------|
@@ -30,7 +31,7 @@ import trimesh
 from scipy.spatial import ConvexHull
 
 from selfpose_core.data.sim.shapes import PartMesh, merge, revolve, sweep_tube, weld
-from selfpose_core.errors import ConfigError
+from selfpose_core.errors import ConfigError, ShapeError
 from selfpose_core.mesh.categories import CATEGORIES, T_ZUP_NOCS, category_symmetry, nocs_scale, nocs_size
 from selfpose_core.mesh.loading import object_model_from_arrays
 from selfpose_core.types import ObjectModel, Symmetry
@@ -82,6 +83,26 @@ class CategoryInstance:
         """The welded geometry (closed surface, parts possibly overlapping) as a trimesh."""
         v, f = weld(self.mesh)
         return trimesh.Trimesh(v, f, process=False)
+
+    def sdf(self, points: np.ndarray) -> np.ndarray:
+        """Signed distance (N,) in metres from ``points`` (N, 3) in the NOCS frame to the solid, negative inside.
+
+        The minimum over the parts' signed distances (Open3D ray-casting scene per closed part): exact outside the
+        solid; inside, where parts overlap, the distance to the boundary of the deepest part (a lower bound).
+        """
+        import open3d as o3d
+
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ShapeError(f"points must be (N, 3), got {pts.shape}")
+        query = o3d.core.Tensor(pts.astype(np.float32))
+        out = np.full(len(pts), np.inf)
+        for part in self.parts:
+            v, f = weld(part)
+            scene = o3d.t.geometry.RaycastingScene()
+            scene.add_triangles(o3d.core.Tensor(v.astype(np.float32)), o3d.core.Tensor(f.astype(np.uint32)))
+            out = np.minimum(out, scene.compute_signed_distance(query).numpy().astype(np.float64))
+        return out
 
     def object_model(self, obj_id: int = 1) -> ObjectModel:
         """The instance as an untextured :class:`ObjectModel` (for evaluation; a category learner never gets it)."""

@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 
 from selfpose_core.data.sim import category_shapes as cs
 from selfpose_core.data.sim.shapes import weld
-from selfpose_core.errors import ConfigError
+from selfpose_core.errors import ConfigError, ShapeError
 from selfpose_core.mesh.categories import CATEGORIES, SYMMETRIC_CATEGORIES, nocs_scale
 
 # Plausible extents (x, y = up, z) in metres of household objects of each category (NOCS-REAL's are in these ranges).
@@ -117,3 +117,25 @@ def test_bad_arguments_are_named():
         cs.instance("mug", -1)
     with pytest.raises(ConfigError, match="count must be in"):
         cs.training_instances("mug", cs.HELDOUT_START + 1)
+
+
+def test_signed_distance_of_a_can_and_a_mug():
+    can = next(i for i in cs.training_instances("can", 20) if i.params["neck"] == 0)
+    R = can.params["radius"]
+    pts = np.array([[R + 0.01, 0, 0], [R - 0.005, 0, 0], [0, 0, 0], [0, -0.3, 0]])
+    d = can.sdf(pts)
+    assert d[0] == pytest.approx(0.01, abs=1e-6)  # a facet vertex lies on +x: the nearest point outside
+    assert d[1] == pytest.approx(-0.005 * np.cos(np.pi / cs.SEGMENTS), abs=1e-6)  # inside, to the two facets
+    assert d[2] < -0.02 and d[3] == pytest.approx(0.3 - can.size[1] / 2, abs=1e-6)
+    mug = cs.instance("mug", 2)
+    p = mug.params
+    r_in = p["radius"] * (p["taper"] + (1 - p["taper"]) * 0.5) + p["radius"] * p["belly"] - p["wall"]
+    cup = mug.parts[0].vertices
+    mid = np.array([(cup[:, 0].min() + cup[:, 0].max()) / 2, cup[:, 1].min() + p["height"] / 2,
+                    (cup[:, 2].min() + cup[:, 2].max()) / 2])  # on the cup's axis, half way up
+    d = mug.sdf(np.array([mid, mid + [0, 0, r_in + p["wall"] / 2], mid + [0, 0, 0.3]]))
+    assert d[0] == pytest.approx(r_in, abs=2e-3)  # the cup's cavity is outside the solid
+    assert -p["wall"] / 2 - 1e-4 < d[1] < 0  # inside the wall
+    assert d[2] == pytest.approx(0.3 - r_in - p["wall"], abs=2e-3)
+    with pytest.raises(ShapeError, match=r"points must be \(N, 3\)"):
+        mug.sdf(np.zeros((3, 2)))
