@@ -129,7 +129,7 @@ def read_handle_visibility(scene_dir: str | Path) -> dict[int, dict[int, bool]]:
 
 
 def write_nocs_instances(models_dir: str | Path, instances: dict[int, CategoryInstance]) -> Path:
-    """List the category instances ``{obj_id: instance}`` of a BOP copy in ``models_dir``/:data:`NOCS_INSTANCES_FILE`."""
+    """Write ``{obj_id: instance}``, the category instances of a BOP copy, to ``models_dir``/nocs_instances.json."""
     path = Path(models_dir) / NOCS_INSTANCES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({str(k): {"category": inst.category, "nocs_size_m": inst.size.tolist(),
