@@ -21,7 +21,8 @@ setup(
         "open3d-cpu>=0.18; platform_machine=='x86_64'",
         "trimesh>=4.0",
         "kornia>=0.7",
-        "rosbags>=0.10",
+        "rosbags>=0.11.7",
+        "rosbags-image>=0.10.4",  # sensor_msgs image encodings (Bayer, YUV, 16-bit colour)
         "catkin_pkg>=1.0",
         "pyyaml>=6.0",
         "tqdm>=4.66",

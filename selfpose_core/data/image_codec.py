@@ -7,28 +7,48 @@ other messages with the same code.
 
 Conventions (DESIGN.md section 3): colour comes out as RGB uint8 (H, W, 3); depth as float32 (H, W) metres with 0 or
 NaN meaning invalid (16UC1 is millimetres, 0 = invalid; 32FC1 is metres, NaN = invalid).
+
+Colour conversions (Bayer demosaicing, YUV 4:2:2 and 4:2:0, 16-bit colour, channel orders) are rosbags-image's
+(`rosbags.image.image_to_cvimage`, OpenCV underneath); this module checks the message (size, ``step`` row padding,
+byte order) and names the topic in its errors.
 """
 from __future__ import annotations
 
 import array
 import dataclasses
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
+from rosbags.image import ImageError, image_to_cvimage
 
 from selfpose_core.data.ros_types import typestore
 from selfpose_core.config_io import excerpt
 from selfpose_core.errors import CalibrationError, EncodingError, ShapeError
 from selfpose_core.types import CameraIntrinsics
 
-COLOR_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8")
+_BAYER = tuple(f"bayer_{p}{bits}" for bits in (8, 16) for p in ("rggb", "bggr", "gbrg", "grbg"))
+_YUV = ("uyvy", "yuv422", "yuyv", "yuv422_yuy2", "nv12", "nv21")
+COLOR_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16", "bgra16") + _BAYER + _YUV
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
-# encoding -> (numpy dtype, channels)
-_LAYOUT = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 1), "rgba8": (np.uint8, 4),
-           "bgra8": (np.uint8, 4), "16UC1": (np.uint16, 1), "mono16": (np.uint16, 1), "32FC1": (np.float32, 1)}
+WRITABLE_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8") + DEPTH_ENCODINGS
 _ALIASES = {"8UC1": "mono8", "8UC3": "bgr8", "8UC4": "bgra8", "mono16": "16UC1"}
+
+
+def _layout(enc: str) -> tuple[type, int, float]:
+    """(numpy dtype, channels, rows per image row) of a decodable encoding; NV12/NV21 hold 1.5 rows per row."""
+    if enc == "32FC1":
+        return np.float32, 1, 1.0
+    dtype = np.uint16 if enc.endswith("16") or enc == "16UC1" else np.uint8
+    if enc.startswith(("rgba", "bgra")):
+        return dtype, 4, 1.0
+    if enc.startswith(("rgb", "bgr")):
+        return dtype, 3, 1.0
+    if enc in ("uyvy", "yuv422", "yuyv", "yuv422_yuy2"):
+        return dtype, 2, 1.0
+    return dtype, 1, 1.5 if enc in ("nv12", "nv21") else 1.0
 
 MsgClasses = Mapping[str, Any]
 
@@ -45,44 +65,42 @@ def _topic_text(topic: str | None) -> str:
 def image_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 (H, W, 3) for colour encodings or float32 (H, W) metres for depth encodings.
 
-    Honours ``step`` (row padding) and ``is_bigendian``. Raises `EncodingError` naming the topic and the encoding for
-    anything but rgb8, bgr8, mono8, rgba8, bgra8, 16UC1 (mm) and 32FC1 (m).
+    Colour: rgb8, bgr8, rgba8, bgra8, mono8 (grey), their 16-bit forms (scaled to 8 bits), Bayer (bayer_rggb8 ...,
+    8 and 16 bits, demosaiced), YUV 4:2:2 (uyvy/yuv422, yuyv/yuv422_yuy2) and 4:2:0 (nv12, nv21: height rows of Y
+    then height/2 rows of interleaved chroma). Depth: 16UC1 (mm; also mono16) and 32FC1 (m). Honours ``step`` (row
+    padding) and ``is_bigendian``. Anything else raises `EncodingError` naming the topic and the encoding.
     """
     enc = _ALIASES.get(msg.encoding, msg.encoding)
-    if enc not in _LAYOUT:
+    if enc not in COLOR_ENCODINGS + DEPTH_ENCODINGS:
         raise EncodingError(f"unsupported image encoding {excerpt(msg.encoding, 60)}{_topic_text(topic)} (supported: "
                             f"{', '.join(COLOR_ENCODINGS + DEPTH_ENCODINGS)})")
-    dtype, ch = _LAYOUT[enc]
+    dtype, ch, rows_per_row = _layout(enc)
     h, w = int(msg.height), int(msg.width)
-    itemsize = np.dtype(dtype).itemsize
-    step = int(msg.step) or w * ch * itemsize
+    if rows_per_row != 1.0 and (h % 2 or w % 2):
+        raise EncodingError(f"{enc} image{_topic_text(topic)} is {w}x{h}: 4:2:0 chroma needs an even width and height")
+    rows = int(h * rows_per_row)
+    row_bytes = w * ch * np.dtype(dtype).itemsize
+    step = int(msg.step) or row_bytes
     raw = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
-    if step < w * ch * itemsize or raw.size < step * (h - 1) + w * ch * itemsize:
+    if step < row_bytes or raw.size < step * (rows - 1) + row_bytes:
         raise EncodingError(f"image{_topic_text(topic)} has {raw.size} data bytes, too few for {w}x{h} "
                             f"{excerpt(msg.encoding, 60)} "
                             f"with step {step}")
-    if raw.size < step * h:
-        raw = np.concatenate([raw, np.zeros(step * h - raw.size, np.uint8)])
-    rows = raw[: step * h].reshape(h, step)[:, : w * ch * itemsize]
-    dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<") if itemsize > 1 else np.dtype(dtype)
-    img = np.ascontiguousarray(rows).view(dt).reshape(h, w, ch).astype(dtype, copy=False)
-    if enc == "16UC1":
-        return img[..., 0].astype(np.float32) * np.float32(1e-3)
-    if enc == "32FC1":
-        return np.ascontiguousarray(img[..., 0], dtype=np.float32)
-    return _to_rgb(img, enc)
-
-
-def _to_rgb(img: np.ndarray, enc: str) -> np.ndarray:
-    if enc == "rgb8":
-        return np.ascontiguousarray(img)
-    if enc == "bgr8":
-        return np.ascontiguousarray(img[..., ::-1])
-    if enc == "mono8":
-        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    if enc == "rgba8":
-        return np.ascontiguousarray(img[..., :3])
-    return np.ascontiguousarray(img[..., 2::-1])  # bgra8
+    if raw.size < step * rows:
+        raw = np.concatenate([raw, np.zeros(step * rows - raw.size, np.uint8)])
+    packed = np.ascontiguousarray(raw[: step * rows].reshape(rows, step)[:, :row_bytes])
+    if enc in DEPTH_ENCODINGS:
+        dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
+        depth = packed.view(dt).reshape(h, w)
+        if enc == "16UC1":
+            return depth.astype(np.float32) * np.float32(1e-3)
+        return depth.astype(np.float32)
+    plain = SimpleNamespace(encoding=enc, height=rows, width=w, is_bigendian=bool(msg.is_bigendian),
+                            data=packed.reshape(-1))
+    try:
+        return np.ascontiguousarray(image_to_cvimage(plain, "rgb8"))
+    except (ImageError, cv2.error) as exc:
+        raise EncodingError(f"cannot convert {enc} image{_topic_text(topic)} to rgb8: {exc}") from None
 
 
 def _as_bytes(data: Any) -> bytes | np.ndarray | memoryview:
@@ -179,7 +197,7 @@ def array_to_image_msg(image: np.ndarray, encoding: str | None = None, stamp_ns:
     image = np.asarray(image)
     if encoding is None:
         encoding = "rgb8" if image.dtype == np.uint8 else "32FC1"
-    if encoding in COLOR_ENCODINGS:
+    if encoding in WRITABLE_ENCODINGS and encoding not in DEPTH_ENCODINGS:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ShapeError(f"colour image for encoding {encoding} must be uint8 (H, W, 3), got {image.dtype} "
                              f"{image.shape}")
@@ -202,8 +220,7 @@ def array_to_image_msg(image: np.ndarray, encoding: str | None = None, stamp_ns:
         else:
             out = np.where(depth > 0, depth, np.float32(np.nan)).astype("<f4")
     else:
-        raise EncodingError(f"cannot write image encoding {encoding!r} (supported: "
-                            f"{', '.join(COLOR_ENCODINGS + DEPTH_ENCODINGS)})")
+        raise EncodingError(f"cannot write image encoding {encoding!r} (supported: {', '.join(WRITABLE_ENCODINGS)})")
     out = np.ascontiguousarray(out)
     h, w = out.shape[:2]
     return build_msg(classes, "sensor_msgs/msg/Image", header=make_header(stamp_ns, frame_id, classes), height=h, width=w,

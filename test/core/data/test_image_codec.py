@@ -81,8 +81,8 @@ def test_row_padding_and_big_endian_are_honoured():
 
 def test_unknown_encoding_names_topic_and_encoding(rgb):
     msg = array_to_image_msg(rgb)
-    msg.encoding = "yuv422"
-    with pytest.raises(EncodingError, match=r"yuv422.*/cam/image"):
+    msg.encoding = "nv24"
+    with pytest.raises(EncodingError, match=r"nv24.*/cam/image"):
         image_msg_to_array(msg, "/cam/image")
 
 
@@ -152,3 +152,82 @@ def test_writers_build_other_message_classes(rgb):
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (3, 1)
     assert msg.data.typecode == "B"
     np.testing.assert_array_equal(image_msg_to_array(msg), rgb)
+
+
+# four colours in 2x2 blocks (chroma is shared by pixel pairs in 4:2:2 and by 2x2 blocks in 4:2:0)
+BLOCK_COLOURS = np.array([[200, 50, 10], [20, 180, 90], [240, 240, 240], [60, 70, 230]], np.float64)
+
+
+def _blocks(h: int = 4, w: int = 8) -> np.ndarray:
+    idx = (np.arange(h)[:, None] // 2 * (w // 2) + np.arange(w)[None, :] // 2) % len(BLOCK_COLOURS)
+    return BLOCK_COLOURS[idx]  # (h, w, 3) float
+
+
+def _ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ITU-R BT.601 video range (Y 16..235, Cb/Cr 16..240) of an RGB image in 0..255."""
+    r, g, b = (rgb[..., i] / 255.0 for i in range(3))
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    cb = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    cr = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    return tuple(np.rint(c).astype(np.uint8) for c in (y, cb, cr))
+
+
+def _image(encoding: str, h: int, w: int, data: np.ndarray, step: int | None = None, bigendian: int = 0):
+    Image = typestore().types["sensor_msgs/msg/Image"]
+    header = array_to_image_msg(np.zeros((1, 1, 3), np.uint8)).header
+    rows = data.reshape(data.shape[0], -1).view(np.uint8)
+    if step is not None:  # row padding
+        padded = np.zeros((rows.shape[0], step), np.uint8)
+        padded[:, :rows.shape[1]] = rows
+        rows = padded
+    msg = Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=bigendian, step=rows.shape[1],
+                data=rows.reshape(-1).copy())
+    return _cdr_roundtrip(msg, "sensor_msgs/msg/Image")
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_mosaics_are_demosaiced_to_rgb(pattern, bits):
+    h, w = 6, 8
+    colour = np.array([200, 50, 10])
+    channel = {"r": 0, "g": 1, "b": 2}
+    mosaic = np.zeros((h, w), np.uint16 if bits == 16 else np.uint8)
+    for k, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # the pattern names the 2x2 cell row by row
+        mosaic[dy::2, dx::2] = colour[channel[pattern[k]]] * (257 if bits == 16 else 1)
+    out = image_msg_to_array(_image(f"bayer_{pattern}{bits}", h, w, mosaic, step=w * bits // 8 + 4))
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[1:-1, 1:-1], np.broadcast_to(colour, (h - 2, w - 2, 3)))
+
+
+@pytest.mark.parametrize("encoding", ["yuyv", "yuv422_yuy2", "uyvy", "yuv422"])
+def test_yuv422_is_converted_with_bt601(encoding):
+    rgb = _blocks()
+    y, cb, cr = _ycbcr(rgb)
+    chroma = np.where(np.arange(rgb.shape[1]) % 2 == 0, cb, cr)  # Cb of the pair on even pixels, Cr on odd
+    pair = np.stack([y, chroma], -1) if encoding in ("yuyv", "yuv422_yuy2") else np.stack([chroma, y], -1)
+    out = image_msg_to_array(_image(encoding, 4, 8, pair))
+    assert out.shape == (4, 8, 3)
+    assert np.abs(out.astype(float) - rgb).max() <= 3
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+def test_yuv420_semi_planar_is_converted(encoding):
+    rgb = _blocks()
+    y, cb, cr = _ycbcr(rgb)
+    cb, cr = cb[::2, ::2], cr[::2, ::2]
+    uv = np.stack([cb, cr] if encoding == "nv12" else [cr, cb], -1).reshape(2, 8)
+    out = image_msg_to_array(_image(encoding, 4, 8, np.concatenate([y, uv]), step=10))
+    assert out.shape == (4, 8, 3)
+    assert np.abs(out.astype(float) - rgb).max() <= 3
+    with pytest.raises(EncodingError, match=r"nv12 image on topic /cam is 8x3: 4:2:0 chroma needs an even"):
+        image_msg_to_array(_image("nv12", 3, 8, np.zeros((4, 8), np.uint8)), "/cam")
+
+
+@pytest.mark.parametrize("encoding", ["rgb16", "bgr16", "rgba16", "bgra16"])
+def test_16_bit_colour_is_scaled_to_8_bits(rng, encoding):
+    rgb = rng.integers(0, 256, (3, 4, 3)).astype(np.uint16)
+    planes = rgb if encoding.startswith("rgb") else rgb[..., ::-1]
+    if "a" in encoding[3:]:
+        planes = np.concatenate([planes, np.full((3, 4, 1), 65535, np.uint16)], -1)
+    out = image_msg_to_array(_image(encoding, 3, 4, (planes * 257).astype(">u2"), bigendian=1))
+    np.testing.assert_array_equal(out, rgb.astype(np.uint8))
