@@ -22,6 +22,11 @@ class RecordingError(SelfposeError):
     """A rosbag2 recording is missing, corrupt, truncated or lacks a topic/field/transform."""
 
 
+class BagWriteError(RecordingError):
+    """Writing a bag failed (a full disk, a read-only file system, ...): the message says how much of it is kept and
+    how to get it back; the writer writes nothing more."""
+
+
 class EncodingError(RecordingError):
     """An image message uses an encoding selfpose does not support."""
 

@@ -8,7 +8,8 @@ Offline nothing is dropped: each frame is waited for before the next is submitte
 The output is written like a recording (`BagWriter`): each frame's messages are flushed when written and a segment
 is closed every ``--segment-frames`` frames. Ctrl-C or SIGTERM closes the bag after the frame being written (exit
 130 / 143); after kill -9 the closed segments read as they are and `selfpose recover OUT` salvages the rest. When
-every frame fails, the command exits with code 2 and the last error.
+every frame fails, the command exits with code 2 and the last error; when writing fails (a full disk) it stops at
+once and exits 2 with the number of frames kept.
 """
 from __future__ import annotations
 
@@ -74,11 +75,9 @@ def write_pose_bag(frames: Iterable[Frame], estimator: Estimator, out: str | Pat
                 bag.write(DETECTIONS_TOPIC, DETECTION_3D_ARRAY, msgs.detections, frame.stamp_ns)
             if overlay is not None:
                 bag.write(OVERLAY_TOPIC, "sensor_msgs/msg/CompressedImage", overlay, frame.stamp_ns)
+            # flushed (`selfpose recover` salvages it after kill -9); every segment_frames frames a closed segment
+            bag.end_frame(split=(n_written + 1) % segment_frames == 0)
             n_written += 1
-            if n_written % segment_frames == 0:
-                bag.split()  # a closed segment: readable as it is after kill -9
-            else:
-                bag.flush()  # `selfpose recover` salvages it after kill -9
         n_poses += len(estimates)
 
     # SIGINT/SIGTERM (cli/signals.py) raise in the main thread; leaving this block closes the worker, then the bag,
@@ -89,8 +88,12 @@ def write_pose_bag(frames: Iterable[Frame], estimator: Estimator, out: str | Pat
             worker.submit(frame, frame.stamp_ns)
             worker.wait_idle()
             n_frames += 1
+            if bag.failure is not None:  # a full disk: nothing more can be written
+                break
         if worker.stats.errors:
             log.warning("%d frames failed; last error: %s", worker.stats.errors, worker.stats.last_error)
+    if bag.failure is not None:
+        raise bag.failure
     log.info("estimated %d frames (%d poses) into %s; overlay %s", n_frames, n_poses, out,
              "written" if cfg.overlay else "off")
     return ReplayResult(n_frames, n_poses, worker.stats, n_written)

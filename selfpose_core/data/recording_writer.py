@@ -14,6 +14,9 @@ rewritten atomically. So at any moment the directory is a valid bag of all close
   `selfpose_core.cli.signals.StopSignals` is that handler for `selfpose` and the ROS nodes.
 - kill -9 / power loss: the open segment stays behind unclosed in ``segment_<k>.partial/``; the bag still reads
   without it, and `selfpose recover BAG` salvages every complete message from it (MCAP) and re-indexes the bag.
+- A write that fails (full disk, ...): the open segment is abandoned as it is (its flushed frames stay salvageable),
+  nothing more is written, and a `BagWriteError` says how many frames are kept (`end_frame` counts them): readable
+  now in closed segments, and how many more `selfpose recover` salvages. ``close()`` then writes nothing.
 
 `RecordingWriter` is the selfpose recording on top of it (DESIGN.md section 4): colour (Image or CompressedImage),
 optional depth (16UC1 mm or 32FC1 m), camera_info and /tf ``world -> camera`` per frame, /tf_static (re-written at
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +44,7 @@ from selfpose_core.data.image_codec import (array_to_compressed_msg, array_to_im
 from selfpose_core.data.recording import RecordingTopics
 from selfpose_core.data.ros_types import register_msgdef, require_type, typestore
 from selfpose_core.data.tf_buffer import tf_message
-from selfpose_core.errors import ConfigError, RecordingError, ShapeError
+from selfpose_core.errors import BagWriteError, ConfigError, RecordingError, ShapeError
 from selfpose_core.types import Frame
 
 log = logging.getLogger(__name__)
@@ -79,9 +83,15 @@ class BagWriter:
         self._latched: dict[str, tuple[str, bytes, int]] = {}
         self._segment_count = 0
         self._closed = False
+        self.failure: BagWriteError | None = None  # set when a write failed; nothing more is written then
+        self.frames_flushed = 0  # frames (see `end_frame`) on disk: in closed segments or flushed to the open one
+        self.frames_closed = 0  # frames in closed segments listed in metadata.yaml (readable without `recover`)
         self._lock = threading.RLock()  # held by the thread inside an atomic section
-        self.path.mkdir(parents=True)
-        write_metadata(self.path, storage, [])  # an empty, valid bag from the start
+        try:
+            self.path.mkdir(parents=True)
+            write_metadata(self.path, storage, [])  # an empty, valid bag from the start
+        except OSError as exc:
+            raise BagWriteError(f"cannot create bag {self.path}: {exc.strerror or exc}") from exc
 
     # ------------------------------------------------------------------ writing
     def set_qos(self, topic: str, qos: Qos) -> None:
@@ -110,13 +120,15 @@ class BagWriter:
         if not 0 <= int(stamp_ns) < 2**63:
             raise RecordingError(f"cannot write topic {topic} at log time {int(stamp_ns)} ns into bag {self.path}: "
                                  "log times are nanoseconds since the epoch, 0 to 2^63 - 1 (a negative stamp?)")
+        if self.failure is not None:
+            raise self.failure
         if self._closed:
             raise RecordingError(f"bag {self.path} is closed; cannot write topic {topic}")
         if msgtype not in typestore().types:
             if msgdef is None:
                 require_type(msgtype)
             register_msgdef(typestore(), msgtype, msgdef)
-        with self.atomic():
+        with self.atomic(), self._disk():
             if self._writer is None:
                 self._open_segment(int(stamp_ns))
             self._write_now(topic, msgtype, data, int(stamp_ns))
@@ -124,6 +136,42 @@ class BagWriter:
                 self._latched[topic] = (msgtype, data, int(stamp_ns))
             if self.segment_messages and sum(self._writer.counts.values()) >= self.segment_messages:
                 self._close_segment()
+
+    def end_frame(self, split: bool = False) -> None:
+        """The messages written since the last call form one complete frame: push them to the open segment's file
+        (`flush`) and, with ``split``, close the segment. Counted in `frames_flushed` / `frames_closed`, which a
+        failed write reports as what is kept."""
+        with self.atomic():
+            self.flush()
+            self.frames_flushed += 1
+            if split:
+                self.split()
+
+    @contextlib.contextmanager
+    def _disk(self) -> Iterator[None]:
+        """Turn an OSError of the file system (full disk, ...) into `BagWriteError`, after abandoning the open
+        segment: nothing more is written."""
+        if self.failure is not None:
+            raise self.failure
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:  # sqlite3: "database or disk is full"
+            self._abandon_segment()
+            salvage = self.frames_flushed - self.frames_closed
+            self.failure = BagWriteError(
+                f"writing bag {self.path} failed ({getattr(exc, 'strerror', None) or exc}); kept {self.frames_flushed} complete "
+                f"frames: {self.frames_closed} in closed segments, readable as they are"
+                + (f", {salvage} more flushed to a segment not yet closed (`selfpose recover {self.path}` salvages "
+                   "them)" if salvage else ""))
+            raise self.failure from exc
+
+    def _abandon_segment(self) -> None:
+        writer, self._writer = self._writer, None
+        storage = getattr(writer, "storage", None)
+        for handle in (getattr(storage, "bio", None), getattr(storage, "conn", None)):
+            if handle is not None:
+                with contextlib.suppress(Exception):  # the disk is full: what Python still buffers is lost
+                    handle.close()
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
@@ -176,8 +224,9 @@ class BagWriter:
         # counted at once: no later segment reuses index k (`recover` drops a segment_k.partial once <name>_k exists)
         self._segment_count += 1
         shutil.rmtree(tmp)
+        write_metadata(self.path, self.storage, self._files + [summary])
         self._files.append(summary)
-        write_metadata(self.path, self.storage, self._files)
+        self.frames_closed = self.frames_flushed
         log.debug("closed segment %s (%d messages)", summary.name, total)
 
     def flush(self) -> None:
@@ -186,7 +235,7 @@ class BagWriter:
         writer = self._writer
         if writer is None or writer.storage is None:
             return
-        with self.atomic():
+        with self.atomic(), self._disk():
             storage = writer.storage
             if hasattr(storage, "close_chunk") and hasattr(storage, "chunk"):  # rosbags McapWriter
                 if storage.chunk.bio.tell():
@@ -197,18 +246,22 @@ class BagWriter:
 
     def split(self) -> None:
         """Close the current segment now (a no-op when nothing was written since the last split)."""
-        with self.atomic():
+        with self.atomic(), self._disk():
             self._close_segment()
 
     def close(self) -> None:
-        """Close the last segment and write the final metadata.yaml. Idempotent."""
+        """Close the last segment and write the final metadata.yaml. Idempotent. After a failed write it only marks
+        the bag closed (the failure has been raised; the open segment stays for `selfpose recover`)."""
         if self._closed:
             return
         with self.atomic():
             if self._closed:  # closed by another thread while this one waited for the section
                 return
-            self._close_segment()
             self._closed = True
+            if self.failure is not None:
+                return
+            with self._disk():
+                self._close_segment()
         log.info("wrote bag %s (%d segments, %d messages)", self.path, len(self._files),
                  sum(f.count for f in self._files))
 
@@ -343,15 +396,12 @@ class RecordingWriter:
         if frame.T_world_cam is not None:
             self.bag.write(t.tf, "tf2_msgs/msg/TFMessage",
                            tf_message([(t.world_frame, cam, stamp, frame.T_world_cam)]), stamp)
+        self.bag.end_frame(split=(self.frames_written + 1) % self.segment_frames == 0)
         self.frames_written += 1
-        if self.frames_written % self.segment_frames == 0:
-            self.bag.split()
-        else:
-            self.bag.flush()
 
     def close(self) -> None:
         """Close the last segment; the bag is complete. Idempotent."""
-        if self._static_dirty and not self.bag.closed:
+        if self._static_dirty and not self.bag.closed and self.bag.failure is None:
             self._flush_static(0)
         self.bag.close()
 

@@ -5,6 +5,7 @@ family, no deadline. ``-m slow`` runs each family's ``_long`` twin with ten time
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from selfpose_core.data import bag_files
 from selfpose_core.errors import SelfposeError
 
 MAX_MESSAGE_CHARS = 500
@@ -58,3 +60,60 @@ def expect_clean(call: Callable[[], Any], *inputs: Path) -> SelfposeError | None
         assert len(text) < MAX_MESSAGE_CHARS, f"message of {len(text)} characters: {text[:300]!r}..."
     assert digest(*inputs) == before, "reading changed its input files"
     return error
+
+
+class FullDisk:
+    """A file system with ``free`` bytes left for what selfpose's bag writers write: every MCAP file (recordings,
+    `selfpose estimate`'s output, `recover`'s salvage) and metadata.yaml. A write beyond it writes what fits and
+    raises OSError(ENOSPC), as a full file system does. `install` it with pytest's monkeypatch."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def take(self, n: int) -> int:
+        """Reserve up to ``n`` new bytes; returns how many fit."""
+        got = min(n, self.free)
+        self.free -= got
+        return got
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        disk = self
+        init = bag_files._ChecksummedMcapWriter.__init__
+
+        def limited_init(writer, *args, **kwargs):
+            init(writer, *args, **kwargs)
+            writer.bio = _LimitedFile(writer.bio, disk)
+
+        write_text = Path.write_text
+
+        def limited_write_text(path, data, *args, **kwargs):
+            if disk.take(len(data.encode())) < len(data.encode()):
+                write_text(path, "", *args, **kwargs)  # created, empty: nothing fitted
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return write_text(path, data, *args, **kwargs)
+
+        monkeypatch.setattr(bag_files._ChecksummedMcapWriter, "__init__", limited_init)
+        monkeypatch.setattr(bag_files.Path, "write_text", limited_write_text)
+
+
+class _LimitedFile:
+    """A binary file whose new bytes come out of a `FullDisk`."""
+
+    def __init__(self, f: Any, disk: FullDisk) -> None:
+        self._f, self._disk = f, disk
+        self._size = f.tell()
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        pos = self._f.tell()
+        new = max(0, pos + len(data) - self._size)
+        fits = len(data) - new + self._disk.take(new)
+        self._f.write(data[:fits])
+        self._size = max(self._size, pos + fits)
+        if fits < len(data):
+            self._f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fits
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, flush, close, ...
+        return getattr(self._f, name)
