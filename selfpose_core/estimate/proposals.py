@@ -32,9 +32,14 @@ class ProposalConfig:
     min_points: int = 30  # smaller clusters are noise
     max_fit_points: int = 8000  # RANSAC and DBSCAN run on at most this many points (evenly spread)
     max_extent: float = 0.6  # metres: a larger cluster is furniture, not an object
+    edge_support: int = 3  # a pixel needs this many of its 8 neighbours on its surface (0 = keep every pixel) ...
+    edge_tolerance: float = 0.02  # ... within this fraction of its depth (flying pixels at depth edges dropped)
 
     def validate(self, where: str = "proposals") -> ProposalConfig:
         require_at_least(self, ("stride", "min_points", "max_fit_points"), 1, where)
+        if not 0 <= self.edge_support <= 8 or not self.edge_tolerance > 0:
+            raise ConfigError(f"{where}: need edge_support in [0, 8] and edge_tolerance > 0, got "
+                              f"{self.edge_support}, {self.edge_tolerance}")
         for key in ("max_depth", "plane_distance", "max_height", "cluster_eps", "eps_pixels", "max_extent",
                     "min_plane_extent"):
             if not getattr(self, key) > 0:

@@ -36,6 +36,28 @@ def depth_points(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float
     return pts
 
 
+def without_flying_pixels(depth: np.ndarray, tolerance: float, support: int) -> np.ndarray:
+    """``depth`` (H, W) metres with 0 (invalid) at the pixels fewer than ``support`` of whose 8 neighbours lie within
+    ``tolerance`` x their depth of it: depth cameras measure pixels straddling a depth edge somewhere between the
+    near and the far surface ("flying pixels"), points in free space that join an object to what lies behind it.
+    A pixel of a surface, also at its silhouette, has several neighbours on the same surface; 0 / NaN count as
+    invalid. ``support`` 0 returns the depth unchanged (NaN as 0)."""
+    d = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0)
+    if support <= 0:
+        return d
+    H, W = d.shape
+    padded = np.pad(d, 1)
+    tol = np.float32(tolerance) * d
+    count = np.zeros((H, W), np.int8)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy == dx == 1:
+                continue
+            n = padded[dy:dy + H, dx:dx + W]
+            count += (np.abs(n - d) <= tol) & (n > 0)
+    return np.where(count >= support, d, np.float32(0.0))
+
+
 def upright_basis(up: np.ndarray) -> np.ndarray:
     """(3, 3) rotation world <- a frame whose z axis is the unit vector ``up``."""
     x = np.cross(up, [0.0, 1.0, 0.0] if abs(up[1]) < 0.9 else [1.0, 0.0, 0.0])

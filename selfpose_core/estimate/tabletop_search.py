@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ from selfpose_core.estimate.depth_align import align_resting, face_normals
 from selfpose_core.estimate.hypotheses import footprint_parts, resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.proposals import (Proposal, ProposalConfig, camera_up, cluster_proposals,
                                                find_proposals)
-from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp
+from selfpose_core.estimate.tabletop import VoxelNearest, upright_basis, upright_icp, without_flying_pixels
 from selfpose_core.estimate.verification import VerifyConfig, render_window, verify_counts, verify_poses
 from selfpose_core.geometry.projection import Z_MIN, project, unproject
 from selfpose_core.geometry.se3 import make_T, so3_exp
@@ -145,19 +145,53 @@ class TabletopSearch:
         if frame.depth is None:
             return []
         c = self.config
-        K = frame.K.K
-        plane, proposals = find_proposals(frame.depth, K, c.proposals, T_world_cam=frame.T_world_cam)
-        depth_grid, K_grid = self._grid(frame)
+        depth, depth_grid, K_grid = self._depth(frame)
+        plane, proposals = find_proposals(depth, frame.K.K, c.proposals, T_world_cam=frame.T_world_cam)
         found: list[tuple[Found, Proposal]] = []
         objects = list(range(len(self.models)))
+        parent: dict[int, int] = {}  # id of a leftover proposal -> index in `found` of the object it was left by
         for _ in range(1 + c.explain_rounds):
             if not proposals or not objects:
                 break
             new = self._assign(frame, proposals, objects, plane, depth_grid, K_grid, extra_hypotheses or {})
+            start = len(found)
             found += new
             objects = [k for k in objects if k not in {f.obj_index for f, _ in new}]
-            proposals = [q for f, p in new for q in self._leftover(f, p, frame, K_grid, depth_grid.shape)]
+            proposals = []
+            for j, (f, p) in enumerate(new):
+                for q in self._leftover(f, p, frame, K_grid, depth_grid.shape):
+                    parent[id(q)] = start + j
+                    proposals.append(q)
+        for i, (g, q) in enumerate(found):  # objects found in what another left unexplained: fit that one again
+            if id(q) in parent:  # without the points the newcomer explains
+                j = parent[id(q)]
+                found[j] = self._refit(frame, found[j], g, plane, depth_grid, K_grid)
         return sorted((f for f, _ in found), key=lambda f: -f.confidence)
+
+    def _refit(self, frame: Frame, first: tuple[Found, Proposal], other: Found, plane: np.ndarray,
+               depth_grid: np.ndarray, K_grid: np.ndarray) -> tuple[Found, Proposal]:
+        """``first`` = (object, its proposal) fitted again to the proposal's points that ``other`` (found in what
+        ``first`` left unexplained) does not explain: an object chosen on a cluster it shared with a touching one
+        was posed with the other's points in its way. The new pose replaces the old when it verifies better on
+        those points; the confidence is the fit to them of the pose kept."""
+        f, p = first
+        s = self.config.proposals.stride
+        rest = ~self._explained(other, p, K_grid, depth_grid.shape)
+        if rest.sum() < self.config.proposals.min_points or rest.all():
+            return first
+        H, W = frame.depth.shape
+        px = p.pixels[rest]
+        box = np.array([px[:, 1].min(), px[:, 0].min(), min(W, px[:, 1].max() + s), min(H, px[:, 0].max() + s)],
+                       np.float64)
+        q = Proposal(p.points[rest], px, box)
+        grid_mask = q.mask((H, W), s)
+        T, fit = self._fit(f.obj_index, q, plane, depth_grid, K_grid, grid_mask, f.T_cam_obj[None])
+        d = self.data[f.obj_index]
+        window = self._proposal_window(d, q, K_grid, depth_grid.shape)
+        kept = self._whole_fit(d, f.T_cam_obj, depth_grid, K_grid, grid_mask, window)
+        if fit <= kept:
+            T, fit = f.T_cam_obj, kept
+        return replace(f, T_cam_obj=T, confidence=fit * f.similarity, fit=fit), p
 
     def _assign(self, frame: Frame, proposals: list[Proposal], objects: list[int], plane: np.ndarray,
                 depth_grid: np.ndarray, K_grid: np.ndarray, extra_hypotheses: dict[int, np.ndarray]
@@ -203,6 +237,13 @@ class TabletopSearch:
         """Proposals from the points of ``p`` that the rendering of ``f``'s object at its pose does not explain:
         outside its silhouette (dilated by one grid cell) or more than twice ``icp_tau`` off its depth (an object
         in front of it)."""
+        rest = ~self._explained(f, p, K_grid, shape)
+        return cluster_proposals(p.points[rest], p.pixels[rest], frame.K.K, frame.depth.shape,
+                                 self.config.proposals)
+
+    def _explained(self, f: Found, p: Proposal, K_grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """(N,) whether each point of ``p`` is explained by ``f``'s object at its pose: inside its rendered
+        silhouette (dilated by one grid cell) and within twice ``icp_tau`` of its depth."""
         c = self.config
         s = c.proposals.stride
         rows, cols = p.pixels[:, 0] // s, p.pixels[:, 1] // s
@@ -212,16 +253,14 @@ class TabletopSearch:
         sil = faces[0] >= 0
         ring = (cv2.dilate(sil.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & ~sil
         r, q = rows - y0, cols - x0
-        explained = ring[r, q] | (sil[r, q] & (np.abs(p.points[:, 2] - rendered[0][r, q]) < 2 * c.icp_tau))
-        rest = ~explained
-        return cluster_proposals(p.points[rest], p.pixels[rest], frame.K.K, frame.depth.shape, c.proposals)
+        return ring[r, q] | (sil[r, q] & (np.abs(p.points[:, 2] - rendered[0][r, q]) < 2 * c.icp_tau))
 
     def verify(self, frame: Frame, poses: Sequence[tuple[int, np.ndarray, np.ndarray | None]]) -> list[float]:
         """Render-and-compare scores in [0, 1] of ``poses`` = [(object index, T_cam_obj (4, 4), its visible mask
         (H, W) bool or None)] in ``frame`` (with depth); without a mask the silhouette alone is compared."""
         if frame.depth is None:
             return [0.0] * len(poses)
-        depth_grid, K_grid = self._grid(frame)
+        _, depth_grid, K_grid = self._depth(frame)
         h, w = depth_grid.shape
         s = self.config.proposals.stride
         out = []
@@ -249,7 +288,7 @@ class TabletopSearch:
         if frame.depth is None:
             return {k: (T, np.zeros((len(T), 4))) for k, T in hypotheses.items()}
         c = self.config
-        depth_grid, K_grid = self._grid(frame)  # once per frame, for every object
+        _, depth_grid, K_grid = self._depth(frame)  # once per frame, for every object
         up, _ = camera_up(frame.T_world_cam)
         out = {}
         for k, T_cam_obj in hypotheses.items():
@@ -296,11 +335,13 @@ class TabletopSearch:
         mask[y0:y1, x0:x1] = (near & above & (z.reshape(-1) > 0)).reshape(z.shape)
         return mask
 
-    def _grid(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-        """The frame's depth on the proposals' grid (0 = invalid) and the grid's camera matrix."""
-        s = self.config.proposals.stride
-        return (np.nan_to_num(frame.depth[::s, ::s].astype(np.float64), nan=0.0),
-                np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K)
+    def _depth(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The frame's depth without flying pixels (:func:`without_flying_pixels`; 0 = invalid), the same on the
+        proposals' grid (float64) and the grid's camera matrix."""
+        p = self.config.proposals
+        depth = without_flying_pixels(frame.depth, p.edge_tolerance, p.edge_support)
+        s = p.stride
+        return depth, depth[::s, ::s].astype(np.float64), np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K
 
     def _candidates(self, p: Proposal, plane: np.ndarray, whole: bool = True) -> list[int]:
         """Objects the cluster may hold: not those it is far too flat for (its height above the plane below 0.3 x
@@ -343,12 +384,7 @@ class TabletopSearch:
         f = self._fscores(d, T, cluster, cKDTree(cluster), plane)
         T = upright_icp(d.points, cluster, T[np.argsort(-f, kind="stable")[:c.keep]], plane[:3], (tau,),
                         c.icp_iterations)
-        s = depth_grid.shape
-        x0, y0, x1, y1 = p.box / c.proposals.stride
-        z = float(np.median(cluster[:, 2]))
-        margin = 0.5 * d.diameter * K_grid[0, 0] / max(z, 0.05)
-        window = (max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(s[1], int(np.ceil(x1 + margin))),
-                  min(s[0], int(np.ceil(y1 + margin))))
+        window = self._proposal_window(d, p, K_grid, depth_grid.shape)
         scores = verify_poses(d.mesh, T, depth_grid, K_grid, grid_mask, window, c.verify, d.sphere)
         j = int(np.argmax(scores))
         if scores[j] < floor:
@@ -362,6 +398,15 @@ class TabletopSearch:
             if s_aligned >= score:
                 T, score = aligned, s_aligned
         return T, self._whole_fit(d, T, depth_grid, K_grid, grid_mask, window)
+
+    def _proposal_window(self, d: _ObjectData, p: Proposal, K_grid: np.ndarray, shape: tuple[int, int]
+                         ) -> tuple[int, int, int, int]:
+        """The grid window (x0, y0, x1, y1) of the proposal's box grown by half the object's diameter."""
+        x0, y0, x1, y1 = p.box / self.config.proposals.stride
+        z = float(np.median(_subsample(p.points, self.config.max_cluster_points)[:, 2]))
+        margin = 0.5 * d.diameter * K_grid[0, 0] / max(z, 0.05)
+        return (max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(shape[1], int(np.ceil(x1 + margin))),
+                min(shape[0], int(np.ceil(y1 + margin))))
 
     def _whole_fit(self, d: _ObjectData, T: np.ndarray, depth_grid: np.ndarray, K_grid: np.ndarray,
                    grid_mask: np.ndarray, window: tuple[int, int, int, int]) -> float:

@@ -70,22 +70,22 @@ def verify_counts(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K:
     consistent = np.where(sil & valid & (np.abs(diff) <= cfg.tau), 1.0 - (diff / cfg.tau) ** 2, 0.0).sum((1, 2))
     violations = (sil & valid & (diff > cfg.tau)).sum((1, 2))
     occluded = (sil & valid & (diff < -cfg.tau)).sum((1, 2))
-    unexplained = seg & ~sil & valid
+    r, q = np.nonzero(seg[0] & valid[0])  # the proposal's pixels with depth
+    unexplained = ~sil[:, r, q]
     if sphere is not None:
-        unexplained &= _inside_sphere(obs[0], K, window, np.asarray(T_cam_obj, np.float64), *sphere)
-    unexplained = unexplained.sum((1, 2))
+        unexplained &= _inside_sphere(obs[0, r, q], r, q, K, window, np.asarray(T_cam_obj, np.float64), *sphere)
+    unexplained = unexplained.sum(1)
     return np.stack([consistent, violations, occluded, unexplained], 1).astype(np.float64)
 
 
-def _inside_sphere(depth: np.ndarray, K: np.ndarray, window: tuple[int, int, int, int], T_cam_obj: np.ndarray,
-                   centre: np.ndarray, radius: float) -> np.ndarray:
-    """(H, h, w) whether the point observed at each pixel of ``window`` (depth (h, w) metres, cut to the window)
-    lies within ``radius`` of ``centre`` (object frame) at each pose ``T_cam_obj`` (H, 4, 4)."""
-    x0, y0, x1, y1 = window
-    v, u = np.mgrid[y0:y1, x0:x1]
-    X = unproject(K, np.stack([u, v], -1).reshape(-1, 2).astype(np.float64), depth.reshape(-1)).reshape(*u.shape, 3)
+def _inside_sphere(z: np.ndarray, r: np.ndarray, q: np.ndarray, K: np.ndarray, window: tuple[int, int, int, int],
+                   T_cam_obj: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """(H, n) whether the points observed at depths ``z`` (n,) metres at the (row, column) ``r``, ``q`` (n,) of
+    ``window`` lie within ``radius`` of ``centre`` (object frame) at each pose ``T_cam_obj`` (H, 4, 4)."""
+    x0, y0 = window[:2]
+    X = unproject(K, np.stack([q + x0, r + y0], 1).astype(np.float64), z)  # (n, 3)
     c = T_cam_obj[:, :3, :3] @ centre + T_cam_obj[:, :3, 3]  # (H, 3)
-    return ((X[None] - c[:, None, None]) ** 2).sum(-1) < radius ** 2
+    return ((X[None] - c[:, None]) ** 2).sum(-1) < radius ** 2
 
 
 def score_counts(counts: np.ndarray, occluded_weight: float) -> np.ndarray:
