@@ -37,6 +37,7 @@ COMMANDS = [
     "demo",
     "adapt",
     "nol_train",
+    "category_prior",
 ]
 
 
