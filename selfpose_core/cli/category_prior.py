@@ -8,7 +8,6 @@ there it holds ``P/.selfpose.lock`` (cli/output_dir.py).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=int, help="training instances of the family (default 64)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
     p.add_argument("--seed", type=int, help="training seed (default 0)")
-    p.add_argument("--family-seed", type=int, help="shape family seed (default 0, as `selfpose simulate`'s default)")
+    p.add_argument("--family-seed", type=int, help="shape family seed (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set decoder.width=256 --set points_per_shape=1024")
     p.add_argument("--threads", type=int, help="torch threads of the training process")
@@ -61,6 +60,18 @@ def _check_output(args: argparse.Namespace, checkpoint: Path) -> None:
                           "--overwrite to replace it, or choose another --out")
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command as given (its options, for the provenance), e.g. ``selfpose category-prior --category mug ...``."""
+    words = ["selfpose", "category-prior"]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "debug") or value in (None, False, []):
+            continue
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, list) else [value]
+        words += [flag] if value is True else [w for v in values for w in (flag, str(v))]
+    return " ".join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     check_run_flags(args, "the training")
     config = prior_config(args)
@@ -70,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
         _check_output(args, checkpoint)
         if args.threads:
             torch.set_num_threads(args.threads)
-        command = "selfpose " + " ".join(sys.argv[1:]) if sys.argv[1:] else "selfpose category-prior"
         prior = train_category_prior(args.category, args.out, config, resume=args.resume, device=args.device,
-                                     command=command)
+                                     command=command_line(args))
     l1 = prior.metrics["final_losses"].get("sdf_l1", float("nan"))
     print(f"wrote {args.category} shape prior {args.out} ({config.instances} instances, latent "
           f"{prior.latent_size}, {config.trainer.steps} steps, clamped SDF L1 {l1:.4f})")
