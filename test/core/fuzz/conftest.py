@@ -18,6 +18,7 @@ from selfpose_core.data import bag_files
 from selfpose_core.errors import SelfposeError
 
 MAX_MESSAGE_CHARS = 500
+MAX_PEAK_BYTES = 256 * 2**20  # how far one hostile input (a few kB) may raise the resident memory
 LONG_FACTOR = 10
 
 _BASE = dict(derandomize=True, database=None, deadline=None, print_blob=False,
@@ -46,11 +47,30 @@ def digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def expect_clean(call: Callable[[], Any], *inputs: Path) -> SelfposeError | None:
-    """Run ``call``: it must succeed or raise a SelfposeError whose message is one line of < 500 characters, and
-    leave the files ``inputs`` unchanged. Returns the error (None on success)."""
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def expect_clean(call: Callable[[], Any], *inputs: Path, max_peak_bytes: int = MAX_PEAK_BYTES
+                 ) -> SelfposeError | None:
+    """Run ``call``: it must succeed or raise a SelfposeError whose message is one line of < 500 characters, leave
+    the files ``inputs`` unchanged and raise the process's resident memory by less than ``max_peak_bytes`` at its
+    peak (Linux: VmHWM after resetting it; not checked elsewhere). Returns the error (None on success)."""
     before = digest(*inputs)
     error = None
+    measured = _reset_peak_rss()
+    base = _status_kib("VmRSS") if measured else 0
     try:
         call()
     except SelfposeError as exc:
@@ -58,6 +78,9 @@ def expect_clean(call: Callable[[], Any], *inputs: Path) -> SelfposeError | None
         text = str(exc)
         assert "\n" not in text and "\r" not in text, f"message is not one line: {text[:300]!r}"
         assert len(text) < MAX_MESSAGE_CHARS, f"message of {len(text)} characters: {text[:300]!r}..."
+    finally:
+        peak = (_status_kib("VmHWM") - base) * 1024 if measured else 0
+    assert peak < max_peak_bytes, f"resident memory rose by {peak / 2**20:.0f} MiB at its peak"
     assert digest(*inputs) == before, "reading changed its input files"
     return error
 

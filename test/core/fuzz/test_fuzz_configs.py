@@ -217,3 +217,11 @@ def _bundle(bundle_dir, tree, kind, edits, bomb, flips, weights):
 
 test_bundle, test_bundle_long = fuzz(
     90, tree=TREES, kind=KINDS, edits=_mutations(BUNDLE_PATHS), bomb=BOMBS, flips=FLIPS, weights=WEIGHTS)(_bundle)
+
+
+def test_the_memory_bound_holds_cases_to_it():
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak RSS is measured on Linux only")
+    expect_clean(lambda: b"x" * 2**20, max_peak_bytes=32 * 2**20)
+    with pytest.raises(AssertionError, match="resident memory rose by"):
+        expect_clean(lambda: b"x" * 48 * 2**20, max_peak_bytes=32 * 2**20)  # pages written: resident

@@ -122,7 +122,7 @@ def _recording_on_a_full_disk(tmp_path_factory, monkeypatch, segment_frames, fra
 
 
 test_recording_on_a_full_disk, test_recording_on_a_full_disk_long = fuzz(
-    40, segment_frames=st.sampled_from([1, 2, 4, 100]), fraction=st.floats(0.0, 1.1))(_recording_on_a_full_disk)
+    20, segment_frames=st.sampled_from([1, 2, 4, 100]), fraction=st.floats(0.0, 1.1))(_recording_on_a_full_disk)
 
 
 @pytest.mark.parametrize("fraction", [0.45, 0.8])
@@ -195,7 +195,7 @@ def _estimate_on_a_full_disk(scene, tmp_path_factory, monkeypatch, capsys, free,
 
 
 test_estimate_on_a_full_disk, test_estimate_on_a_full_disk_long = fuzz(
-    20, free=st.integers(0, 60_000), segment_frames=st.sampled_from([1, 3, 100]))(_estimate_on_a_full_disk)
+    10, free=st.integers(0, 60_000), segment_frames=st.sampled_from([1, 3, 100]))(_estimate_on_a_full_disk)
 
 
 # ------------------------------------------------------------------------------------------ selfpose recover
@@ -231,4 +231,4 @@ def _recover_on_a_full_disk(interrupted, tmp_path_factory, monkeypatch, free, da
 
 
 test_recover_on_a_full_disk, test_recover_on_a_full_disk_long = fuzz(
-    30, free=st.integers(0, 60_000), damage=st.sampled_from([0, 1]))(_recover_on_a_full_disk)
+    20, free=st.integers(0, 60_000), damage=st.sampled_from([0, 1]))(_recover_on_a_full_disk)

@@ -1,7 +1,8 @@
 """Fuzz: hostile recordings through the recording reader give a SelfposeError (one bounded line) or frames.
 
-Two families: the bytes of small recordings written by selfpose (truncations, byte flips, zeroed ranges of the
-storage file or metadata.yaml; MCAP and sqlite3), and the fields of the messages in a bag written as `ros2 bag
+Three families: the bytes of small recordings written by selfpose (truncations, byte flips, zeroed ranges of the
+storage file or metadata.yaml; MCAP and sqlite3), a byte flipped inside an MCAP chunk (always caught by the chunk's
+CRC; `recover` keeps every other frame), and the fields of the messages in a bag written as `ros2 bag
 record` would (encodings, sizes, data lengths, NaN/inf, negative and huge stamps, odd frame names).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from selfpose_core.data.image_codec import array_to_compressed_msg, array_to_image_msg, intrinsics_to_camera_info
 from selfpose_core.data.recording import Recording
 from selfpose_core.data.recording_writer import RecordingWriter
+from selfpose_core.data.recovery import recover_bag
 from selfpose_core.data.ros_types import typestore
 from selfpose_core.data.tf_buffer import tf_message
 from selfpose_core.types import CameraIntrinsics, Frame
@@ -95,6 +97,48 @@ test_bag_bytes, test_bag_bytes_long = fuzz(
     edits=_EDITS)(_bag_bytes)
 
 
+def _chunk_records(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte ranges of the records inside each (uncompressed) chunk of an MCAP file."""
+    pos, out = 8, []
+    while pos + 9 <= len(data) and data[pos] != 0x02:
+        size = int.from_bytes(data[pos + 1: pos + 9], "little")
+        if data[pos] == 0x06:
+            n = int.from_bytes(data[pos + 9 + 28: pos + 9 + 32], "little")
+            start = pos + 9 + 32 + n + 8
+            out.append((start, pos + 9 + size))
+        pos += 9 + size
+    return out
+
+
+def _flip_in_a_chunk(bags, tmp_path_factory, second_file, chunk, where, value):
+    """A byte flipped anywhere inside a chunk's records is always caught (CRC) and `recover` keeps every other
+    frame bit for bit."""
+    bag = tmp_path_factory.getbasetemp() / f"fuzz_chunk_{next(_counter)}"
+    shutil.copytree(bags["mcap"], bag)
+    f = sorted(bag.glob("*.mcap"))[int(second_file)]
+    data = bytearray(f.read_bytes())
+    start, end = (chunks := _chunk_records(bytes(data)))[chunk % len(chunks)]
+    data[start + min(int(where * (end - start)), end - start - 1)] ^= value
+    f.write_bytes(bytes(data))
+    error = expect_clean(lambda: _read_all(bag), bag)
+    assert error is not None and "CRC check" in str(error) and "selfpose recover" in str(error), error
+    recover_bag(bag)
+    with Recording(bags["mcap"]) as rec:
+        original = {fr.stamp_ns: fr for fr in rec}
+    with Recording(bag) as rec:
+        got = list(rec)
+    assert len(got) == len(original) - 1  # one chunk = one frame
+    for fr in got:
+        np.testing.assert_array_equal(fr.rgb, original[fr.stamp_ns].rgb)
+        np.testing.assert_array_equal(fr.depth, original[fr.stamp_ns].depth)
+    shutil.rmtree(bag)
+
+
+test_flip_in_a_chunk, test_flip_in_a_chunk_long = fuzz(
+    20, second_file=st.booleans(), chunk=st.integers(0, 3), where=st.floats(0.0, 1.0),
+    value=st.integers(1, 255))(_flip_in_a_chunk)
+
+
 # ------------------------------------------------------------------------------------------------- message fields
 _ENCODINGS = ["rgb8", "bgr8", "mono8", "rgba8", "bgra8", "16UC1", "32FC1", "8UC3", "mono16", "16UC3", "yuv422",
               "bayer_rggb8", "", "rgb16", "64FC1", "32FC3", "8UC1"]
@@ -150,7 +194,6 @@ def _image_msg(spec, frame_id):
 @st.composite
 def _messages(draw):
     """The messages of a hostile 2-frame bag: colour, maybe depth, camera_info, /tf and /tf_static."""
-    store = typestore()
     frame_id = draw(_FRAME_IDS)
     info = intrinsics_to_camera_info(K, T0, "camera")
     if draw(st.booleans()):
