@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from selfpose_core.data.recovery import pid_alive
 from selfpose_core.errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
@@ -73,16 +74,6 @@ def _read_pid(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class OutputLock:
     """Exclusive lock on output directory ``directory`` (created if missing) for the lifetime of a run.
 
@@ -128,7 +119,7 @@ class OutputLock:
             raise OutputError(f"cannot lock {self.option} {self.directory} ({self.path} keeps changing)")
         previous = _read_pid(self.path)
         if previous is not None and previous != os.getpid():
-            state = "still running but not holding it" if _pid_alive(previous) else "no longer running"
+            state = "still running but not holding it" if pid_alive(previous) else "no longer running"
             log.warning("taking over the stale lock %s of pid %d (%s)", self.path, previous, state)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))

@@ -189,6 +189,38 @@ def _write_salvaged(salvaged: SalvagedMcap, dest: Path, tmp: Path) -> int:
     return count
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+_TEMP_NAME = re.compile(r"^(?:\..*|metadata\.yaml)\.(?:recover|salvage|tmp)(\d+)(?:\.[^.]*)?$")
+
+
+def remove_stale_temps(bag: Path) -> list[str]:
+    """Remove the temporary files and directories a killed `recover` or writer left in ``bag`` (their names carry
+    the pid of a process that no longer runs); returns their names."""
+    removed = []
+    for p in sorted(bag.iterdir()):
+        m = _TEMP_NAME.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        removed.append(p.name)
+    if removed:
+        log.info("removed %d temporary files of an interrupted run from %s: %s", len(removed), bag, removed[:5])
+    return removed
+
+
 def _storage_of(path: Path) -> str:
     return "mcap" if path.suffix == ".mcap" else "sqlite3"
 
@@ -206,6 +238,7 @@ def recover_bag(path: str | Path) -> RecoveryReport:
     if not bag.is_dir():
         raise RecordingError(f"{bag} is not a bag directory" + ("" if bag.exists() else " (it does not exist)"))
     report = RecoveryReport(bag, [])
+    remove_stale_temps(bag)
     partials = sorted(bag.glob(f"*{PARTIAL_SUFFIX}"), key=lambda p: _natural_key(p.name))
     files = sorted((p for p in bag.iterdir() if p.is_file() and p.suffix in (".mcap", ".db3")
                     and not p.name.startswith(".")),  # hidden: temporary files of an interrupted recover

@@ -216,3 +216,18 @@ def test_recover_stopped_after_moving_a_salvage_in_does_not_duplicate_it(tmp_pat
     assert sorted(p.name for p in bag.glob("*.mcap")) == ["bag_1.mcap", "live_0.mcap"]  # the copy kept its names
     with Recording(bag) as rec:
         assert rec.stamps_ns.tolist() == [10**18 + i for i in range(6)]
+
+
+def test_recover_removes_temporary_files_of_killed_runs_only(tmp_path, rng):
+    bag = _open_copy(tmp_path, rng, 6, segment_frames=4)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = [f".live_1.recover{dead}.mcap", f".metadata.recover{dead}.yaml", f"metadata.yaml.tmp{dead}"]
+    for name in stale:
+        (bag / name).write_bytes(b"left by a killed run")
+    (bag / f"..live_1.recover{dead}.salvage{dead}").mkdir()
+    live = bag / f".live_1.recover{os.getppid()}.mcap"  # a run still going: not touched
+    live.write_bytes(b"in use")
+    report = recover_bag(bag)
+    assert sorted(p.name for p in bag.iterdir() if p.name.startswith(".") or ".tmp" in p.name) == [live.name]
+    assert report.topics["/selfpose/color/image_raw"] == 6

@@ -229,6 +229,7 @@ def _recover_signalled(interrupted, tmp_path_factory, sig, at, damage):
             with Recording(bag) as rec:
                 assert len(rec) >= 8
         assert main(["recover", str(bag)]) == 0
+    assert not [p.name for p in bag.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     want = FRAMES[:4] + FRAMES[5:] if damage else FRAMES
     with Recording(bag) as rec:
         got = list(rec)
