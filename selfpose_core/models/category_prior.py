@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 FRAME = "NOCS frame / NOCS scale (tight box centred, diagonal 1)"
 MAX_WEIGHTS_BYTES = 256 << 20
 MAX_INSTANCES = 1_000_000
+MAX_PARAMETERS = 20_000_000  # a decoder described by prior.yaml larger than this is refused before it is built
 MIN_FIT_POINTS = 16
 
 
@@ -107,6 +108,11 @@ class CategoryPrior:
             extra[key] = raw.get(key) or {}
             if not isinstance(extra[key], dict):
                 raise ModelError(f"{spec_path}: {key} must be a mapping, got {excerpt(extra[key])}")
+        with torch.device("meta"):  # counted without allocating
+            n = sum(p.numel() for p in SdfDecoder(config).parameters())
+        if n > MAX_PARAMETERS:
+            raise ModelError(f"{spec_path}: the decoder described (width {config.width}, {config.layers} layers) has "
+                             f"{n} parameters, more than the {MAX_PARAMETERS} selfpose loads")
         decoder = SdfDecoder(config)
         latents = _load_weights(weights_path, decoder)
         return cls(raw["category"], decoder.to(device).eval(), latents.to(device), **extra)

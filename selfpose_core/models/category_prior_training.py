@@ -48,7 +48,7 @@ class CategoryPriorConfig:
     code_reg_ramp: int = 100
     code_init_std: float = 0.01  # DeepSDF: latents start at N(0, 0.01^2)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
-        steps=1500, lr=1e-3, warmup_steps=20, checkpoint_every=100, log_every=20))
+        steps=1500, lr=2e-3, warmup_steps=20, checkpoint_every=100, log_every=20))
 
     def validate(self, where: str = "category_prior") -> None:
         for key, lo, hi in (("instances", 1, HELDOUT_START), ("shapes_per_batch", 1, 4096),

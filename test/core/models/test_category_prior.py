@@ -174,6 +174,8 @@ BROKEN = {
                                                      "latents": torch.zeros(6, 8)}, d / "weights.pt"),
                                 r"'latents' must be a float tensor \(instances, 16\), got \(6, 8\)"),
     "wider decoder in yaml": (lambda d: _edit(d, ["decoder", "width"], 64), r"'decoder' weights do not fit"),
+    "huge decoder": (lambda d: (_edit(d, ["decoder", "width"], 4096), _edit(d, ["decoder", "layers"], 32)),
+                     r"prior.yaml: the decoder described \(width 4096, 32 layers\) has \d+ parameters, more than"),
     "unknown category": (lambda d: _edit(d, ["category"], "teapot"), r"prior.yaml: category must be one of"),
     "latent size mismatch": (lambda d: _edit(d, ["latent_size"], 8), r"latent_size 8 differs"),
     "bad decoder key": (lambda d: _edit(d, ["decoder", "layers"], "eight"), r"prior.yaml: decoder.layers"),
