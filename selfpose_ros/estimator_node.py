@@ -81,7 +81,8 @@ class EstimatorNode(LifecycleNode):
         device, threads = self._p("device"), int(self._p("num_threads"))
         try:
             path = self._p("model")
-            serving = self._serving(path, load_estimator(path, device, threads))
+            serving = Serving(path, load_estimator(path, device, threads),
+                              PoseMessageBuilder(publish_config_for_bundle(path, **self._publish_options), self.classes))
         except SelfposeError as exc:
             self._configure_error = exc
             self.get_logger().error(f"configure failed: {exc}")
@@ -163,12 +164,9 @@ class EstimatorNode(LifecycleNode):
         self._release()
 
     # -- model swap ---------------------------------------------------------------------------------------------
-    def _serving(self, path: str, estimator: Any) -> Serving:
-        builder = PoseMessageBuilder(publish_config_for_bundle(path, **self._publish_options), self.classes)
-        return Serving(path, estimator, builder)
-
     def _load(self, path: str) -> Serving:  # in ModelSlot's thread; the work in BundleLoader's child process
-        return self._serving(path, self.loader(path, trial_frame=self._last_frame))
+        loaded = self.loader(path, self._last_frame, self._publish_options)
+        return Serving(path, loaded.estimator, PoseMessageBuilder(loaded.publish_config, self.classes))
 
     def _on_loaded(self, path: str, error: str) -> None:
         if error:

@@ -16,6 +16,7 @@ import threading
 import time
 
 from selfpose_core.data.recording import Recording
+from selfpose_core.estimate.publishing import PoseMessageBuilder, publish_config_for_bundle
 from selfpose_core.estimate.stream import NewestFrameWorker, load_estimator
 from selfpose_ros.bundle_loader import BundleLoader
 from selfpose_ros.model_reload import ModelSlot, Serving
@@ -47,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         frames = [dataclasses.replace(f, depth=None) for f in frames]
     published: list[tuple[float, str]] = []  # (time, serving bundle) of each published frame
     loader = BundleLoader("cpu", args.num_threads)
-    in_thread = lambda path: Serving(path, load_estimator(path, "cpu", args.num_threads), None)  # noqa: E731
-    child = lambda path: Serving(path, loader(path, trial_frame=frames[0]), None)  # noqa: E731
-    slot = ModelSlot(Serving(args.model, load_estimator(args.model, "cpu", args.num_threads), None),
-                     child if args.load == "child" else in_thread)
+
+    def in_thread(path: str) -> Serving:  # the node's way before the child process
+        return Serving(path, load_estimator(path, "cpu", args.num_threads),
+                       PoseMessageBuilder(publish_config_for_bundle(path)))
+
+    def child(path: str) -> Serving:  # the node's way
+        loaded = loader(path, frames[0])
+        return Serving(path, loaded.estimator, PoseMessageBuilder(loaded.publish_config))
+
+    slot = ModelSlot(in_thread(args.model), child if args.load == "child" else in_thread)
 
     def estimate(frame):
         serving = slot.current

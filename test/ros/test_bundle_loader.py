@@ -13,6 +13,7 @@ import torch
 
 from selfpose_core.data.sim import catalog
 from selfpose_core.errors import ModelError
+from selfpose_core.estimate.publishing import publish_config_for_bundle
 from selfpose_core.estimate.stream import load_estimator
 from selfpose_core.geometry.se3 import invert
 from selfpose_core.mesh.loading import save_mesh
@@ -72,9 +73,15 @@ def test_a_bundle_loaded_in_a_child_estimates_as_one_loaded_here(scene):
     bundle, frame = scene
     here = load_estimator(bundle).estimate(frame)
     loader = BundleLoader()
-    child = loader(bundle, trial_frame=frame)
+    child = loader(bundle, trial_frame=frame, publish_options={"markers": False, "tf_prefix": "t/"})
     assert loader.children == 1 and loader._proc is None  # the child has ended
-    there = child.estimate(frame)
+    config = publish_config_for_bundle(bundle, markers=False, tf_prefix="t/")
+    got = child.publish_config
+    assert (got.markers, got.tf_prefix, got.mesh_resources) == (False, "t/", config.mesh_resources)
+    assert got.mesh_resources and set(got.object_sizes) == set(config.object_sizes)
+    for name, size in config.object_sizes.items():
+        np.testing.assert_array_equal(got.object_sizes[name], size)
+    there = child.estimator.estimate(frame)
     assert here, "the scene should give estimates (poses from the depth)"
     assert [(e.object_name, e.object_id) for e in there] == [(e.object_name, e.object_id) for e in here]
     for a, b in zip(there, here):

@@ -164,7 +164,9 @@ def test_estimator_swaps_bundles_while_publishing_and_refuses_a_bad_one(monkeypa
     from std_msgs.msg import String
 
     from selfpose_core.errors import ModelError
+    from selfpose_core.estimate.publishing import publish_config_for_bundle
     from selfpose_ros import estimator_node
+    from selfpose_ros.bundle_loader import LoadedBundle
     from selfpose_ros.conversions import PUBLISHED_TYPES, import_message_classes
     from selfpose_ros.msg import ObjectPoseArray
 
@@ -182,9 +184,9 @@ def test_estimator_swaps_bundles_while_publishing_and_refuses_a_bad_one(monkeypa
         def __init__(self, device, threads):
             self.trial_frames = []
 
-        def __call__(self, path, trial_frame=None):
+        def __call__(self, path, trial_frame=None, publish_options=None):
             self.trial_frames.append(trial_frame)
-            return load(path, "cpu", 0)
+            return LoadedBundle(load(path, "cpu", 0), publish_config_for_bundle(path, **publish_options))
 
         def close(self):
             pass
