@@ -157,10 +157,11 @@ class BagWriter:
             yield
         except (OSError, sqlite3.Error) as exc:  # sqlite3: "database or disk is full"
             self._abandon_segment()
+            reason = getattr(exc, "strerror", None) or exc
             salvage = self.frames_flushed - self.frames_closed
             self.failure = BagWriteError(
-                f"writing bag {self.path} failed ({getattr(exc, 'strerror', None) or exc}); kept {self.frames_flushed} complete "
-                f"frames: {self.frames_closed} in closed segments, readable as they are"
+                f"writing bag {self.path} failed ({reason}); kept {self.frames_flushed} complete frames: "
+                f"{self.frames_closed} in closed segments, readable as they are"
                 + (f", {salvage} more flushed to a segment not yet closed (`selfpose recover {self.path}` salvages "
                    "them)" if salvage else ""))
             raise self.failure from exc

@@ -102,23 +102,8 @@ def _records(buf: memoryview, out: SalvagedMcap, base: int, top: bool, keep: boo
                         inner = memoryview(data)
                         if _records(inner, out, base + body_start, top=False) != len(inner):
                             log.warning("chunk at byte %d has a truncated record", base + pos)
-            elif not keep:
-                pass
-            elif op == 0x03:
-                (sid,) = struct.unpack_from("<H", body, 0)
-                name, p = _string(body, 2)
-                enc, p = _string(body, p)
-                (n,) = struct.unpack_from("<I", body, p)
-                out.schemas[sid] = (name, enc, bytes(body[p + 4: p + 4 + n]).decode())
-            elif op == 0x04:
-                cid, sid = struct.unpack_from("<HH", body, 0)
-                topic, p = _string(body, 4)
-                enc, p = _string(body, p)
-                (n,) = struct.unpack_from("<I", body, p)
-                out.channels[cid] = (sid, topic, enc, bytes(body[p: p + 4 + n]))
-            elif op == 0x05:
-                cid, _, log_time, _ = struct.unpack_from("<HIQQ", body, 0)
-                out.messages.append((cid, log_time, bytes(body[22:])))
+            elif keep:
+                _collect(op, body, out)
         except Exception as exc:  # a damaged record: keep what came before it
             log.warning("damaged MCAP record (op 0x%02x) at byte %d: %s; stopping there", op, base + pos, exc)
             break
@@ -126,6 +111,25 @@ def _records(buf: memoryview, out: SalvagedMcap, base: int, top: bool, keep: boo
             body.release()
         pos = body_start + size
     return pos
+
+
+def _collect(op: int, body: memoryview, out: SalvagedMcap) -> None:
+    """Add a schema (0x03), channel (0x04) or message (0x05) record to ``out``; other records are skipped."""
+    if op == 0x03:
+        (sid,) = struct.unpack_from("<H", body, 0)
+        name, p = _string(body, 2)
+        enc, p = _string(body, p)
+        (n,) = struct.unpack_from("<I", body, p)
+        out.schemas[sid] = (name, enc, bytes(body[p + 4: p + 4 + n]).decode())
+    elif op == 0x04:
+        cid, sid = struct.unpack_from("<HH", body, 0)
+        topic, p = _string(body, 4)
+        enc, p = _string(body, p)
+        (n,) = struct.unpack_from("<I", body, p)
+        out.channels[cid] = (sid, topic, enc, bytes(body[p: p + 4 + n]))
+    elif op == 0x05:
+        cid, _, log_time, _ = struct.unpack_from("<HIQQ", body, 0)
+        out.messages.append((cid, log_time, bytes(body[22:])))
 
 
 def salvage_mcap(path: Path, keep: bool = True) -> SalvagedMcap:
