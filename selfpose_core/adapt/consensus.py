@@ -566,7 +566,7 @@ class MultiviewConsensus:
                 or not isinstance(saved.get("details"), dict):
             raise fail(result_path, "consensus result", "keys 'losses', 'details'", "must be mappings")
         ctx.pseudo = PseudoLabels.load(out_path)
-        ctx.bundle.appearance = learn_appearance(rec, ctx.pseudo)
+        ctx.bundle.appearance = learn_appearance(rec, ctx.pseudo, ctx.objects)
         return StageResult(losses=saved["losses"], details=saved["details"],
                            artefacts={"pseudo_labels": out_path} | ({"drift": d / "drift.png"}
                                                                      if (d / "drift.png").is_file() else {}))

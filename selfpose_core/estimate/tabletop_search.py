@@ -9,8 +9,10 @@ hypothesise, refine and verify.
    ICP over the plane's 4 degrees of freedom (:func:`~selfpose_core.estimate.tabletop.upright_icp`), ranked by
    the F-score of the fit to the cluster (visible model points vs cluster points), the best ``keep`` verified by
    render-and-compare (:mod:`~selfpose_core.estimate.verification`).
-4. One-to-one assignment of proposals to objects (Hungarian) on ``fit x colour similarity``; pairs below
-   ``min_confidence`` are dropped (clutter). The product is the estimate's confidence.
+4. One-to-one assignment of proposals to objects (Hungarian) on ``fit x colour similarity``, times the
+   agreement of the object's learned surface pattern at the found pose when the appearance model has one
+   (:class:`~selfpose_core.models.surface_colours.SurfaceColours`); pairs whose ``fit x colour similarity`` is
+   below ``min_confidence`` are dropped (clutter). That product is the estimate's confidence.
 
 Deterministic: the same frame gives the same poses whatever was searched before.
 """
@@ -197,12 +199,15 @@ class TabletopSearch:
                 depth_grid: np.ndarray, K_grid: np.ndarray, extra_hypotheses: dict[int, np.ndarray]
                 ) -> list[tuple[Found, Proposal]]:
         """Every candidate of ``objects`` (:meth:`_candidates`) fitted to every proposal; proposals assigned to
-        objects one-to-one."""
+        objects one-to-one on fit x colour similarity x surface pattern; a pair is kept when its fit x
+        similarity reaches ``min_confidence`` (that product is its confidence): the pattern, weaker in views under
+        other light than the drive's, decides which proposal an object is on, not whether it is there."""
         c = self.config
         s = c.proposals.stride
         H, W = frame.depth.shape
         O = len(self.models)
         conf = np.zeros((len(proposals), O))
+        pattern = np.ones((len(proposals), O))  # surface pattern factors: which proposal, not whether
         poses = np.zeros((len(proposals), O, 4, 4))
         fits = np.zeros((len(proposals), O))
         sims = np.ones((len(proposals), O))
@@ -218,14 +223,17 @@ class TabletopSearch:
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
+            surface = appearance.surface if appearance is not None else None
             for k in cands:
                 extra = self._extra_for(p, frame.K.K, extra_hypotheses.get(k))
                 T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_masks[i], extra,
                                    c.polish_floor * c.min_confidence / max(sims[i, k], 1e-6))
                 poses[i, k], fits[i, k] = T, fit
+                if surface is not None:  # where on the object which colour is: look-alikes apart
+                    pattern[i, k] = surface.pattern(k, frame.rgb, frame.depth, frame.K.K, T[None])[0]
                 conf[i, k] = fit * sims[i, k]
         out = []
-        for i, k in zip(*linear_sum_assignment(-conf)):
+        for i, k in zip(*linear_sum_assignment(-conf * pattern)):
             if conf[i, k] >= c.min_confidence:
                 out.append((Found(int(k), poses[i, k], float(conf[i, k]), float(fits[i, k]), float(sims[i, k]),
                                   tuple(float(v) for v in proposals[i].box), _upsample(grid_masks[i], s, (H, W))),

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from selfpose_core.errors import ModelError, ShapeError
+from selfpose_core.models.surface_colours import SurfaceColours
 
 HUE_BINS, SAT_BINS, VALUE_BINS = 18, 3, 4
 NUM_BINS = HUE_BINS * SAT_BINS + VALUE_BINS
@@ -55,15 +56,20 @@ def bhattacharyya(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 class AppearanceModel:
-    """One colour histogram per object: ``histograms`` (O, NUM_BINS), each normalised or all zero (never seen)."""
+    """One colour histogram per object: ``histograms`` (O, NUM_BINS), each normalised or all zero (never seen);
+    optionally the colours at the objects' surface points (``surface``)."""
 
-    def __init__(self, histograms: np.ndarray) -> None:
+    def __init__(self, histograms: np.ndarray, surface: SurfaceColours | None = None) -> None:
         h = np.asarray(histograms, np.float64)
         if h.ndim != 2 or h.shape[1] != NUM_BINS:
             raise ModelError(f"appearance model: histograms must be (objects, {NUM_BINS}), got {h.shape}")
         if not np.isfinite(h).all() or (h < 0).any():
             raise ModelError("appearance model: histograms hold negative or non-finite values")
+        if surface is not None and len(surface.counts) != len(h):
+            raise ModelError(f"appearance model: {len(h)} histograms but surface colours of {len(surface.counts)} "
+                             "objects")
         self.histograms = h
+        self.surface = surface
 
     @property
     def known(self) -> np.ndarray:

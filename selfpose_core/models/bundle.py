@@ -12,7 +12,8 @@ bundle.yaml::
     metrics: {...}
 
 weights.pt holds ``{"detector": state_dict, "pose_net": state_dict}`` (+ ``"appearance"``: the objects' colour
-histograms, (objects, bins), once an adaptation learned them from a recording) and is read with
+histograms, (objects, bins), once an adaptation learned them from a recording, and ``"surface_colours"``: the
+colours at the objects' surface points, see models/surface_colours.py) and is read with
 ``torch.load(weights_only=True)``: a bundle never executes code when loaded.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from selfpose_core.models.backbones import BackboneConfig
 from selfpose_core.models.correspondence_net import CorrespondenceNet, CorrespondenceNetConfig, coordinate_normaliser
 from selfpose_core.models.detector import Detector, DetectorConfig
 from selfpose_core.models.keypoint_net import KeypointNet, KeypointNetConfig
+from selfpose_core.models.surface_colours import SurfaceColours
 from selfpose_core.types import ObjectModel
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ MAX_LEVELS = 8  # backbone levels
 MAX_WIDTH = 4096  # channels per backbone level
 MAX_OBJECTS = 1000
 MAX_WEIGHTS_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
+SURFACE_FIELDS = ("points", "normals", "colours", "counts", "agreement")  # SurfaceColours arrays, in its argument order
 POSE_NET_KINDS = ("keypoint", "correspondence")
 PoseNet = Union[KeypointNet, CorrespondenceNet]
 
@@ -279,6 +282,10 @@ class ModelBundle:
                                    "pose_net": {k: v.cpu() for k, v in self.pose_net.state_dict().items()}}
         if self.appearance is not None:
             weights["appearance"] = torch.from_numpy(self.appearance.histograms.astype(np.float32))
+            if self.appearance.surface is not None:
+                sc = self.appearance.surface
+                weights["surface_colours"] = {name: torch.from_numpy(getattr(sc, name).astype(np.float32))
+                                              for name in SURFACE_FIELDS}
         torch.save(weights, path / "weights.pt.tmp")
         (path / "weights.pt.tmp").replace(path / "weights.pt")
         (path / "bundle.yaml").write_text(yaml.safe_dump(self.spec.to_yaml(), sort_keys=False), encoding="utf-8")
@@ -337,8 +344,14 @@ class ModelBundle:
             if not isinstance(hist, torch.Tensor) or hist.ndim != 2 or tuple(hist.shape[:1]) != (len(spec.objects),):
                 raise ModelError(f"{weights_path}: 'appearance' must be a tensor with one row per object "
                                  f"({len(spec.objects)}), got {getattr(hist, 'shape', type(hist).__name__)}")
+            surface = weights.get("surface_colours")
+            if surface is not None and (not isinstance(surface, dict) or set(surface) != set(SURFACE_FIELDS)
+                                        or not all(isinstance(v, torch.Tensor) for v in surface.values())):
+                raise ModelError(f"{weights_path}: 'surface_colours' must map {', '.join(SURFACE_FIELDS)} to tensors")
             try:
-                bundle.appearance = AppearanceModel(hist.double().cpu().numpy())
+                bundle.appearance = AppearanceModel(hist.double().cpu().numpy(), None if surface is None else
+                                                    SurfaceColours(*(surface[n].double().numpy()
+                                                                     for n in SURFACE_FIELDS)))
             except ModelError as exc:
                 raise ModelError(f"{weights_path}: {exc}") from exc
         return bundle

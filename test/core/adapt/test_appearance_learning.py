@@ -5,6 +5,7 @@ import numpy as np
 
 from selfpose_core.adapt.appearance_learning import learn_appearance
 from selfpose_core.adapt.pseudo_labels import PseudoInstance, PseudoLabels
+from selfpose_core.data.sim import catalog
 from selfpose_core.types import CameraIntrinsics, Frame
 
 K = CameraIntrinsics(100.0, 100.0, 31.5, 23.5, 64, 48)
@@ -25,7 +26,11 @@ def test_colours_under_the_pseudo_masks_identify_each_object_and_weak_labels_are
                       PseudoInstance(i, 1, np.eye(4), np.zeros(4), 0.9, left, 0.1)]
     pseudo = PseudoLabels(["red", "blue"], np.tile(np.eye(4), (2, 1, 1)), np.ones(2), np.tile(np.eye(4), (4, 1, 1)),
                           np.ones(4), instances)
-    model = learn_appearance(frames, pseudo)
+    objects = [o.cad_model(i + 1) for i, o in enumerate(catalog.make_targets(["cereal_box", "mug"],
+                                                                              np.random.default_rng(0)))]
+    model = learn_appearance(frames, pseudo, objects)
     assert model.known.all()
+    assert model.surface is not None and model.surface.points.shape[:1] == (2,)  # no pose in view: nothing seen
+    assert not model.surface.known(0) and not model.surface.known(1)
     assert model.similarity(frames[0].rgb, left)[0] > 0.99 and model.similarity(frames[0].rgb, left)[1] < 0.05
     assert model.similarity(frames[0].rgb, right)[1] > 0.99 and model.similarity(frames[0].rgb, right)[0] < 0.05

@@ -330,3 +330,68 @@ def test_ransac_plane_finds_the_plane_among_outliers_and_is_repeatable(rng):
     assert 2900 <= np.sum(inliers < 3000) and np.sum(inliers >= 3000) < 100
     again = ransac_plane(points.copy(), 0.006)
     assert np.array_equal(again[2], inliers) and again[1] == ransac_plane(points, 0.006)[1]
+
+
+def test_the_learned_surface_pattern_tells_a_printed_box_from_its_look_alike(look_at):
+    """Two boxes of one shape and the same six colours, on other sides; the colour histograms (replaced by an
+    oracle) cannot tell them apart, and the look-alike, nearer the camera, fits its cluster better than the printed
+    box fits its own. The box's surface colours, learned from views at known poses, put it on the printed one."""
+    import trimesh
+
+    from selfpose_core.geometry.symmetry import Symmetry
+    from selfpose_core.mesh.measures import sample_surface
+    from selfpose_core.models.surface_colours import SurfaceColours
+    from selfpose_core.render.renderer import render
+    from selfpose_core.types import CameraIntrinsics, ObjectModel
+
+    box = trimesh.creation.box((0.12, 0.06, 0.2))
+    model = ObjectModel("box", np.asarray(box.vertices), np.asarray(box.faces), float(np.linalg.norm(box.extents)),
+                        Symmetry())
+    palette = np.array([(200, 40, 40), (40, 160, 60), (50, 70, 200), (220, 200, 40), (160, 60, 180), (40, 190, 190)])
+    n = np.asarray(box.face_normals)
+    side = np.argmax(np.abs(n), 1) * 2 + (n[np.arange(len(n)), np.argmax(np.abs(n), 1)] < 0)
+    printed, look_alike = palette[np.array([0, 1, 2, 3, 4, 5])[side]], palette[np.array([2, 4, 0, 5, 3, 1])[side]]
+    K = CameraIntrinsics(570.0, 570.0, 319.5, 239.5, 640, 480)
+
+    def pose(x, y, yaw):
+        T = np.eye(4)
+        T[:3, :3] = [[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]]
+        T[:3, 3] = (x, y, 0.1)
+        return T
+
+    def view(objects, T_wc):
+        """(rgb, depth, face ids) of a grey table (faces 0, 1) with ``objects`` = [(T_world_obj, face colours)]."""
+        verts = [np.array([[-0.8, -0.8, 0], [0.8, -0.8, 0], [0.8, 0.8, 0], [-0.8, 0.8, 0.0]])]
+        faces, colours = [np.array([[0, 1, 2], [0, 2, 3]])], [np.full((2, 3), 120)]
+        for T, col in objects:
+            faces.append(np.asarray(box.faces) + sum(len(v) for v in verts))
+            verts.append(np.asarray(box.vertices) @ T[:3, :3].T + T[:3, 3])
+            colours.append(col)
+        T = invert(T_wc)
+        out = render(RenderMesh(torch.tensor(np.concatenate(verts)), torch.tensor(np.concatenate(faces))),
+                     torch.tensor(T[None, :3, :3]), torch.tensor(T[None, :3, 3]), torch.tensor(K.K[None]), (480, 640),
+                     coords=False, attributes=False, silhouette=False, visibility=False)
+        face = out.face_ids[0].numpy()
+        rgb = np.where((face >= 0)[..., None], np.concatenate(colours)[np.maximum(face, 0)], 0).astype(np.uint8)
+        return rgb, np.where(face >= 0, out.depth[0].numpy(), 0.0).astype(np.float32), face
+
+    T_box = pose(0.0, 0.0, 0.3)  # the drive: the printed box alone, seen from around at its (pseudo) pose
+    views = []
+    for a in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        T_wc = look_at(np.array([0.7 * np.cos(a), 0.7 * np.sin(a), 0.45]), np.array([0.0, 0.0, 0.1]))
+        rgb, depth, face = view([(T_box, printed)], T_wc)
+        views.append((rgb, depth, K.K, 0, invert(T_wc) @ T_box, face >= 2))
+    appearance = AppearanceModel.fit(1, [(rgb, mask, 0) for rgb, _, _, _, _, mask in views])
+    appearance.similarity = lambda rgb, mask: np.ones(1)  # histograms that cannot tell the two apart
+    learned = SurfaceColours.fit([sample_surface(model.vertices, model.faces, 800, np.random.default_rng(0))], views)
+    # later: the printed box and, nearer the camera, its look-alike
+    T_printed, T_other = pose(-0.15, 0.2, 1.0), pose(0.1, -0.15, -0.4)
+    T_wc = look_at(np.array([0.55, -0.6, 0.5]), np.array([0.0, 0.0, 0.05]))
+    rgb, depth, _ = view([(T_printed, printed), (T_other, look_alike)], T_wc)
+    frame = Frame(rgb=rgb, K=K, depth=depth, T_world_cam=T_wc)
+    for surface in (None, learned):
+        appearance.surface = surface
+        found = TabletopSearch([model], appearance).search(frame)
+        assert len(found) == 1
+        on_printed = np.linalg.norm(found[0].T_cam_obj[:3, 3] - (invert(T_wc) @ T_printed)[:3, 3]) < 0.01
+        assert on_printed == (surface is not None)

@@ -144,6 +144,30 @@ def test_bundle_carries_the_appearance_model_and_refuses_a_broken_one(tmp_path):
         ModelBundle.load(path)
 
 
+def test_bundle_carries_the_learned_surface_colours_and_refuses_broken_ones(tmp_path):
+    from selfpose_core.models.appearance import NUM_BINS, AppearanceModel
+    from selfpose_core.models.surface_colours import SurfaceColours
+
+    rng = np.random.default_rng(0)
+    surface = SurfaceColours(rng.normal(size=(1, 50, 3)), rng.normal(size=(1, 50, 3)), rng.normal(size=(1, 50, 3)),
+                             rng.integers(0, 5, (1, 50)).astype(float), np.array([0.6]))
+    b = ModelBundle.create(_spec())
+    b.appearance = AppearanceModel(np.full((1, NUM_BINS), 1.0 / NUM_BINS), surface)
+    path = b.save(tmp_path / "m")
+    back = ModelBundle.load(path).appearance.surface
+    for name in ("points", "normals", "colours", "counts", "agreement"):
+        assert np.allclose(getattr(back, name), getattr(surface, name), atol=1e-6)
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    del weights["surface_colours"]["agreement"]
+    torch.save(weights, path / "weights.pt")
+    with pytest.raises(ModelError, match="surface_colours"):
+        ModelBundle.load(path)
+    weights["surface_colours"]["agreement"] = torch.tensor([2.0])
+    torch.save(weights, path / "weights.pt")
+    with pytest.raises(ModelError, match="agreement outside"):
+        ModelBundle.load(path)
+
+
 # --------------------------------------------------------------------------------------------- #17: validation
 def _edit_bundle(path, edit):
     raw = yaml.safe_load((path / "bundle.yaml").read_text())
