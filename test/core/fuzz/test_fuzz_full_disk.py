@@ -232,3 +232,33 @@ def _recover_on_a_full_disk(interrupted, tmp_path_factory, monkeypatch, free, da
 
 test_recover_on_a_full_disk, test_recover_on_a_full_disk_long = fuzz(
     20, free=st.integers(0, 60_000), damage=st.sampled_from([0, 1]))(_recover_on_a_full_disk)
+
+
+@pytest.mark.parametrize("full_segment", [0, 1])
+def test_sqlite3_database_full_is_the_same_line(tmp_path, monkeypatch, full_segment):
+    """sqlite3 storage: SQLite's own "database or disk is full", in segment ``full_segment`` (its file limited to
+    6 pages, room for 2 of its 4 frames)."""
+    from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
+    init, opened = Sqlite3Writer.__init__, itertools.count()
+
+    def limited(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if next(opened) == full_segment:
+            self.conn.execute("PRAGMA max_page_count = 6")
+
+    monkeypatch.setattr(Sqlite3Writer, "__init__", limited)
+    written: list[Frame] = []
+    with pytest.raises(BagWriteError) as info:
+        with RecordingWriter(tmp_path / "bag", storage="sqlite3", segment_frames=4) as w:
+            for f in FRAMES:
+                w.write_frame(f)
+                written.append(f)
+    assert re.match(rf"^writing bag \S+ failed \(database or disk is full\); kept {4 * full_segment + 2} complete "
+                    rf"frames: {4 * full_segment} in closed segments, readable as they are, 2 more flushed to a "
+                    r"segment not yet closed", str(info.value)), str(info.value)
+    assert len(written) == 4 * full_segment + 2
+    monkeypatch.undo()
+    if full_segment:
+        _check_frames(tmp_path / "bag", 4 * full_segment, 4 * full_segment)
+    recover_bag(tmp_path / "bag")
+    _check_frames(tmp_path / "bag", len(written), len(written))
