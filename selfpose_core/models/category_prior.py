@@ -247,11 +247,13 @@ def reconstruct_mesh(prior: CategoryPrior, latent: torch.Tensor, resolution: int
         raise ConfigError(f"resolution must be in 8..512, got {resolution}")
     if latent.shape != (prior.latent_size,) or not bool(torch.isfinite(latent).all()):
         raise ShapeError(f"latent must be a finite ({prior.latent_size},) tensor, got {tuple(latent.shape)}")
+    device = prior.latents.device
+    latent = latent.to(device)
     axis = torch.linspace(-half_side, half_side, resolution)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     values = []
     with torch.no_grad():
-        for chunk in grid.to(prior.latents.device).split(65536):
+        for chunk in grid.to(device).split(65536):
             values.append(prior.decoder(chunk.unsqueeze(0), latent.unsqueeze(0)).squeeze(0).cpu())
     volume = torch.cat(values).reshape(resolution, resolution, resolution).numpy()
     if not (volume.min() < 0 < volume.max()):
