@@ -4,7 +4,8 @@ reconstructs held-out instances it never saw.
     selfpose bench category_prior [--categories mug,can,...] [--instances 24] [--steps 800] [--heldout 4]
                                   [--width 64] [--resolution 48]
 
-Per category: a prior is trained (``train_category_prior``, one torch thread) on training instances 0..N-1; then for
+Per category: a prior is trained (``train_category_prior`` with the defaults of ``selfpose category-prior`` but the
+instance count, steps and width given here, one torch thread) on training instances 0..N-1; then for
 held-out instances (indices from 1,000,000) the chamfer distance (SSC-6D Eq. 2: the two mean nearest-neighbour
 distances added, mm) between 2000 points of the true surface and 2000 points of the marching-cubes mesh of:
 a training instance's own latent ("train", what the auto-decoder reached), the mean latent ("mean shape"), the
@@ -20,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from selfpose_core.data.sdf_samples import SdfSampling, surface_points
+from selfpose_core.data.sdf_samples import surface_points
 from selfpose_core.data.sim.category_shapes import heldout_instances, instance
 from selfpose_core.errors import ModelError
 from selfpose_core.eval.shape_metrics import chamfer_distance
@@ -28,7 +29,6 @@ from selfpose_core.mesh.categories import CATEGORIES
 from selfpose_core.models.category_prior import CategoryPrior, LatentFitConfig, fit_latent, reconstruct_mesh
 from selfpose_core.models.category_prior_training import CategoryPriorConfig, train_category_prior
 from selfpose_core.models.sdf_decoder import SdfDecoderConfig
-from selfpose_core.models.trainer import TrainerConfig
 
 POINTS = 2000
 
@@ -61,11 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown categories {unknown} (known: {', '.join(CATEGORIES)})")
     torch.set_num_threads(1)
-    config = CategoryPriorConfig(
-        instances=args.instances, decoder=SdfDecoderConfig(width=args.width),
-        sampling=SdfSampling(surface_points=1500, uniform_points=1500), shapes_per_batch=8, points_per_shape=256,
-        trainer=TrainerConfig(steps=args.steps, lr=2e-3, warmup_steps=20, checkpoint_every=args.steps,
-                              log_every=50, progress=False))
+    config = CategoryPriorConfig(instances=args.instances, decoder=SdfDecoderConfig(width=args.width))
+    config.trainer.steps, config.trainer.checkpoint_every, config.trainer.progress = args.steps, args.steps, False
     fit = LatentFitConfig(steps=args.fit_steps, max_points=1024)
     print(f"{args.instances} training instances, {args.steps} steps, decoder 8 x {args.width}, latent 16, "
           f"{args.heldout} held-out instances, grid {args.resolution}^3; chamfer in mm (median)")

@@ -25,9 +25,9 @@ INTERIOR_TOLERANCE = 1e-4  # metres: a part's surface point deeper than this ins
 class SdfSampling:
     """How many samples of which kind each instance gets (normalised units)."""
 
-    surface_points: int = 4000  # each gives one sample per noise width
+    surface_points: int = 1500  # each gives one sample per noise width
     near_sigmas: tuple[float, float] = (0.025, 0.008)
-    uniform_points: int = 2000  # more than DeepSDF: with fewer, stray surfaces appear away from the shape
+    uniform_points: int = 1500  # more than DeepSDF: with fewer, stray surfaces appear away from the shape
     uniform_half_side: float = 0.6  # uniform samples in [-h, h]^3
 
     def validate(self, where: str = "sampling") -> None:

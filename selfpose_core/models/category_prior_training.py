@@ -41,8 +41,8 @@ class CategoryPriorConfig:
     family_seed: int = 0
     decoder: SdfDecoderConfig = field(default_factory=SdfDecoderConfig)
     sampling: SdfSampling = field(default_factory=SdfSampling)
-    shapes_per_batch: int = 16  # DeepSDF: 64
-    points_per_shape: int = 512  # DeepSDF: 16384
+    shapes_per_batch: int = 8  # DeepSDF: 64
+    points_per_shape: int = 256  # DeepSDF: 16384
     clamp: float = 0.05  # DeepSDF: 0.1
     code_reg: float = 1e-4  # DeepSDF's code: 1e-4
     code_reg_ramp: int = 100

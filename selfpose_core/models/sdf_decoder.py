@@ -4,7 +4,7 @@
 the signed distance of ``p`` to the shape ``v`` encodes (negative inside). As in DeepSDF: the input ``[v, p]`` is fed
 again, concatenated, into layer ``latent_in`` (a skip connection), ReLU between layers, weight normalisation, a tanh
 on the output, which starts near 0 (inside the clamp of the training loss, where the gradient is not zero). SSC-6D
-uses eight layers and K = 16; DeepSDF's layers are 512 wide, ours default to 128 (a CPU budget: docs/categories.md,
+uses eight layers and K = 16; DeepSDF's layers are 512 wide, ours default to 64 (a CPU budget: docs/categories.md,
 "Shape prior").
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ class SdfDecoderConfig:
     """Architecture of :class:`SdfDecoder` (recorded in a prior's ``prior.yaml``)."""
 
     latent_size: int = 16  # SSC-6D: 16 for every category
-    width: int = 128  # DeepSDF: 512
+    width: int = 64  # DeepSDF: 512
     layers: int = 8  # hidden fully connected layers (SSC-6D, DeepSDF: 8); one more linear layer outputs the SDF
     latent_in: int = 4  # the layer whose input gets [v, p] again (DeepSDF: 4)
     weight_norm: bool = True
