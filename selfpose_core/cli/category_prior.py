@@ -20,13 +20,14 @@ from selfpose_core.models.category_prior_training import CategoryPriorConfig, tr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    defaults = CategoryPriorConfig()
     p = sub.add_parser("category-prior", help="train a category's DeepSDF shape prior on its generated shape family")
     p.add_argument("--category", required=True, choices=CATEGORIES, help="NOCS category")
     p.add_argument("--out", type=Path, required=True, help="prior directory to write (prior.yaml, weights.pt, train/)")
-    p.add_argument("--instances", type=int, help="training instances of the family (default 64)")
-    p.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
-    p.add_argument("--seed", type=int, help="training seed (default 0)")
-    p.add_argument("--family-seed", type=int, help="shape family seed (default 0)")
+    p.add_argument("--instances", type=int, help=f"training instances of the family (default {defaults.instances})")
+    p.add_argument("--steps", type=int, help=f"optimiser steps (default {defaults.trainer.steps})")
+    p.add_argument("--seed", type=int, help=f"training seed (default {defaults.trainer.seed})")
+    p.add_argument("--family-seed", type=int, help=f"shape family seed (default {defaults.family_seed})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set decoder.width=256 --set points_per_shape=1024")
     p.add_argument("--threads", type=int, help="torch threads of the training process")
