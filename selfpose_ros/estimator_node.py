@@ -60,8 +60,10 @@ class EstimatorNode(LifecycleNode):
         self._last_frame = None  # the newest estimated frame: a new bundle's trial run
         self._configure_error: SelfposeError | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        if self.get_parameter("autostart").value:
+        self._autostarting = bool(self.get_parameter("autostart").value)
+        if self._autostarting:
             self.trigger_configure()
+            self._autostarting = False
             if self._configure_error is not None:  # `ros2 run` with a bad model: one fatal line, exit 2
                 raise self._configure_error
             self.trigger_activate()
@@ -85,7 +87,8 @@ class EstimatorNode(LifecycleNode):
                               PoseMessageBuilder(publish_config_for_bundle(path, **self._publish_options), self.classes))
         except SelfposeError as exc:
             self._configure_error = exc
-            self.get_logger().error(f"configure failed: {exc}")
+            if not self._autostarting:  # at start-up the error ends the node with run_node's one fatal line
+                self.get_logger().error(f"configure failed: {exc}")
             return FAILURE
         self._configure_error = None
         self.loader = BundleLoader(device, threads)
