@@ -102,8 +102,8 @@ def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[in
         depth = depth_of(int(i))
         if depth is None:
             continue
-        depth = without_flying_pixels(depth, cfg.edge_tolerance, cfg.edge_support)
-        pts = depth_points(depth, intrinsics_of(int(i)).K, cfg.stride, cfg.max_depth)
+        grid = without_flying_pixels(depth, cfg.edge_tolerance, cfg.edge_support, cfg.stride)
+        pts = depth_points(grid, intrinsics_of(int(i)).K, cfg.stride, cfg.max_depth, sampled=True)
         T = T_world_cam[int(i)]
         chunks.append(pts @ T[:3, :3].T + T[:3, 3])
     if not chunks:

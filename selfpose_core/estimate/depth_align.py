@@ -11,7 +11,6 @@ is a fixed point with zero residual, so the result is exact where the data are.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from selfpose_core.estimate.verification import render_window
 from selfpose_core.geometry.projection import unproject
@@ -44,7 +43,7 @@ def align_resting(mesh: RenderMesh, normals: np.ndarray, T_cam_obj: np.ndarray, 
     up = np.asarray(up, np.float64) / np.linalg.norm(up)
     T = np.array(T_cam_obj, np.float64, copy=True)
     for _ in range(iterations):
-        rendered, faces = render_window(mesh, T[None], K, window, torch.float64)
+        rendered, faces = render_window(mesh, T[None], K, window)
         rd, fid = rendered[0], faces[0]
         ok = (fid >= 0) & (obs > 0) & (np.abs(obs - rd) < gate)
         if ok.sum() < 10:

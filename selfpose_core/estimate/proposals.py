@@ -15,7 +15,7 @@ import numpy as np
 
 from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
-from selfpose_core.estimate.tabletop import depth_points, euclidean_clusters, support_plane
+from selfpose_core.estimate.tabletop import depth_points, euclidean_clusters, support_plane, without_flying_pixels
 
 
 @dataclass(slots=True)
@@ -78,8 +78,9 @@ def camera_up(T_world_cam: np.ndarray | None) -> tuple[np.ndarray, float]:
 def find_proposals(depth: np.ndarray, K: np.ndarray, cfg: ProposalConfig, *,
                    T_world_cam: np.ndarray | None = None) -> tuple[np.ndarray, list[Proposal]]:
     """(support plane (4,) in the camera frame, NaN when none; proposals, largest first) of ``depth`` (H, W)
-    metres with intrinsics ``K`` (3, 3)."""
-    pts, pix = depth_points(depth, K, cfg.stride, cfg.max_depth, return_pixels=True)
+    metres with intrinsics ``K`` (3, 3); its flying pixels are left out (``edge_support``, ``edge_tolerance``)."""
+    grid = without_flying_pixels(depth, cfg.edge_tolerance, cfg.edge_support, cfg.stride)
+    pts, pix = depth_points(grid, K, cfg.stride, cfg.max_depth, return_pixels=True, sampled=True)
     up, min_cos = camera_up(T_world_cam)
     min_support = max(3 * cfg.min_points, int(cfg.min_plane_fraction * len(pts)))
     plane = support_plane(pts, up, cfg.plane_distance, min_support, min_cos=min_cos, tries=4, pick="highest",

@@ -22,11 +22,12 @@ def o3d_module():
 
 
 def depth_points(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float,
-                 return_pixels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                 return_pixels: bool = False, *, sampled: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """(N, 3) camera-frame points of every ``stride``-th pixel of ``depth`` (metres) through ``K``; invalid depth
-    (0, NaN, beyond ``max_depth``) is skipped. With ``return_pixels`` also their (N, 2) pixels (row, column)."""
-    d = depth[::stride, ::stride].astype(np.float64)
-    v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
+    (0, NaN, beyond ``max_depth``) is skipped. With ``return_pixels`` also their (N, 2) pixels (row, column).
+    ``sampled``: ``depth`` already holds only every ``stride``-th pixel (e.g. :func:`without_flying_pixels`)."""
+    d = (depth if sampled else depth[::stride, ::stride]).astype(np.float64)
+    v, u = np.mgrid[0:d.shape[0] * stride:stride, 0:d.shape[1] * stride:stride]
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(d) & (d > 0) & (d < max_depth)
     z = d[ok]
@@ -36,26 +37,28 @@ def depth_points(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float
     return pts
 
 
-def without_flying_pixels(depth: np.ndarray, tolerance: float, support: int) -> np.ndarray:
-    """``depth`` (H, W) metres with 0 (invalid) at the pixels fewer than ``support`` of whose 8 neighbours lie within
-    ``tolerance`` x their depth of it: depth cameras measure pixels straddling a depth edge somewhere between the
-    near and the far surface ("flying pixels"), points in free space that join an object to what lies behind it.
-    A pixel of a surface, also at its silhouette, has several neighbours on the same surface; 0 / NaN count as
-    invalid. ``support`` 0 returns the depth unchanged (NaN as 0)."""
+def without_flying_pixels(depth: np.ndarray, tolerance: float, support: int, stride: int = 1) -> np.ndarray:
+    """Every ``stride``-th pixel of ``depth`` (H, W) metres, shape (ceil(H / stride), ceil(W / stride)), with 0
+    (invalid) where fewer than ``support`` of the pixel's 8 neighbours in the full image lie within ``tolerance`` x
+    its depth of it: depth cameras measure pixels straddling a depth edge somewhere between the near and the far
+    surface ("flying pixels"), points in free space that join an object to what lies behind it. A pixel of a
+    surface, also at its silhouette, has several neighbours on the same surface; 0 / NaN count as invalid.
+    ``support`` 0 keeps every pixel (NaN as 0)."""
     d = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0)
+    centre = d[::stride, ::stride]
     if support <= 0:
-        return d
-    H, W = d.shape
-    padded = np.pad(d, 1)
-    tol = np.float32(tolerance) * d
-    count = np.zeros((H, W), np.int8)
+        return centre.copy()
+    h, w = centre.shape
+    padded = np.pad(d, ((1, stride), (1, stride)))
+    tol = np.float32(tolerance) * centre
+    count = np.zeros((h, w), np.int8)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             if dy == dx == 1:
                 continue
-            n = padded[dy:dy + H, dx:dx + W]
-            count += (np.abs(n - d) <= tol) & (n > 0)
-    return np.where(count >= support, d, np.float32(0.0))
+            n = padded[dy:dy + h * stride:stride, dx:dx + w * stride:stride]
+            count += (np.abs(n - centre) <= tol) & (n > 0)
+    return np.where(count >= support, centre, np.float32(0.0))
 
 
 def upright_basis(up: np.ndarray) -> np.ndarray:

@@ -147,8 +147,8 @@ class TabletopSearch:
         if frame.depth is None:
             return []
         c = self.config
-        depth, depth_grid, K_grid = self._depth(frame)
-        plane, proposals = find_proposals(depth, frame.K.K, c.proposals, T_world_cam=frame.T_world_cam)
+        depth_grid, K_grid = self._grid(frame)
+        plane, proposals = find_proposals(frame.depth, frame.K.K, c.proposals, T_world_cam=frame.T_world_cam)
         found: list[tuple[Found, Proposal]] = []
         objects = list(range(len(self.models)))
         parent: dict[int, int] = {}  # id of a leftover proposal -> index in `found` of the object it was left by
@@ -268,7 +268,7 @@ class TabletopSearch:
         (H, W) bool or None)] in ``frame`` (with depth); without a mask the silhouette alone is compared."""
         if frame.depth is None:
             return [0.0] * len(poses)
-        _, depth_grid, K_grid = self._depth(frame)
+        depth_grid, K_grid = self._grid(frame)
         h, w = depth_grid.shape
         s = self.config.proposals.stride
         out = []
@@ -296,7 +296,7 @@ class TabletopSearch:
         if frame.depth is None:
             return {k: (T, np.zeros((len(T), 4))) for k, T in hypotheses.items()}
         c = self.config
-        _, depth_grid, K_grid = self._depth(frame)  # once per frame, for every object
+        depth_grid, K_grid = self._grid(frame)  # once per frame, for every object
         up, _ = camera_up(frame.T_world_cam)
         out = {}
         for k, T_cam_obj in hypotheses.items():
@@ -343,13 +343,12 @@ class TabletopSearch:
         mask[y0:y1, x0:x1] = (near & above & (z.reshape(-1) > 0)).reshape(z.shape)
         return mask
 
-    def _depth(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The frame's depth without flying pixels (:func:`without_flying_pixels`; 0 = invalid), the same on the
-        proposals' grid (float64) and the grid's camera matrix."""
+    def _grid(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """The frame's depth on the proposals' grid without flying pixels (:func:`without_flying_pixels`; float64,
+        0 = invalid) and the grid's camera matrix."""
         p = self.config.proposals
-        depth = without_flying_pixels(frame.depth, p.edge_tolerance, p.edge_support)
-        s = p.stride
-        return depth, depth[::s, ::s].astype(np.float64), np.diag([1.0 / s, 1.0 / s, 1.0]) @ frame.K.K
+        grid = without_flying_pixels(frame.depth, p.edge_tolerance, p.edge_support, p.stride)
+        return grid.astype(np.float64), np.diag([1.0 / p.stride, 1.0 / p.stride, 1.0]) @ frame.K.K
 
     def _candidates(self, p: Proposal, plane: np.ndarray, whole: bool = True) -> list[int]:
         """Objects the cluster may hold: not those it is far too flat for (its height above the plane below 0.3 x

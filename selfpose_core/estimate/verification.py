@@ -27,7 +27,8 @@ import torch
 
 from selfpose_core.geometry.projection import unproject
 from selfpose_core.render.mesh import RenderMesh
-from selfpose_core.render.renderer import render
+from selfpose_core.render.rasterizer import rasterize
+from selfpose_core.render.renderer import project_vertices
 from selfpose_core.types import CameraIntrinsics
 
 
@@ -37,17 +38,19 @@ class VerifyConfig:
     occluded_weight: float = 0.2  # weight of rendered pixels hidden behind nearer observed depth
 
 
-def render_window(mesh: RenderMesh, T_cam_obj: np.ndarray, K: np.ndarray, window: tuple[int, int, int, int],
-                  dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+def render_window(mesh: RenderMesh, T_cam_obj: np.ndarray, K: np.ndarray, window: tuple[int, int, int, int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(depth (H, h, w) metres, 0 = background; face ids (H, h, w), -1 = background) of ``mesh`` at the poses
-    ``T_cam_obj`` (H, 4, 4), rendered into ``window`` = (x0, y0, x1, y1) (end exclusive) of the image of ``K``."""
+    ``T_cam_obj`` (H, 4, 4), rendered into ``window`` = (x0, y0, x1, y1) (end exclusive) of the image of ``K``:
+    the renderer's z-buffer alone (no barycentrics or gradients are needed here)."""
     x0, y0, x1, y1 = window
     Kw = CameraIntrinsics.from_K(K, x1, y1).crop(x0, y0, x1 - x0, y1 - y0).K
-    T = torch.as_tensor(np.asarray(T_cam_obj), dtype=dtype)
+    T = torch.as_tensor(np.asarray(T_cam_obj), dtype=torch.float32)
     with torch.inference_mode():
-        out = render(mesh, T[:, :3, :3], T[:, :3, 3], torch.as_tensor(Kw, dtype=dtype).expand(len(T), 3, 3),
-                     (y1 - y0, x1 - x0), coords=False, attributes=False, silhouette=False, visibility=False)
-    return out.depth.numpy(), out.face_ids.numpy()
+        xy, z = project_vertices(mesh.vertices.to(torch.float32), T[:, :3, :3], T[:, :3, 3],
+                                 torch.as_tensor(Kw, dtype=torch.float32).expand(len(T), 3, 3))
+        frags = rasterize(xy, z, mesh.faces, (y1 - y0, x1 - x0))
+    return frags.depth.numpy(), frags.face_ids.numpy()
 
 
 def verify_counts(mesh: RenderMesh, T_cam_obj: np.ndarray, depth: np.ndarray, K: np.ndarray, mask: np.ndarray,

@@ -79,6 +79,8 @@ def test_flying_pixels_are_dropped_and_every_surface_pixel_kept(rng):
     assert np.array_equal(clean[~flying & (depth > 0)], depth[~flying & (depth > 0)])  # the outline stays
     assert np.all(clean[0, :5] == 0)
     assert np.array_equal(without_flying_pixels(noisy, 0.02, 0), np.nan_to_num(noisy, nan=0.0))
+    for stride in (2, 3):  # on a grid: the same pixels, judged by their neighbours in the full image
+        assert np.array_equal(without_flying_pixels(noisy, 0.02, 3, stride), clean[::stride, ::stride])
 
 
 def test_flying_pixels_do_not_join_an_object_to_what_stands_behind_it(scene, render_scene, look_at, rng,
@@ -92,13 +94,11 @@ def test_flying_pixels_do_not_join_an_object_to_what_stands_behind_it(scene, ren
     depth = np.where(depth > 0, depth, 2.0).astype(np.float32)  # the wall
     frame = Frame(rgb=rgb, K=frames[0][0].K, depth=depth, T_world_cam=T_wc)
     noisy = Frame(rgb=rgb, K=frame.K, depth=_with_flying_pixels(depth, rng)[0], T_world_cam=T_wc)
-    from selfpose_core.estimate.tabletop import without_flying_pixels
     from selfpose_core.mesh.measures import mesh_diameter
 
     for support, fits in ((3, True), (0, False)):
         cfg = ProposalConfig(edge_support=support)
-        depth = without_flying_pixels(noisy.depth, cfg.edge_tolerance, cfg.edge_support)
-        _, props = find_proposals(depth, frame.K.K, cfg, T_world_cam=frame.T_world_cam)
+        _, props = find_proposals(noisy.depth, frame.K.K, cfg, T_world_cam=frame.T_world_cam)
         widths = []  # of the proposal holding most of each object's pixels, over the object's diameter
         for m, model in zip(masks, models):
             p = max(props, key=lambda p: m[p.pixels[:, 0], p.pixels[:, 1]].sum())
