@@ -19,13 +19,15 @@ from selfpose_ros.adapt_job import (AdaptGoal, AdaptJob, AdaptServer, ProgressPa
 # A stand-in for `selfpose adapt`: two stages of STEPS steps with a tqdm bar each (as the trainer draws them, to a
 # pipe), a checkpoint file after every step, Ctrl-C handled by the entry point's StopSignals, --resume continues.
 FAKE = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     from pathlib import Path
     from tqdm import tqdm
     from selfpose_core.cli.signals import StopSignals
     args = sys.argv[1:]
     out = Path(args[args.index("--out") + 1]); work = out / "work"; work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.json"
+    def save(state):  # atomic, as the trainer's checkpoints: Ctrl-C between truncate and write leaves no empty file
+        (work / "checkpoint.tmp").write_text(json.dumps(state)); os.replace(work / "checkpoint.tmp", ckpt)
     state = json.loads(ckpt.read_text()) if "--resume" in args and ckpt.exists() else {"stage": 0, "step": 0}
     if "--resume" in args:
         print(f"resumed at stage {state['stage']} step {state['step']}", flush=True)
@@ -42,10 +44,10 @@ FAKE = textwrap.dedent("""
                     time.sleep(0.02)
                     bar.update(1)
                     bar.set_postfix(loss=f"{1.0 / (step + 1):.4f}")
-                    ckpt.write_text(json.dumps({"stage": s, "step": step + 1}))
+                    save({"stage": s, "step": step + 1})
                 bar.close()
                 state = {"stage": s + 1, "step": 0}
-                ckpt.write_text(json.dumps(state))
+                save(state)
     except KeyboardInterrupt:
         print("selfpose adapt: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
