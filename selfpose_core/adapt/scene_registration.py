@@ -36,7 +36,7 @@ from selfpose_core.config_io import require_at_least
 from selfpose_core.errors import ConfigError
 from selfpose_core.estimate.hypotheses import footprint_parts, resting_rotations, tabletop_hypotheses
 from selfpose_core.estimate.tabletop import (depth_points, euclidean_clusters, o3d_module, support_plane,
-                                              upright_icp, without_flying_pixels)
+                                              upright_icp)
 from selfpose_core.geometry.projection import optical_axes_center
 from selfpose_core.mesh.measures import sample_surface
 from selfpose_core.types import CameraIntrinsics, ObjectModel
@@ -50,8 +50,6 @@ class RegistrationConfig:
 
     stride: int = 4  # use every stride-th pixel of each depth image
     max_depth: float = 2.5  # metres; farther depth is ignored
-    edge_support: int = 3  # flying pixels at depth edges dropped as in the estimator's proposals (0 = keep) ...
-    edge_tolerance: float = 0.02  # ... (estimate.tabletop.without_flying_pixels)
     voxel: float = 0.004  # metres, fused cloud resolution
     registration_voxel: float = 0.006  # metres, cluster resolution for the registration
     table_radius: float = 0.8  # metres around the looked-at point considered for the table and objects
@@ -74,9 +72,6 @@ class RegistrationConfig:
                     "cluster_eps", "tau"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {getattr(self, key)}")
-        if not 0 <= self.edge_support <= 8 or not self.edge_tolerance > 0:
-            raise ConfigError(f"{where}: need edge_support in [0, 8] and edge_tolerance > 0, got "
-                              f"{self.edge_support}, {self.edge_tolerance}")
         if not 0 <= self.min_height < self.max_height or not 0 <= self.min_fscore <= 1:
             raise ConfigError(f"{where}: need 0 <= min_height < max_height and min_fscore in [0, 1], got "
                               f"{self.min_height}, {self.max_height}, {self.min_fscore}")
@@ -95,15 +90,14 @@ class RegisteredObject:
 def fuse_depth(depth_of: Callable[[int], np.ndarray | None], frames: Sequence[int], T_world_cam: np.ndarray,
                intrinsics_of: Callable[[int], CameraIntrinsics], cfg: RegistrationConfig) -> np.ndarray:
     """(N, 3) world points: the depth of ``frames`` back-projected through the poses ``T_world_cam`` (F_all, 4, 4),
-    voxel-downsampled. Invalid depth (0, NaN, beyond ``cfg.max_depth``) and flying pixels are skipped."""
+    voxel-downsampled. Invalid depth (0, NaN, beyond ``cfg.max_depth``) is skipped."""
     o3d = o3d_module()
     chunks = []
     for i in frames:
         depth = depth_of(int(i))
         if depth is None:
             continue
-        grid = without_flying_pixels(depth, cfg.edge_tolerance, cfg.edge_support, cfg.stride)
-        pts = depth_points(grid, intrinsics_of(int(i)).K, cfg.stride, cfg.max_depth, sampled=True)
+        pts = depth_points(depth, intrinsics_of(int(i)).K, cfg.stride, cfg.max_depth)
         T = T_world_cam[int(i)]
         chunks.append(pts @ T[:3, :3].T + T[:3, 3])
     if not chunks:
