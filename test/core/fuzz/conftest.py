@@ -11,11 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from rosbags.rosbag2 import Reader
 
 from selfpose_core.data import bag_files
+from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.errors import SelfposeError
+from selfpose_core.types import CameraIntrinsics, Frame, PoseEstimate
 
 MAX_MESSAGE_CHARS = 500
 MAX_PEAK_BYTES = 256 * 2**20  # how far one hostile input (a few kB) may raise the resident memory
@@ -140,3 +144,38 @@ class _LimitedFile:
 
     def __getattr__(self, name: str) -> Any:  # tell, seek, flush, close, ...
         return getattr(self._f, name)
+
+
+# ---------------------------------------------------------------- a small recording and a stand-in estimator
+SMALL_K = CameraIntrinsics(40.0, 40.0, 7.5, 5.5, 16, 12)
+T0 = 1_700_000_000_000_000_000
+
+
+def small_frames(n: int, seed: int, depth: bool) -> list[Frame]:
+    """``n`` random 16 x 12 frames 0.1 s apart from ``T0`` (with random depth when ``depth``)."""
+    rng = np.random.default_rng(seed)
+    return [Frame(rgb=rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), K=SMALL_K, stamp_ns=T0 + i * 10**8,
+                  depth=rng.uniform(0.4, 2.0, (12, 16)).astype(np.float32) if depth else None,
+                  T_world_cam=np.eye(4)) for i in range(n)]
+
+
+class BoxEstimator:
+    """Stands in for a model bundle: one box at the camera in every frame."""
+
+    def estimate(self, frame: Frame) -> list[PoseEstimate]:
+        return [PoseEstimate("box", np.eye(4), 0.9, 1)]
+
+
+def recorded(root: Path, frames: list[Frame]) -> Path:
+    """``root`` holding the recording ``bag`` of ``frames`` and an empty ``model`` directory."""
+    with RecordingWriter(root / "bag") as w:
+        for f in frames:
+            w.write_frame(f)
+    (root / "model").mkdir()
+    return root
+
+
+def pose_stamps(bag: Path) -> list[int]:
+    """Sorted stamps of the /object_poses messages in ``bag``."""
+    with Reader(bag) as reader:
+        return sorted(t for _, t, _ in reader.messages([c for c in reader.connections if c.topic == "/object_poses"]))

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from hypothesis import event
 from hypothesis import strategies as st
-from rosbags.rosbag2 import Reader
 
 from selfpose_core.cli import estimate as estimate_cli
 from selfpose_core.cli.main import main
@@ -25,12 +24,10 @@ from selfpose_core.data.recording import Recording
 from selfpose_core.data.recording_writer import RecordingWriter
 from selfpose_core.data.recovery import recover_bag
 from selfpose_core.errors import BagWriteError, RecordingError
-from selfpose_core.types import CameraIntrinsics, Frame, PoseEstimate
+from selfpose_core.types import Frame
 
-from .conftest import FullDisk, digest, expect_clean, fuzz
+from .conftest import BoxEstimator, FullDisk, digest, expect_clean, fuzz, pose_stamps, recorded, small_frames
 
-K = CameraIntrinsics(40.0, 40.0, 7.5, 5.5, 16, 12)
-T0 = 1_700_000_000_000_000_000
 N_FRAMES = 9
 KEPT = re.compile(r"^writing bag (\S+) failed \(No space left on device\); kept (\d+) complete frames: (\d+) in closed "
                   r"segments, readable as they are(?:, (\d+) more flushed to a segment not yet closed "
@@ -38,14 +35,7 @@ KEPT = re.compile(r"^writing bag (\S+) failed \(No space left on device\); kept 
 _counter = itertools.count()
 
 
-def _frames() -> list[Frame]:
-    rng = np.random.default_rng(0)
-    return [Frame(rgb=rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), K=K, stamp_ns=T0 + i * 10**8,
-                  depth=rng.uniform(0.4, 2.0, (12, 16)).astype(np.float32), T_world_cam=np.eye(4))
-            for i in range(N_FRAMES)]
-
-
-FRAMES = _frames()
+FRAMES = small_frames(N_FRAMES, 0, depth=True)
 
 
 def _record(bag: Path, segment_frames: int, done: list[Frame] | None = None) -> None:
@@ -143,31 +133,16 @@ def test_full_disk_message_counts_frames_kept(tmp_path, monkeypatch, fraction):
 
 
 # ------------------------------------------------------------------------------------------ selfpose estimate
-class _Model:
-    def estimate(self, frame: Frame) -> list[PoseEstimate]:
-        return [PoseEstimate("box", np.eye(4), 0.9, 1)]
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("full_disk_estimate")
-    with RecordingWriter(root / "bag") as w:
-        for f in FRAMES:
-            w.write_frame(f)
-    (root / "model").mkdir()
-    return root
-
-
-def _pose_stamps(bag: Path) -> list[int]:
-    with Reader(bag) as reader:
-        return sorted(t for _, t, _ in reader.messages([c for c in reader.connections if c.topic == "/object_poses"]))
+    return recorded(tmp_path_factory.mktemp("full_disk_estimate"), FRAMES)
 
 
 def _estimate_on_a_full_disk(scene, tmp_path_factory, monkeypatch, capsys, free, segment_frames):
     out = tmp_path_factory.getbasetemp() / f"poses_{next(_counter)}"
     before = digest(scene)
     with monkeypatch.context() as m:
-        m.setattr(estimate_cli, "load_estimator", lambda *a, **k: _Model())
+        m.setattr(estimate_cli, "load_estimator", lambda *a, **k: BoxEstimator())
         FullDisk(free).install(m)
         rc = main(["estimate", "--bag", str(scene / "bag"), "--model", str(scene / "model"), "--out", str(out),
                    "--segment-frames", str(segment_frames)])
@@ -176,7 +151,7 @@ def _estimate_on_a_full_disk(scene, tmp_path_factory, monkeypatch, capsys, free,
     stamps = [f.stamp_ns for f in FRAMES]
     event(f"estimate: exit {rc}")
     if rc == 0:
-        assert _pose_stamps(out) == stamps
+        assert pose_stamps(out) == stamps
         return
     assert rc == 2
     line = err.strip().splitlines()[-1]
@@ -187,10 +162,10 @@ def _estimate_on_a_full_disk(scene, tmp_path_factory, monkeypatch, capsys, free,
         return
     kept, closed = int(match.group(2)), int(match.group(3))
     if closed:
-        assert _pose_stamps(out) == stamps[:closed]
+        assert pose_stamps(out) == stamps[:closed]
     if kept:
         assert main(["recover", str(out)]) == 0
-        got = _pose_stamps(out)
+        got = pose_stamps(out)
         assert kept <= len(got) <= kept + 1 and got == stamps[:len(got)]
 
 

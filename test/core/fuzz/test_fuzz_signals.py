@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 from hypothesis import event
 from hypothesis import strategies as st
-from rosbags.rosbag2 import Reader
 
 import selfpose_core.data.recovery as recovery
 from selfpose_core.cli import estimate as estimate_cli
@@ -32,25 +31,16 @@ from selfpose_core.cli.main import main
 from selfpose_core.data import bag_files
 from selfpose_core.data.recording import Recording
 from selfpose_core.data.recording_writer import BagWriter, RecordingWriter
-from selfpose_core.types import CameraIntrinsics, Frame, PoseEstimate
 
-from .conftest import MAX_MESSAGE_CHARS, digest, fuzz
+from .conftest import MAX_MESSAGE_CHARS, BoxEstimator, digest, fuzz, pose_stamps, recorded, small_frames
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
-K = CameraIntrinsics(40.0, 40.0, 7.5, 5.5, 16, 12)
-T0 = 1_700_000_000_000_000_000
 N_FRAMES = 9
 _counter = itertools.count()
 
 
-def _frames() -> list[Frame]:
-    rng = np.random.default_rng(1)
-    return [Frame(rgb=rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), K=K, stamp_ns=T0 + i * 10**8,
-                  T_world_cam=np.eye(4)) for i in range(N_FRAMES)]
-
-
-FRAMES = _frames()
+FRAMES = small_frames(N_FRAMES, 1, depth=False)
 STAMPS = [f.stamp_ns for f in FRAMES]
 
 
@@ -108,24 +98,9 @@ def _one_line_end(output: str, expected: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ selfpose estimate
-class _Model:
-    def estimate(self, frame: Frame) -> list[PoseEstimate]:
-        return [PoseEstimate("box", np.eye(4), 0.9, 1)]
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("signals_estimate")
-    with RecordingWriter(root / "bag") as w:
-        for f in FRAMES:
-            w.write_frame(f)
-    (root / "model").mkdir()
-    return root
-
-
-def _pose_stamps(bag: Path) -> list[int]:
-    with Reader(bag) as reader:
-        return sorted(t for _, t, _ in reader.messages([c for c in reader.connections if c.topic == "/object_poses"]))
+    return recorded(tmp_path_factory.mktemp("signals_estimate"), FRAMES)
 
 
 def _estimate_signalled(scene, tmp_path_factory, sig, at, segment_frames):
@@ -134,7 +109,7 @@ def _estimate_signalled(scene, tmp_path_factory, sig, at, segment_frames):
     before = digest(scene)
 
     def hook():
-        estimate_cli.load_estimator = lambda *a, **k: _Model()
+        estimate_cli.load_estimator = lambda *a, **k: BoxEstimator()
         trap = _trap(at, sig, lambda: str(writers[-1].frames_flushed if writers else 0), progress)
         writers: list[BagWriter] = []
         write_raw, init = BagWriter.write_raw, BagWriter.__init__
@@ -153,14 +128,14 @@ def _estimate_signalled(scene, tmp_path_factory, sig, at, segment_frames):
     assert digest(scene) == before, "estimate changed its input"
     event(f"estimate: {'no signal' if rc == 0 else signal.Signals(sig).name}")
     if rc == 0:
-        assert not progress.exists() and _pose_stamps(out) == STAMPS
+        assert not progress.exists() and pose_stamps(out) == STAMPS
         return
     flushed = int(progress.read_text())
     if sig == signal.SIGTERM:
         assert rc == 128 + signal.SIGTERM, output[-2000:]
         _one_line_end(output, "selfpose estimate: terminated (SIGTERM)")
         assert not list(out.glob("*.partial"))  # closed
-        got = _pose_stamps(out)
+        got = pose_stamps(out)
         assert flushed <= len(got) <= flushed + 1  # the frame being written when the signal came is completed
     else:
         assert rc == -signal.SIGKILL, output[-2000:]
@@ -169,7 +144,7 @@ def _estimate_signalled(scene, tmp_path_factory, sig, at, segment_frames):
             assert flushed == 0
             return
         assert rc_recover == 0
-        got = _pose_stamps(out)
+        got = pose_stamps(out)
         assert flushed <= len(got)
     assert got == STAMPS[:len(got)]  # a prefix: nothing lost in between, nothing twice
 
