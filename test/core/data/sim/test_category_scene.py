@@ -71,14 +71,6 @@ def test_ground_truth_in_the_nocs_frame_standing_on_the_table(category_scene):
     assert seen == {2, 3, 4}
 
 
-def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    simulate_cli.register(sub)
-    args = parser.parse_args(["simulate"] + argv)
-    return args.func(args)
-
-
 def test_cli_categories_choose_the_targets(tmp_path):
     parser = argparse.ArgumentParser()
     simulate_cli.register(parser.add_subparsers())
@@ -87,7 +79,8 @@ def test_cli_categories_choose_the_targets(tmp_path):
     both = simulate_cli.config_from_args(parser.parse_args(["simulate", "--categories", "mug", "--objects", "2"]))
     assert both.objects == ["cereal_box", "tin_can"] and both.categories == ["mug"]
     with pytest.raises(ConfigError, match=r"--categories: unknown category\(ies\) \['cup'\]; available: bottle"):
-        _run_cli(["--out", str(tmp_path / "x"), "--categories", "mug,cup"])
+        args = parser.parse_args(["simulate", "--out", str(tmp_path / "x"), "--categories", "mug,cup"])
+        args.func(args)
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="categories: unknown"):
         SimConfig(objects=[], categories=["plate"])
