@@ -76,10 +76,13 @@ def camera_up(T_world_cam: np.ndarray | None) -> tuple[np.ndarray, float]:
 
 
 def find_proposals(depth: np.ndarray, K: np.ndarray, cfg: ProposalConfig, *,
-                   T_world_cam: np.ndarray | None = None) -> tuple[np.ndarray, list[Proposal]]:
+                   T_world_cam: np.ndarray | None = None, grid: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, list[Proposal]]:
     """(support plane (4,) in the camera frame, NaN when none; proposals, largest first) of ``depth`` (H, W)
-    metres with intrinsics ``K`` (3, 3); its flying pixels are left out (``edge_support``, ``edge_tolerance``)."""
-    grid = without_flying_pixels(depth, cfg.edge_tolerance, cfg.edge_support, cfg.stride)
+    metres with intrinsics ``K`` (3, 3); its flying pixels are left out (``edge_support``, ``edge_tolerance``).
+    ``grid``: that filtered depth on the ``stride`` grid when the caller has it already."""
+    if grid is None:
+        grid = without_flying_pixels(depth, cfg.edge_tolerance, cfg.edge_support, cfg.stride)
     pts, pix = depth_points(grid, K, cfg.stride, cfg.max_depth, return_pixels=True, sampled=True)
     up, min_cos = camera_up(T_world_cam)
     min_support = max(3 * cfg.min_points, int(cfg.min_plane_fraction * len(pts)))

@@ -148,7 +148,8 @@ class TabletopSearch:
             return []
         c = self.config
         depth_grid, K_grid = self._grid(frame)
-        plane, proposals = find_proposals(frame.depth, frame.K.K, c.proposals, T_world_cam=frame.T_world_cam)
+        plane, proposals = find_proposals(frame.depth, frame.K.K, c.proposals, T_world_cam=frame.T_world_cam,
+                                          grid=depth_grid)
         found: list[tuple[Found, Proposal]] = []
         objects = list(range(len(self.models)))
         parent: dict[int, int] = {}  # id of a leftover proposal -> index in `found` of the object it was left by

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,16 @@ def recorded(root: Path, frames: list[Frame]) -> Path:
             w.write_frame(f)
     (root / "model").mkdir()
     return root
+
+
+def interrupted_copy(root: Path, frames: list[Frame]) -> Path:
+    """``root/bag``, a copy of a recording of ``frames`` (four per segment) taken before its writer closed: as
+    kill -9 leaves it, the full segments closed and the rest flushed into a ``.partial`` segment."""
+    with RecordingWriter(root / "live", segment_frames=4) as w:
+        for f in frames:
+            w.write_frame(f)
+        shutil.copytree(root / "live", root / "bag")
+    return root / "bag"
 
 
 def pose_stamps(bag: Path) -> list[int]:

@@ -26,7 +26,8 @@ from selfpose_core.data.recovery import recover_bag
 from selfpose_core.errors import BagWriteError, RecordingError
 from selfpose_core.types import Frame
 
-from .conftest import BoxEstimator, FullDisk, digest, expect_clean, fuzz, pose_stamps, recorded, small_frames
+from .conftest import (BoxEstimator, FullDisk, digest, expect_clean, fuzz, interrupted_copy, pose_stamps, recorded,
+                       small_frames)
 
 N_FRAMES = 9
 KEPT = re.compile(r"^writing bag (\S+) failed \(No space left on device\); kept (\d+) complete frames: (\d+) in closed "
@@ -177,12 +178,7 @@ test_estimate_on_a_full_disk, test_estimate_on_a_full_disk_long = fuzz(
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """A bag as kill -9 leaves it: segments 0-1 closed (4 frames each), frame 8 flushed into segment_2.partial."""
-    root = tmp_path_factory.mktemp("full_disk_recover")
-    with RecordingWriter(root / "live", segment_frames=4) as w:
-        for f in FRAMES:
-            w.write_frame(f)
-        shutil.copytree(root / "live", root / "bag")
-    return root / "bag"
+    return interrupted_copy(tmp_path_factory.mktemp("full_disk_recover"), FRAMES)
 
 
 def _recover_on_a_full_disk(interrupted, tmp_path_factory, monkeypatch, free, damage):

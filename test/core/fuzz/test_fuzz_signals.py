@@ -30,9 +30,10 @@ from selfpose_core.cli import estimate as estimate_cli
 from selfpose_core.cli.main import main
 from selfpose_core.data import bag_files
 from selfpose_core.data.recording import Recording
-from selfpose_core.data.recording_writer import BagWriter, RecordingWriter
+from selfpose_core.data.recording_writer import BagWriter
 
-from .conftest import MAX_MESSAGE_CHARS, BoxEstimator, digest, fuzz, pose_stamps, recorded, small_frames
+from .conftest import (MAX_MESSAGE_CHARS, BoxEstimator, digest, fuzz, interrupted_copy, pose_stamps, recorded,
+                       small_frames)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -158,12 +159,7 @@ test_estimate_signalled, test_estimate_signalled_long = fuzz(
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """A bag as kill -9 leaves it: segments 0-1 closed (4 frames each), frame 8 flushed into segment_2.partial."""
-    root = tmp_path_factory.mktemp("signals_recover")
-    with RecordingWriter(root / "live", segment_frames=4) as w:
-        for f in FRAMES:
-            w.write_frame(f)
-        shutil.copytree(root / "live", root / "bag")
-    return root / "bag"
+    return interrupted_copy(tmp_path_factory.mktemp("signals_recover"), FRAMES)
 
 
 def _trap_file_operations(trap: Callable[[], None]) -> None:
