@@ -165,7 +165,7 @@ class TabletopSearch:
                 for q in self._leftover(f, p, frame, K_grid, depth_grid.shape):
                     parent[id(q)] = start + j
                     proposals.append(q)
-        for i, (g, q) in enumerate(found):  # objects found in what another left unexplained: fit that one again
+        for g, q in found:  # objects found in what another left unexplained: fit that one again
             if id(q) in parent:  # without the points the newcomer explains
                 j = parent[id(q)]
                 found[j] = self._refit(frame, found[j], g, plane, depth_grid, K_grid)
@@ -214,6 +214,7 @@ class TabletopSearch:
         sims = np.ones((len(proposals), O))
         grid_masks = [p.mask((H, W), s) for p in proposals]
         appearance = self.appearance if c.use_appearance else None
+        surface = appearance.surface if appearance is not None else None
         for i, p in enumerate(proposals):
             cands = [k for k in self._candidates(p, plane) if k in objects] \
                 or [k for k in self._candidates(p, plane, whole=False) if k in objects]
@@ -224,7 +225,6 @@ class TabletopSearch:
                 best = max(sims[i, k] for k in cands)
                 cands = [k for k in sorted(cands, key=lambda k: -sims[i, k])[:c.candidates]
                          if sims[i, k] >= c.candidate_ratio * best and sims[i, k] >= c.min_confidence]
-            surface = appearance.surface if appearance is not None else None
             for k in cands:
                 extra = self._extra_for(p, frame.K.K, extra_hypotheses.get(k))
                 T, fit = self._fit(k, p, plane, depth_grid, K_grid, grid_masks[i], extra,
